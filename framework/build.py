@@ -1,0 +1,131 @@
+"""Step 4 of a run: build everything, in the one documented order (``docs/build_order.md``).
+
+    model      = family.build_model(config)
+    for each attention module the family lists:  replace_attention(module, name, config)
+    for each feed-forward module it lists:       replace_ffn(module, name, layer_index, config)
+    modify_model(model, config)
+    objective  = make_objective(model, config)       or family.default_objective
+    optimizer  = make_optimizer(model, config)       or AdamW + schedule
+    datasets   = family.build_dataset(config, "train"), family.build_dataset(config, "val")
+    samplers   = make_batch_sampler(dataset, config, stage) per split, or the random sampler
+    generator  = make_generator(model, config)       or family.default_generator
+    callbacks  = register_callbacks(register, config)
+
+Only enabled plugins (``config.plugins``) are asked. ``tests/framework/test_build_order.py``
+pins this order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from jevons.framework.config.schema import Config
+from jevons.framework.data.sampler import RandomBatchSampler
+from jevons.framework.distributed import data_parallel_rank_and_size
+from jevons.framework.errors import PluginError, UsageError
+from jevons.framework.family import Family
+from jevons.framework.objective import Objective
+from jevons.framework.optim import Optimization, as_optimization, default_optimizer
+from jevons.framework.plugin_manager import PluginManager
+
+
+@dataclass
+class Built:
+    model: torch.nn.Module
+    objective: Objective
+    optimization: Optimization
+    datasets: dict[str, Any]
+    batch_samplers: dict[str, Any]
+    generator: Any
+    callbacks: list[Any] = field(default_factory=list)
+    replaced: dict[str, str] = field(default_factory=dict)
+    """Module name to the plugin that replaced it."""
+
+
+def build(manager: PluginManager, family: Family, config: Config) -> Built:
+    enabled = config.plugins
+    model = family.build_model(config)
+    replaced: dict[str, str] = {}
+    for name, module in family.attention_modules(model):
+        _replace(manager, enabled, "replace_attention", model, name, module, replaced, config=config)
+    for name, layer_index, module in family.ffn_modules(model):
+        _replace(manager, enabled, "replace_ffn", model, name, module, replaced, layer_index=layer_index, config=config)
+    manager.call_each("modify_model", enabled, model=model, config=config)
+
+    objective = manager.call_first("make_objective", enabled, model=model, config=config)
+    if objective is None:
+        objective = family.default_objective(model, config)
+    answer = manager.call_first("make_optimizer", enabled, model=model, config=config)
+    optimization = as_optimization(answer if answer is not None else default_optimizer(model, config), config)
+
+    datasets = {split: family.build_dataset(config, split) for split in ("train", "val")}
+    samplers = {}
+    for stage, dataset in datasets.items():
+        sampler = manager.call_first("make_batch_sampler", enabled, dataset=dataset, config=config, stage=stage)
+        samplers[stage] = sampler if sampler is not None else default_batch_sampler(dataset, config, stage)
+
+    generator = manager.call_first("make_generator", enabled, model=model, config=config)
+    if generator is None:
+        generator = family.default_generator(model, config)
+
+    callbacks: list[Any] = []
+    manager.call_each("register_callbacks", enabled, register=callbacks.append, config=config)
+    _check_callbacks(manager, enabled, callbacks)
+    return Built(model, objective, optimization, datasets, samplers, generator, callbacks, replaced)
+
+
+def default_batch_sampler(dataset: Any, config: Config, stage: str) -> RandomBatchSampler:
+    """Shuffled batches for training; the first batches, in order, for validation."""
+    rank, world = data_parallel_rank_and_size()
+    train = stage == "train"
+    batch_size = config.data.batch_size if train else (config.data.val_batch_size or config.data.batch_size)
+    try:
+        return RandomBatchSampler(
+            len(dataset), batch_size, seed=config.seed, shuffle=train, drop_last=train, rank=rank, world_size=world
+        )
+    except ValueError as error:
+        raise UsageError(f"data.batch_size={batch_size} with the {stage} split: {error}.") from None
+
+
+def _replace(
+    manager: PluginManager,
+    enabled: Sequence[str],
+    hook: str,
+    model: torch.nn.Module,
+    name: str,
+    module: torch.nn.Module,
+    replaced: dict[str, str],
+    **kwargs: Any,
+) -> None:
+    answers = [(plugin, answer) for plugin, answer in manager.call_each(hook, enabled, module=module, name=name, **kwargs) if answer is not None]
+    if not answers:
+        return
+    if len(answers) > 1:
+        raise UsageError(
+            f"Plugins '{answers[0][0]}' and '{answers[1][0]}' both replace module '{name}' in {hook}; only one may. "
+            f"Disable one of them."
+        )
+    plugin, replacement = answers[0]
+    if isinstance(replacement, torch.nn.Module):
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, replacement)
+    elif hasattr(module, "set_processor"):  # a diffusers attention processor: parameter names are kept
+        module.set_processor(replacement)
+    else:
+        raise PluginError(plugin, hook, TypeError(f"returned {type(replacement).__name__} for '{name}', expected an nn.Module"))
+    replaced[name] = plugin
+
+
+def _check_callbacks(manager: PluginManager, enabled: Iterable[str], callbacks: list[Any]) -> None:
+    import pytorch_lightning as pl
+
+    for callback in callbacks:
+        if not isinstance(callback, pl.Callback):
+            hint = " (a lightning.pytorch.Callback? Jevons uses pytorch_lightning)" if "lightning" in type(callback).__module__ else ""
+            raise UsageError(
+                f"register_callbacks got {type(callback).__name__}{hint}, expected a pytorch_lightning.Callback "
+                f"from one of the plugins {', '.join(enabled)}."
+            )

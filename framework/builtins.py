@@ -1,0 +1,13 @@
+"""The plugins and families that ship with Jevons.
+
+They are registered through the same plugin manager, and the same hooks, as a
+third-party package's entry point (STYLE.md, 3): first the families, then the
+kernels, then the method plugins. ``JEVONS_DISABLE_PLUGIN_AUTOLOAD`` never
+removes these.
+"""
+
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("jevons.recipes.llm", "jevons.recipes.llm"),
+    ("jevons.kernels", "jevons.kernels"),
+)
+"""``(plugin name, module)`` pairs, in registration order."""

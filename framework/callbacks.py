@@ -1,0 +1,181 @@
+"""The framework's own Lightning callbacks: resumable state, checkpoints, throughput, evaluation.
+
+Training events are observed through Lightning callbacks, never a second
+copy of Lightning's events in pluggy (STYLE.md, 6).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from jevons.framework.checkpoint import checkpoint_name
+from jevons.framework.family import EvalContext, Family
+
+
+class ResumableState(pl.Callback):
+    """Data position and RNG streams, saved in checkpoints and restored exactly.
+
+    The position counts batches *consumed* by training steps (Lightning and the
+    DataLoader prefetch ahead, so the sampler's own progress is not it).
+    RNG states are restored just before the first training step after a
+    resume, because Lightning draws from the global RNG while setting up the
+    DataLoader; validation runs on a forked RNG so that evaluating (or not,
+    after a resume) never changes the training stream.
+    """
+
+    def __init__(self, batch_sampler: Any) -> None:
+        self.batch_sampler = batch_sampler
+        self.position = 0
+        self._epoch = -1
+        self._pending_rng: dict[str, Any] | None = None
+        self._rng_before_validation: dict[str, Any] | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch != self._epoch:  # a new epoch, not the one a resume continues
+            self._epoch, self.position = trainer.current_epoch, 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        self.position += 1
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rng_before_validation = _rng_state()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._rng_before_validation is not None:
+            _set_rng_state(self._rng_before_validation)
+            self._rng_before_validation = None
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler_state = self.batch_sampler.state_dict() if hasattr(self.batch_sampler, "state_dict") else {}
+        return {"epoch": self._epoch, "position": self.position, "sampler": sampler_state, "rng": _rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch, self.position = int(state["epoch"]), int(state["position"])
+        if hasattr(self.batch_sampler, "load_state_dict"):
+            self.batch_sampler.load_state_dict(state["sampler"])
+        self.batch_sampler.resume(self._epoch, self.position)
+        self._pending_rng = state["rng"]
+
+
+def _rng_state() -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class PeriodicCheckpoint(pl.Callback):
+    """Save a checkpoint every ``every_n_steps`` optimizer steps and, optionally, at the end."""
+
+    def __init__(self, root: Path, every_n_steps: int | None, save_final: bool) -> None:
+        self.root = root
+        self.every_n_steps = every_n_steps
+        self.save_final = save_final
+        self.last_saved_step = -1
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self.last_saved_step:
+            self._save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_final and trainer.global_step != self.last_saved_step:
+            self._save(trainer)
+
+    def _save(self, trainer: pl.Trainer) -> None:
+        trainer.save_checkpoint(self.root / checkpoint_name(trainer.global_step), weights_only=False)
+        self.last_saved_step = trainer.global_step
+
+
+class Throughput(pl.Callback):
+    """Real tokens (or samples) per second through training steps, validation excluded."""
+
+    def __init__(self) -> None:
+        self.total_weight = 0
+        self.total_seconds = 0.0
+        self._start = 0.0
+        self._recent: list[tuple[int, float]] = []
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        seconds = time.perf_counter() - self._start
+        weight = getattr(pl_module, "last_weight", 0)
+        self.total_weight += weight
+        self.total_seconds += seconds
+        self._recent = (self._recent + [(weight, seconds)])[-20:]
+        recent = sum(w for w, _ in self._recent) / max(1e-9, sum(s for _, s in self._recent))
+        pl_module.log("tok/s", recent, prog_bar=True, logger=False)
+        pl_module.log("train/tokens_per_s", recent, prog_bar=False)
+
+    @property
+    def mean(self) -> float:
+        return self.total_weight / self.total_seconds if self.total_seconds else 0.0
+
+
+class Evaluation(pl.Callback):
+    """After each validation: the family writes samples and returns extra metrics, logged at this step."""
+
+    def __init__(self, family: Family, config: Any, run_dir: Path) -> None:
+        self.family = family
+        self.config = config
+        self.run_dir = run_dir
+        self.metrics: dict[str, float] = {}
+        self.artifacts: list[Path] = []
+        self.last_step = -1
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self.last_step = trainer.global_step
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        tensorboard = next((lg.experiment for lg in trainer.loggers if isinstance(lg, pl.loggers.TensorBoardLogger)), None)
+        context = EvalContext(
+            model=pl_module.model,
+            generator=pl_module.generator,
+            config=self.config,
+            run_dir=self.run_dir,
+            step=trainer.global_step,
+            is_rank_zero=trainer.is_global_zero,
+            tensorboard=tensorboard if trainer.is_global_zero else None,
+            metrics=val,
+        )
+        was_training = pl_module.model.training
+        pl_module.model.eval()
+        with torch.no_grad():
+            extra = self.family.evaluate(context) or {}
+        pl_module.model.train(was_training)
+        self.metrics = {**val, **{k: float(v) for k, v in extra.items()}}
+        self.artifacts = context.artifacts
+        if extra:
+            # The step Lightning used for this validation's own metrics, so they share a row.
+            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+            for logger in trainer.loggers:
+                logger.log_metrics({k: float(v) for k, v in extra.items()}, step=step)

@@ -1,0 +1,286 @@
+"""The one checkpoint format (DESIGN.md, "Checkpoints").
+
+A checkpoint is a directory per step::
+
+    checkpoints/
+      step_00000200/
+        dcp/                      model and optimizer tensors (torch.distributed.checkpoint)
+        state-rank00000.pt        everything else, per rank: loop counters, LR schedule,
+                                  sampler position, RNG streams, plugin state, optimizer
+                                  hyper-parameters; loadable with weights_only=True
+        config.yaml               the resolved run config
+        COMPLETE                  written last, before the directory gets its final name
+      latest                      the name of the newest complete checkpoint
+
+It is written under a temporary name, fsynced, completed with the marker,
+then renamed; ``latest`` moves only after that. Loading never unpickles
+arbitrary objects: the DCP metadata goes through an allow-list unpickler and
+the rest through ``torch.load(weights_only=True)``.
+
+Optimizer state is stored by parameter name (``get_optimizer_state_dict``), so
+a checkpoint can be loaded into a model built at another tensor-parallel
+layout once its sharded tensors are DTensors.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from jevons.framework.errors import UsageError
+
+MARKER = "COMPLETE"
+LATEST = "latest"
+_NAME = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def step_of(path: Path) -> int:
+    match = _NAME.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{path} is not a checkpoint directory name")
+    return int(match.group(1))
+
+
+def is_complete(path: Path) -> bool:
+    return bool(_NAME.match(Path(path).name)) and (Path(path) / MARKER).is_file()
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if is_complete(p)), key=step_of)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint; None if there is none; an error if only incomplete ones exist.
+
+    Completeness is read from the markers, not from ``latest`` (which is for
+    people and tools), so a crash between the rename and the pointer update
+    loses nothing.
+    """
+    complete = complete_checkpoints(root)
+    if complete:
+        return complete[-1]
+    leftovers = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if any(name.startswith((".step_", "step_")) for name in leftovers):
+        raise UsageError(
+            f"Every checkpoint under {root} is incomplete ({', '.join(leftovers)}); refusing to start over. "
+            f"Remove the folder to train from scratch, or point checkpoint.resume at a complete checkpoint."
+        )
+    return None
+
+
+# -- saving ------------------------------------------------------------------
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    module: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    state: dict[str, Any],
+    config_yaml: str,
+    keep_last: int,
+) -> Path:
+    """Write a checkpoint for ``step`` on every rank; only a complete one becomes visible."""
+    rank, world = _rank_world()
+    final = root / checkpoint_name(step)
+    temporary = root / f".{final.name}.tmp"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+    _barrier(world)
+
+    tensors, extra = _split(_full_state(module, optimizers))
+    dcp.save(tensors, storage_writer=dcp.FileSystemWriter(temporary / "dcp", sync_files=True))
+    state = {**state, "optimizer_extra": extra["optim"], "world_size": world}
+    _write_durably(temporary / f"state-rank{rank:05d}.pt", _serialize_safely(state))
+    _barrier(world)
+
+    if rank == 0:
+        _write_durably(temporary / "config.yaml", config_yaml.encode())
+        _write_durably(temporary / MARKER, f"{step}\n".encode())
+        _fsync_dir(temporary)
+        if final.exists():  # the same step saved again after a resume: replace it whole
+            shutil.rmtree(final)
+        os.rename(temporary, final)
+        _fsync_dir(root)
+        _write_durably(root / f"{LATEST}.tmp", f"{final.name}\n".encode())
+        os.replace(root / f"{LATEST}.tmp", root / LATEST)
+        _fsync_dir(root)
+        for old in complete_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(world)
+    return final
+
+
+def _full_state(module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, Any]:
+    options = StateDictOptions(flatten_optimizer_state_dict=False)
+    optim = get_optimizer_state_dict(module, list(optimizers), options=options) if optimizers else {}
+    return {"model": get_model_state_dict(module, options=options), "optim": optim}
+
+
+def _split(tree: Any) -> tuple[Any, Any]:
+    """Tensors (for DCP) and everything else (for the weights_only file), same nesting."""
+    if isinstance(tree, torch.Tensor):
+        return tree, None
+    if isinstance(tree, dict):
+        tensors, others = {}, {}
+        for key, value in tree.items():
+            t, o = _split(value)
+            if t is not None and (not isinstance(t, dict) or t):
+                tensors[key] = t
+            if o is not None and (not isinstance(o, dict) or o):
+                others[key] = o
+        return tensors, others
+    return None, tree
+
+
+def _merge(tensors: Any, others: Any) -> Any:
+    if not isinstance(tensors, dict) or not isinstance(others, dict):
+        return tensors if others is None else others
+    merged = dict(others)
+    for key, value in tensors.items():
+        merged[key] = _merge(value, others.get(key)) if key in others else value
+    return merged
+
+
+def _serialize_safely(state: dict[str, Any]) -> bytes:
+    """``torch.save`` bytes that ``weights_only=True`` can load; an error now beats an unloadable checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise TypeError(
+            f"checkpoint state must hold only tensors, numbers, strings, lists, tuples and dicts: {error}"
+        ) from error
+    return buffer.getvalue()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, Any]:
+    """Load model and optimizer state in place; return the rest of the saved state for this rank."""
+    path = Path(path)
+    if not is_complete(path):
+        raise UsageError(f"{path} is not a complete checkpoint (no {MARKER} marker); use one listed under its parent.")
+    rank, _ = _rank_world()
+    state_file = path / f"state-rank{rank:05d}.pt"
+    if not state_file.exists():  # loaded at another world size: global state is the same on every rank
+        state_file = path / "state-rank00000.pt"
+    state = torch.load(state_file, weights_only=True, map_location="cpu")
+
+    template = _full_state(module, optimizers)  # initialises empty optimizer state to load into
+    tensors, _ = _split(template)
+    dcp.load(tensors, storage_reader=SafeFileSystemReader(path / "dcp"), planner=_TensorsOnlyPlanner())
+    options = StateDictOptions(flatten_optimizer_state_dict=False)
+    set_model_state_dict(module, tensors["model"], options=options)
+    if optimizers:
+        optim = _merge(tensors.get("optim", {}), state.pop("optimizer_extra", {}))
+        set_optimizer_state_dict(module, list(optimizers), optim, options=options)
+    return state
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata, refusing every global that is not plain checkpoint metadata."""
+
+    _ALLOWED = {
+        "torch.distributed.checkpoint.metadata": {
+            "Metadata",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "MetadataIndex",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        },
+        "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+        "torch.serialization": {"_get_layout"},
+        "pathlib": {"PosixPath", "PurePosixPath"},
+        "collections": {"OrderedDict"},
+        "torch": {"Size"},
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name in self._ALLOWED.get(module, ()):
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"checkpoint metadata refers to {module}.{name}, which is not allowed")
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """DCP's reader, with its metadata pickle loaded through an allow-list."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as handle:
+                metadata = _RestrictedUnpickler(handle).load()
+        except pickle.UnpicklingError as error:
+            raise UsageError(f"Refusing to load {path}: {error}. The checkpoint may have been tampered with.") from None
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _TensorsOnlyPlanner(DefaultLoadPlanner):
+    """Jevons checkpoints keep only tensors in DCP; a pickled object there is refused, not loaded."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        raise UsageError(f"Refusing to unpickle '{read_item.dest_index.fqn}' from a checkpoint: only tensors are expected.")
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()

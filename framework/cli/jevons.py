@@ -1,0 +1,102 @@
+"""``jevons``: what is installed (recipes, plugins, hooks) and built-in data."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from typing import Sequence
+
+from jevons.framework.cli.common import guarded
+from jevons.framework.errors import UsageError, did_you_mean, format_choices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jevons", description="Inspect a Jevons installation and its data.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("recipes", help="list recipes and their families")
+    commands.add_parser("plugins", help="list plugins and the plugin x family matrix")
+    commands.add_parser("hooks", help="list hooks and which plugins implement them")
+    data = commands.add_parser("data", help="build a built-in dataset (or list them)")
+    data.add_argument("name", nargs="?", help="a data source; omit to list them")
+    data.add_argument("--root", help="cache folder (default $JEVONS_DATA or ~/.cache/jevons)")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data}
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return guarded(lambda: handlers[args.command](args))
+
+
+def _manager():  # type: ignore[no-untyped-def]
+    from jevons.framework.plugin_manager import PluginManager
+
+    return PluginManager.load()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    manager = _manager()
+    rows = [(r.name, r.family, r.plugin, str(r.path)) for r in sorted(manager.recipes.values(), key=lambda r: r.name)]
+    print(_table(("recipe", "family", "from plugin", "file"), rows))
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from jevons.framework.plugin_manager import unsupported_reason
+
+    manager = _manager()
+    rows = [(n, manager.versions[n], ", ".join(manager.hooks_of(n)), manager.info(n).description) for n in manager.names()]
+    print(_table(("plugin", "version", "hooks", "description"), rows))
+    families = sorted(manager.families)
+    runnable = manager.run_plugins()
+    print("\nPlugin x family (yes: supported; otherwise why not):")
+    if not runnable:
+        print("  no plugins that act on runs are installed")
+        return 0
+    matrix = [
+        [name] + [unsupported_reason(manager.info(name), manager.family(f)) or "yes" for f in families] for name in runnable
+    ]
+    print(_table(["plugin", *families], matrix))
+    return 0
+
+
+def _hooks(args: argparse.Namespace) -> int:
+    from jevons.framework import hookspecs
+    from jevons.framework.plugin_manager import hookspec_names
+
+    manager = _manager()
+    rows = []
+    for name in hookspec_names():
+        spec = getattr(hookspecs, name)
+        doc = (inspect.getdoc(spec) or "").splitlines()[0]
+        implementers = [p for p in manager.names() if name in manager.hooks_of(p)]
+        rows.append((f"{name}{inspect.signature(spec)}".replace("'", ""), ", ".join(implementers) or "-", doc))
+    print(_table(("hook", "implemented by", "what it does"), rows))
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from jevons.framework.data.cache import data_root, ensure_built
+
+    manager = _manager()
+    sources = {s.name: (s, f) for f, reg in sorted(manager.families.items()) for s in reg.value.data_sources()}
+    if not args.name:
+        print(_table(("source", "family", "description"), [(n, f, s.description) for n, (s, f) in sorted(sources.items())]))
+        return 0
+    if args.name not in sources:
+        raise UsageError(f"Unknown data source '{args.name}'.{did_you_mean(args.name, sources)} Sources: {format_choices(sources)}.")
+    path = ensure_built(sources[args.name][0], data_root(args.root), progress=True)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Step 2 of a run: compose the config with Hydra's Compose API, then validate it.
+
+The primary config holds every registered section's defaults (framework,
+family, plugins), so any default can be overridden with ``a.b=c``; the
+``recipe`` group holds every registered recipe (package ``_global_``, so a
+recipe's keys land at the top level) and the ``launcher`` group every
+launcher's schema. Recipes are put in Hydra's ConfigStore rather than on its
+search path so that two plugins shipping the same recipe name is an error
+naming both, instead of one silently shadowing the other.
+
+Nothing here imports torch or writes to disk: a mistake is a
+:class:`UsageError` in about a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, field, make_dataclass
+from typing import Any, Sequence
+
+from jevons.framework.config.schema import Config
+from jevons.framework.config.validate import to_dataclass
+from jevons.framework.errors import UsageError, did_you_mean, format_choices
+from jevons.framework.plugin_manager import PluginManager
+
+PRIMARY = "jevons"
+
+
+def recipe_name(overrides: Sequence[str]) -> str | None:
+    """The NAME of ``recipe=NAME`` among the overrides, if any."""
+    for override in overrides:
+        if override.startswith("recipe="):
+            return override.split("=", 1)[1]
+    return None
+
+
+def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
+    """Compose, validate and ``configure`` a run's config from ``recipe=NAME key=value ...``."""
+    from jevons.launch import LAUNCHER_SCHEMAS
+
+    name = recipe_name(overrides)
+    if not name:
+        raise UsageError(f"No recipe given: use 'train recipe=NAME'. Recipes: {format_choices(manager.recipes)}.")
+    if name not in manager.recipes:
+        raise UsageError(
+            f"Unknown recipe '{name}'.{did_you_mean(name, manager.recipes)} Recipes: {format_choices(manager.recipes)}."
+        )
+    family = manager.family(manager.recipes[name].family)
+
+    sections = {section: reg.value for section, reg in manager.config_sections.items()}
+    raw = _compose(manager, family.config_sections, sections, LAUNCHER_SCHEMAS, overrides)
+    raw["recipe"] = name
+
+    launcher_name = raw.get("launcher", {}).get("name", "local")
+    if launcher_name not in LAUNCHER_SCHEMAS:
+        raise UsageError(f"launcher.name={launcher_name!r}: unknown launcher. Launchers: {format_choices(LAUNCHER_SCHEMAS)}.")
+    enabled = raw.get("plugins") or []
+    if not isinstance(enabled, list) or not all(isinstance(p, str) for p in enabled):
+        raise UsageError(f"plugins={enabled!r} must be a list of plugin names, e.g. plugins=[muon].")
+    manager.check_enabled(enabled, family)
+
+    # Sections of plugins that are not enabled are checked, then left out of the run.
+    for section, schema in sections.items():
+        if section not in enabled and section in raw:
+            to_dataclass(schema, raw.pop(section), section)
+    schema = run_schema(family.config_sections, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name])
+    config = to_dataclass(schema, raw, "")
+    if config.family != family.name:
+        raise UsageError(f"family={config.family!r}: recipe '{name}' belongs to family '{family.name}'.")
+    manager.call_each("configure", enabled, config=config)
+    return config
+
+
+def run_schema(family_sections: dict[str, type], plugin_sections: dict[str, type], launcher: type) -> type:
+    """The run's Config class: framework sections, the family's, the enabled plugins', the launcher's."""
+    extra = {**family_sections, **plugin_sections, "launcher": launcher}
+    fields = [(key, schema, field(default_factory=schema)) for key, schema in extra.items()]
+    return make_dataclass("Config", fields, bases=(Config,), namespace={"__module__": __name__})
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, for ``config.yaml``."""
+    return asdict(config)
+
+
+def _compose(
+    manager: PluginManager,
+    family_sections: dict[str, type],
+    plugin_sections: dict[str, type],
+    launchers: dict[str, type],
+    overrides: Sequence[str],
+) -> dict[str, Any]:
+    from hydra import compose, initialize
+    from hydra.core.config_store import ConfigStore
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    defaults: dict[str, Any] = asdict(Config())
+    del defaults["launcher"]
+    for key, schema in {**family_sections, **plugin_sections}.items():
+        defaults[key] = asdict(schema())
+    store = ConfigStore.instance()
+    store.repo.pop("recipe", None)
+    store.repo.pop("launcher", None)
+    store.store(name=PRIMARY, node={"defaults": ["_self_", {"launcher": "local"}, {"recipe": "???"}], **defaults})
+    for launcher, schema in launchers.items():
+        store.store(group="launcher", name=launcher, node=asdict(schema(name=launcher)), package="launcher")
+    for recipe in manager.recipes.values():
+        store.store(group="recipe", name=recipe.name, node=_load_yaml(recipe.path), package="_global_")
+
+    try:
+        with initialize(version_base=None):
+            composed = compose(config_name=PRIMARY, overrides=list(overrides))
+        return OmegaConf.to_container(composed, resolve=True)  # type: ignore[return-value]
+    except (HydraException, OmegaConfBaseException) as error:
+        key = _failing_key(error)
+        if key is not None:
+            schema = run_schema(family_sections, plugin_sections, launchers.get("local", object))
+            raise UsageError(_unknown_key_message(schema, key)) from None
+        raise UsageError(f"Cannot compose the config: {error}") from None
+
+
+def _failing_key(error: BaseException) -> str | None:
+    """The full key Hydra could not override because it does not exist, if that is the error."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = error.__cause__ if error.__cause__ is not None else error
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+        return str(cause.full_key)
+    return None
+
+
+def _unknown_key_message(schema: type, key: str) -> str:
+    parts = key.split(".")
+    current: Any = schema
+    for depth, part in enumerate(parts[:-1]):
+        hints = typing.get_type_hints(current) if dataclasses.is_dataclass(current) else {}
+        if part not in hints:
+            parent = ".".join(parts[:depth]) or "the config"
+            prefix = ".".join(parts[:depth]) + "." if depth else ""
+            return f"Unknown key '{'.'.join(parts[: depth + 1])}'.{did_you_mean(part, hints, prefix)} Valid keys in {parent}: {', '.join(hints)}."
+        current = hints[part]
+    hints = typing.get_type_hints(current) if dataclasses.is_dataclass(current) else {}
+    parent = ".".join(parts[:-1]) or "the config"
+    valid = f" Valid keys in '{parent}': {', '.join(hints)}." if hints else ""
+    prefix = ".".join(parts[:-1]) + "." if len(parts) > 1 else ""
+    return f"Unknown key '{key}'.{did_you_mean(parts[-1], hints, prefix)}{valid}"
+
+
+def _load_yaml(path: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except Exception as error:
+        raise UsageError(f"Recipe {path} is not valid YAML: {error}") from None

@@ -1,0 +1,169 @@
+"""Typed schemas of the framework's config sections, with their defaults explained.
+
+A run's config is one :class:`Config`: these framework sections, plus the
+family's sections (``model``, an extended ``data``) and one section per enabled
+plugin, added per run by :func:`jevons.framework.config.compose.compose_config`.
+A new feature is new config here, never a new CLI flag (STYLE.md, 9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    """Optimizer steps to train for (not micro-batches)."""
+    val_check_interval: int = 200
+    """Run validation (loss + the family's samples and metrics) every this many steps."""
+    limit_val_batches: int = 16
+    """Validation batches per validation; 0 turns validation off."""
+    log_every_n_steps: int = 10
+    """How often training metrics reach metrics.csv and TensorBoard."""
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"] = "32-true"
+    """Lightning precision. CPU training is fp32: bf16 matmul is slow on most CPUs."""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    """Clip the global gradient norm to this; null turns clipping off."""
+    num_threads: Optional[int] = None
+    """torch intra-op threads per process; null keeps torch's default (all cores)."""
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.max_steps > 0, "trainer.max_steps", self.max_steps, "a positive integer")
+        _require(self.val_check_interval > 0, "trainer.val_check_interval", self.val_check_interval, "a positive integer")
+        _require(self.limit_val_batches >= 0, "trainer.limit_val_batches", self.limit_val_batches, "0 or more")
+        _require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", self.log_every_n_steps, "a positive integer")
+        _require(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", self.accumulate_grad_batches, "a positive integer")
+        if self.num_threads is not None:
+            _require(self.num_threads > 0, "trainer.num_threads", self.num_threads, "a positive integer or null")
+
+
+@dataclass
+class OptimizerConfig:
+    """The default optimizer (AdamW) and the learning-rate schedule every optimizer gets."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    """Decoupled weight decay; norms, gains and biases are never decayed."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many steps."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up, down to ``lr * min_lr_ratio`` at ``trainer.max_steps``."""
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optimizer.lr", self.lr, "a positive number")
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "0 or more")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas, "two numbers in [0, 1)")
+        _require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "0 or more")
+        _require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is batched. Families extend this section."""
+
+    source: str = ""
+    """A built-in data source (``jevons data`` lists them) or the path of a shard
+    index (``index.json``) written by :func:`jevons.framework.data.shards.write_shards`."""
+    root: Optional[str] = None
+    """Cache for built-in data; null means ``$JEVONS_DATA`` or ``~/.cache/jevons``."""
+    batch_size: int = 32
+    """Samples per batch per data-parallel rank."""
+    val_batch_size: Optional[int] = None
+    """Defaults to ``batch_size``."""
+    num_workers: int = 1
+    """DataLoader worker processes that decode samples."""
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "0 or more")
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: Optional[int] = None
+    """Save every this many steps; null saves only at the end of training."""
+    keep_last: int = 2
+    """Complete checkpoints kept; older ones are deleted after a newer one is complete."""
+    resume: str = "never"
+    """``never``; ``auto`` (newest complete checkpoint of ``run.dir``, or of this
+    recipe's newest run); or the path of a checkpoint directory."""
+    save_final: bool = True
+    """Save a checkpoint when training ends."""
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps is not None:
+            _require(self.every_n_steps > 0, "checkpoint.every_n_steps", self.every_n_steps, "a positive integer or null")
+        _require(self.keep_last > 0, "checkpoint.keep_last", self.keep_last, "a positive integer")
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron-Core parallel sizes; data parallelism is the world size divided by the rest."""
+
+    tensor: int = 1
+    pipeline: int = 1
+    context: int = 1
+    expert: int = 1
+    sequence: bool = False
+    """Megatron sequence parallelism (needs tensor > 1 and CUDA)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tensor", "pipeline", "context", "expert"):
+            _require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "a positive integer")
+
+
+@dataclass
+class LauncherConfig:
+    """How the run is started; ``launcher=local`` or ``launcher=slurm`` picks the schema."""
+
+    name: str = "local"
+    nproc: int = 1
+    """Processes on this machine (``launcher=local launcher.nproc=N``)."""
+
+    def __post_init__(self) -> None:
+        _require(self.nproc >= 1, "launcher.nproc", self.nproc, "a positive integer")
+
+
+@dataclass
+class RunConfig:
+    root: str = "runs"
+    """Run directories are created as ``<root>/<recipe>/<timestamp>/``."""
+    dir: Optional[str] = None
+    """An explicit run directory (resuming into it, or a Slurm job's)."""
+
+
+@dataclass
+class Config:
+    """The framework's sections. Per run, a subclass adds the family's and plugins' sections."""
+
+    family: str = ""
+    """The recipe's family; every recipe YAML sets it."""
+    recipe: str = ""
+    """Filled in from ``recipe=NAME``."""
+    seed: int = 0
+    plugins: list[str] = field(default_factory=list)
+    """The plugins that act on this run; others are loaded but stay out."""
+    kernels: dict[str, str] = field(default_factory=dict)
+    """Force a kernel implementation per op, e.g. ``{newton_schulz: reference}``."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        from jevons.framework.errors import UsageError
+
+        raise UsageError(f"{key}={value!r} is not valid: expected {expected}.")

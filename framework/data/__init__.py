@@ -1,0 +1,4 @@
+"""Data plumbing: indexed webdataset shards, the built-in data cache, batch samplers, loaders.
+
+Light on import: the heavy parts (webdataset, wids, torch) load with the submodules.
+"""

@@ -1,0 +1,161 @@
+"""Indexed webdataset shards: written with ``webdataset.ShardWriter``, read map-style with ``wids``.
+
+A split is a set of tar shards plus an index JSON that is both a valid wids
+dataset descriptor (``shardlist`` of ``{url, nsamples}``) and the carrier of
+each sample's length(s), so batch samplers see every length up front without
+opening a shard::
+
+    {"wids_version": 1, "name": "llm-prose/train",
+     "shardlist": [{"url": "train-000000.tar", "nsamples": 500, "filesize": 812032}],
+     "jevons": {"lengths": [[310], [257], ...], "length_names": ["tokens"]}}
+
+Each sample's fields are stored under webdataset's extension conventions
+(``tokens.npy``, ``txt``, ``json``, ``png``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from jevons.framework.errors import UsageError
+
+INDEX_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A split's index: where its shards are and every sample's length(s)."""
+
+    path: Path
+    shards: list[dict[str, Any]]
+    lengths: np.ndarray  # (N,) or (N, k) integer lengths, one row per sample
+    length_names: list[str]
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(shard["nsamples"] for shard in self.shards))
+
+
+def write_shards(
+    samples: Iterable[tuple[dict[str, Any], Sequence[int]]],
+    directory: Path,
+    split: str,
+    *,
+    length_names: Sequence[str],
+    name: str = "",
+    max_samples_per_shard: int = 1000,
+) -> Path:
+    """Write ``(sample, lengths)`` pairs as ``<split>-NNNNNN.tar`` shards and ``<split>.json``.
+
+    ``sample`` maps ``__key__`` and extension-named fields to values, as
+    ``webdataset.ShardWriter`` expects. Returns the index path.
+    """
+    import webdataset as wds
+
+    directory.mkdir(parents=True, exist_ok=True)
+    pattern = str(directory / f"{split}-%06d.tar")
+    lengths: list[list[int]] = []
+    counts: list[int] = []
+    with wds.ShardWriter(pattern, maxcount=max_samples_per_shard, verbose=0) as writer:
+        for sample, sample_lengths in samples:
+            if len(sample_lengths) != len(length_names):
+                raise ValueError(f"sample {sample.get('__key__')} has {len(sample_lengths)} lengths, expected {length_names}")
+            writer.write(sample)
+            while len(counts) < writer.shard:  # writer.shard counts the shards opened so far
+                counts.append(0)
+            counts[writer.shard - 1] += 1
+            lengths.append([int(n) for n in sample_lengths])
+    shards = []
+    for number, count in enumerate(counts):
+        filename = Path(pattern % number).name
+        shards.append({"url": filename, "nsamples": count, "filesize": (directory / filename).stat().st_size})
+    index = {
+        "wids_version": 1,
+        "name": name or split,
+        "shardlist": shards,
+        "jevons": {"lengths": lengths, "length_names": list(length_names)},
+    }
+    path = directory / f"{split}{INDEX_SUFFIX}"
+    path.write_text(json.dumps(index))
+    return path
+
+
+def read_index(path: Path) -> ShardIndex:
+    """Read and check a split's index; shard URLs are resolved against its folder."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"No shard index at {path}: expected a file written by jevons.framework.data.write_shards.") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"Shard index {path} is not valid JSON: {error}") from None
+    meta = data.get("jevons") if isinstance(data, dict) else None
+    if not isinstance(meta, dict) or "lengths" not in meta or "shardlist" not in data:
+        raise UsageError(f"{path} is not a Jevons shard index: it needs 'shardlist' and 'jevons.lengths'.")
+    shards = [dict(shard, url=str((Path(path).parent / shard["url"]).resolve())) for shard in data["shardlist"]]
+    lengths = np.asarray(meta["lengths"], dtype=np.int64)
+    total = sum(shard["nsamples"] for shard in shards)
+    if len(lengths) != total:
+        raise UsageError(f"Shard index {path} lists {total} samples but {len(lengths)} lengths.")
+    return ShardIndex(Path(path), shards, lengths, list(meta.get("length_names", [])))
+
+
+class _LocalPath:
+    """wids copies shards into a cache unless the 'local name' is the shard itself."""
+
+    def __call__(self, url: str) -> str:
+        return url
+
+
+class ShardDataset:
+    """Map-style access to one split's samples; ``decode`` runs in DataLoader workers.
+
+    Shards are opened lazily, per process, so the object can be handed to
+    forked workers before any file is open.
+    """
+
+    def __init__(self, index: ShardIndex, decode: Callable[[dict[str, Any]], Any]) -> None:
+        self.index = index
+        self.decode = decode
+        self.lengths = index.lengths
+        self._reader: Any = None
+        self._reader_pid = -1
+
+    def __len__(self) -> int:
+        return self.index.num_samples
+
+    def _open(self) -> Any:
+        import wids
+
+        # wids prints a line per dataset to stderr unconditionally; keep the CLI quiet.
+        with contextlib.redirect_stderr(io.StringIO()):
+            return wids.ShardListDataset(
+                [dict(shard) for shard in self.index.shards], localname=_LocalPath(), transformations=[], lru_size=64
+            )
+
+    def raw(self, i: int) -> dict[str, Any]:
+        """The undecoded sample: field name to bytes, plus ``__key__``."""
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader, self._reader_pid = self._open(), os.getpid()
+        sample = self._reader[int(i)]
+        # wids keeps the dot of each extension (".tokens.npy"); webdataset's writer convention has none.
+        return {k.lstrip("."): (v.getvalue() if isinstance(v, io.BytesIO) else v) for k, v in sample.items()}
+
+    def __getitem__(self, i: int) -> Any:
+        return self.decode(self.raw(i))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_reader"] = None
+        return state
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)

@@ -1,0 +1,115 @@
+"""Process groups: ``torch.distributed`` from the environment, then Megatron-Core's ``parallel_state``.
+
+Step 3 of a run's lifecycle (DESIGN.md): in every process, before any model is
+built. The environment is torchrun-style (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``) or Slurm-style
+(``SLURM_PROCID``, ``SLURM_NTASKS``); a process with neither is a world of one,
+given an in-memory store so it needs no port. The Lightning strategy adopts
+these groups and never creates its own.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from jevons.framework.config.schema import ParallelConfig
+from jevons.framework.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ProcessEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def process_env() -> ProcessEnv:
+    """This process' rank, world size and local rank, from torchrun's or Slurm's variables."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return ProcessEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        return ProcessEnv(
+            int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+        )
+    return ProcessEnv(0, 1, 0)
+
+
+def check_parallel_sizes(parallel: ParallelConfig, world_size: int, cuda: bool) -> int:
+    """Validate the parallel sizes against the world; return the data-parallel size."""
+    model_parallel = parallel.tensor * parallel.pipeline * parallel.context
+    if model_parallel > world_size or world_size % model_parallel:
+        raise UsageError(
+            f"parallel.tensor={parallel.tensor} x pipeline={parallel.pipeline} x context={parallel.context} "
+            f"= {model_parallel} does not divide the world of {world_size} process(es). "
+            f"Use launcher.nproc (or launcher.nodes x tasks per node) that is a multiple of {model_parallel}."
+        )
+    if not cuda:
+        unsupported = [
+            name
+            for name, on in (
+                ("parallel.pipeline", parallel.pipeline > 1),
+                ("parallel.context", parallel.context > 1),
+                ("parallel.expert", parallel.expert > 1),
+                ("parallel.sequence", parallel.sequence),
+            )
+            if on
+        ]
+        if unsupported:
+            raise UsageError(
+                f"{', '.join(unsupported)} need CUDA: Megatron-Core runs pipeline, context, expert and sequence "
+                f"parallelism only on GPUs. On CPU use parallel.tensor and data parallelism."
+            )
+    return world_size // model_parallel
+
+
+@contextmanager
+def initialized(parallel: ParallelConfig) -> Iterator[ProcessEnv]:
+    """Initialise torch.distributed and Megatron's parallel_state; tear down what this call set up."""
+    from megatron.core import parallel_state
+
+    env = process_env()
+    cuda = torch.cuda.is_available()
+    check_parallel_sizes(parallel, env.world_size, cuda)
+    created = not dist.is_initialized()
+    if created:
+        backend = "nccl" if cuda else "gloo"
+        if env.world_size == 1 and "MASTER_ADDR" not in os.environ:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+    if cuda:
+        torch.cuda.set_device(env.local_rank)
+    megatron_created = not parallel_state.model_parallel_is_initialized()
+    if megatron_created:
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=parallel.tensor,
+            pipeline_model_parallel_size=parallel.pipeline,
+            context_parallel_size=parallel.context,
+            expert_model_parallel_size=parallel.expert,
+        )
+    try:
+        yield env
+    finally:
+        if megatron_created:
+            parallel_state.destroy_model_parallel()
+        if created:
+            dist.destroy_process_group()
+
+
+def data_parallel_rank_and_size() -> tuple[int, int]:
+    """This process' position in Megatron's data-parallel group ((0, 1) outside a run)."""
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return 0, 1
+    return parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+
+
+def is_rank_zero() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0

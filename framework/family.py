@@ -1,0 +1,142 @@
+"""The Family protocol: what a recipe family provides to the framework.
+
+A family (``llm``, ``diffusion``, ``speech``, ``mixed_modal`` or a third
+party's) is one object registered through the ``register_recipes`` hook. The
+framework knows no model: it asks the family to build one, to list the modules
+plugins may replace, to build map-style datasets with per-sample lengths, and
+for the default objective, generator and evaluation. See ``docs/families.md``.
+
+Subclass :class:`FamilyBase` to get the optional parts with sensible defaults.
+Keep the module that defines the family light (no torch at import time): the
+family is constructed while plugins load, before the config is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+    from jevons.framework.config.schema import Config
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A built-in dataset the family can generate with no download.
+
+    :param name: the name for ``jevons data NAME`` (e.g. ``"llm-prose"``).
+    :param description: one line for listings.
+    :param build: ``build(directory, progress)`` writes the dataset's shards,
+        index and any side files (tokenizer) into ``directory``, which is
+        empty and is renamed into place only when ``build`` returns.
+    :param version: bump when the output changes, so caches are rebuilt.
+    """
+
+    name: str
+    description: str
+    build: Callable[[Path, bool], None]
+    version: int = 1
+
+
+@dataclass
+class EvalContext:
+    """Everything a family's ``evaluate`` gets at the end of a validation.
+
+    :param model: the model being trained (in eval mode, no grad).
+    :param generator: the run's generator (plugin's or the family default).
+    :param config: the run config.
+    :param run_dir: the run directory; samples go under ``run_dir / "samples"``.
+    :param step: the global training step.
+    :param is_rank_zero: only rank zero writes files.
+    :param tensorboard: a ``SummaryWriter`` or ``None``.
+    :param metrics: this validation's aggregated metrics (``val/loss``...).
+    :param artifacts: files ``evaluate`` wrote; the run summary lists them.
+    """
+
+    model: Any
+    generator: Any
+    config: Any
+    run_dir: Path
+    step: int
+    is_rank_zero: bool = True
+    tensorboard: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+
+
+@runtime_checkable
+class Family(Protocol):
+    """A recipe family. Attributes and methods, in the order the build uses them."""
+
+    name: str
+    """Unique family name; recipes say ``family: <name>``."""
+
+    recipe_dir: Path | None
+    """Directory of ``*.yaml`` recipes shipped with the family, or None."""
+
+    config_sections: Mapping[str, type]
+    """Typed schemas for the family's sections, e.g. ``{"model": ModelConfig}``.
+    ``"data"`` extends :class:`jevons.framework.config.schema.DataConfig`."""
+
+    capabilities: frozenset[str]
+    """What the family's model offers to plugins (``"attention_processors"``,
+    ``"token_modalities"``...); plugins may require capabilities."""
+
+    def data_sources(self) -> Iterable[DataSource]:
+        """Built-in datasets this family can generate (``jevons data NAME``)."""
+
+    def build_model(self, config: Config) -> torch.nn.Module:
+        """Build the model, tensor-parallel-aware from the start."""
+
+    def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
+        """``(qualified_name, module)`` for each module ``replace_attention`` may replace."""
+
+    def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
+        """``(qualified_name, layer_index, module)`` for each module ``replace_ffn`` may replace."""
+
+    def build_dataset(self, config: Config, split: str) -> Any:
+        """A map-style dataset with ``lengths`` (one or two per sample) and ``collate``."""
+
+    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+        """The objective used when no plugin answers ``make_objective``."""
+
+    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+        """The generator used when no plugin answers ``make_generator``."""
+
+    def evaluate(self, context: EvalContext) -> dict[str, float]:
+        """Write samples for ``context.step`` and return extra validation metrics."""
+
+
+class FamilyBase:
+    """Defaults for the optional parts of :class:`Family`."""
+
+    name: str = ""
+    recipe_dir: Path | None = None
+    config_sections: Mapping[str, type] = {}
+    capabilities: frozenset[str] = frozenset()
+
+    def data_sources(self) -> Iterable[DataSource]:
+        return ()
+
+    def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
+        return ()
+
+    def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
+        return ()
+
+    def evaluate(self, context: EvalContext) -> dict[str, float]:
+        return {}
+
+
+@dataclass(frozen=True)
+class RecipeDirectory:
+    """Extra recipes for existing families: ``register(RecipeDirectory(path))``.
+
+    Each ``*.yaml`` in ``path`` must say which family it belongs to
+    (``family: llm``).
+    """
+
+    path: Path

@@ -1,0 +1,140 @@
+"""A thin adapter over Megatron-Core's tensor-parallel layers: one code path at every TP size.
+
+Families build their models from these, at TP=1 too (DESIGN.md,
+"Parallelism"). Megatron's linear layers return ``(output, bias)``; these
+subclasses return the output alone, with the bias added, and keep Megatron's
+parameter names (``weight``, ``bias``) and its partition attributes
+(``tensor_model_parallel``, ``partition_dim``), which the checkpoint code and
+Muon's tensor-parallel seam read.
+
+Weights are initialised on the CPU from the full ("master") matrix and then
+split (``use_cpu_initialization``), so a model built at TP=2 holds exactly the
+shards of the model built at TP=1 from the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel
+
+
+def megatron_config(params_dtype: torch.dtype = torch.float32) -> ModelParallelConfig:
+    """A Megatron layer config for the current tensor-parallel group, CPU initialisation on."""
+    return ModelParallelConfig(
+        tensor_model_parallel_size=tensor_parallel_size(),
+        use_cpu_initialization=True,
+        params_dtype=params_dtype,
+        sequence_parallel=False,
+        gradient_accumulation_fusion=False,
+    )
+
+
+def tensor_parallel_size() -> int:
+    """The TP size of the initialised ``parallel_state`` (1 when it is not initialised)."""
+    if not parallel_state.model_parallel_is_initialized():
+        return 1
+    return parallel_state.get_tensor_model_parallel_world_size()
+
+
+def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``N(0, std)`` initialisation, as Megatron's ``init_method_normal``."""
+
+    def init(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.nn.init.normal_(tensor, mean=0.0, std=std)
+
+    return init
+
+
+def scaled_init(std: float, num_layers: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``N(0, std / sqrt(2 * num_layers))`` for projections into the residual stream (GPT-2)."""
+    return normal_init(std / math.sqrt(2.0 * num_layers))
+
+
+class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
+    """``y = x W^T (+ b)`` with W split by output rows across TP ranks; returns ``y`` only.
+
+    Input ``(..., in_features)`` replicated on every TP rank; output
+    ``(..., out_features / tp)`` unless ``gather_output``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init_method: Callable[[torch.Tensor], torch.Tensor],
+        bias: bool = False,
+        gather_output: bool = False,
+        config: ModelParallelConfig | None = None,
+    ) -> None:
+        super().__init__(
+            in_features,
+            out_features,
+            config=config or megatron_config(),
+            init_method=init_method,
+            bias=bias,
+            gather_output=gather_output,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        output, _ = super().forward(x)
+        return output
+
+
+class RowParallelLinear(tensor_parallel.RowParallelLinear):
+    """``y = x W^T (+ b)`` with W split by input columns across TP ranks; returns ``y`` only.
+
+    Input ``(..., in_features / tp)`` (the output of a ColumnParallelLinear);
+    output ``(..., out_features)``, summed over TP ranks.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init_method: Callable[[torch.Tensor], torch.Tensor],
+        bias: bool = False,
+        config: ModelParallelConfig | None = None,
+    ) -> None:
+        super().__init__(
+            in_features,
+            out_features,
+            config=config or megatron_config(),
+            init_method=init_method,
+            bias=bias,
+            input_is_parallel=True,
+            skip_bias_add=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        output, _ = super().forward(x)
+        return output
+
+
+class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):
+    """Token embedding with the vocabulary split across TP ranks; output replicated."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        init_method: Callable[[torch.Tensor], torch.Tensor],
+        config: ModelParallelConfig | None = None,
+    ) -> None:
+        super().__init__(num_embeddings, embedding_dim, init_method=init_method, config=config or megatron_config())
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy from vocab-sharded logits ``(..., V / tp)``; returns ``target``'s shape."""
+    return tensor_parallel.vocab_parallel_cross_entropy(logits, target)
+
+
+def pad_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    """Round the vocabulary up so it splits evenly over the TP ranks (Megatron's padding)."""
+    step = multiple * tensor_parallel_size()
+    return int(math.ceil(vocab_size / step) * step)

@@ -1,0 +1,25 @@
+"""How a run is started: in-process, N processes on one machine, or through Slurm.
+
+``LAUNCHER_SCHEMAS`` maps each ``launcher=NAME`` to the schema of its config
+section; it is read while the config is composed, so this module stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jevons.framework.config.schema import LauncherConfig
+
+if TYPE_CHECKING:
+    from jevons.framework.config.schema import Config
+    from jevons.framework.plugin_manager import PluginManager
+    from jevons.framework.run import RunResult
+
+LAUNCHER_SCHEMAS: dict[str, type] = {"local": LauncherConfig}
+
+
+def launch(manager: PluginManager, config: Config) -> RunResult | None:
+    """Start the run the way ``config.launcher`` says."""
+    from jevons.launch.local import launch_local
+
+    return launch_local(manager, config)

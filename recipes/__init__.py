@@ -1,0 +1,1 @@
+"""Recipe families, one subpackage each; each registers through ``register_recipes``."""

@@ -1,0 +1,130 @@
+"""The ``llm`` family: a decoder-only transformer trained on next-token prediction.
+
+Data: CPython's own documentation prose (``pydoc_data.topics``), byte-level
+BPE-tokenised, generated on first use (``jevons data llm-prose``). A user's
+own corpus is a folder holding ``train.json``/``val.json`` shard indexes of
+``tokens.npy`` documents plus the ``tokenizer.json`` that made them
+(``data.source=/path/to/folder``).
+
+This module stays light (no torch at import): the family object is created
+while plugins load.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from jevons.framework.config.schema import DataConfig
+from jevons.framework.family import DataSource, EvalContext, FamilyBase
+
+if TYPE_CHECKING:
+    import torch
+
+    from jevons.framework.config.schema import Config
+
+
+@dataclass
+class LLMModelConfig:
+    vocab_size: Optional[int] = None
+    """Null takes the data's tokenizer size; it is padded to split evenly over TP ranks."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_hidden_size: Optional[int] = None
+    """Null gives SwiGLU's 8/3 x hidden_size, rounded up to a multiple of 32 (Llama's sizing)."""
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+    """Share the token embedding with the output head (GPT-2 style)."""
+
+
+@dataclass
+class LLMDataConfig(DataConfig):
+    source: str = "llm-prose"
+    seq_len: int = 128
+    """Tokens per training window; documents are cut into windows of this length."""
+
+
+@dataclass
+class LLMGenerateConfig:
+    """What each validation writes to ``samples/``."""
+
+    prompts: list[str] = field(default_factory=lambda: ['The "assert" statement', "A function definition"])
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 40
+
+
+class LLMFamily(FamilyBase):
+    name = "llm"
+    recipe_dir = Path(__file__).parent / "configs"
+    config_sections = {"model": LLMModelConfig, "data": LLMDataConfig, "generate": LLMGenerateConfig}
+    capabilities = frozenset({"transformer", "token_sequences"})
+
+    def data_sources(self) -> Iterable[DataSource]:
+        from jevons.recipes.llm.data import PROSE_SOURCE
+
+        return (PROSE_SOURCE,)
+
+    def data_dir(self, config: Config) -> Path:
+        from jevons.framework.data.cache import data_root, resolve_source
+
+        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
+
+    def build_model(self, config: Config) -> torch.nn.Module:
+        from jevons.framework.tensor_parallel import pad_vocab_size
+        from jevons.recipes.llm.data import load_tokenizer
+        from jevons.recipes.llm.model import DecoderLM, TransformerShape
+
+        cfg = config.model
+        vocab = cfg.vocab_size or load_tokenizer(self.data_dir(config)).get_vocab_size()
+        if config.data.seq_len > cfg.max_seq_len:
+            from jevons.framework.errors import UsageError
+
+            raise UsageError(f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={cfg.max_seq_len}.")
+        ffn = cfg.ffn_hidden_size or 32 * math.ceil(8 * cfg.hidden_size / 3 / 32)
+        shape = TransformerShape(
+            vocab_size=pad_vocab_size(vocab),
+            hidden_size=cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            ffn_hidden_size=ffn,
+            max_seq_len=cfg.max_seq_len,
+            rope_theta=cfg.rope_theta,
+            norm_eps=cfg.norm_eps,
+            init_std=cfg.init_std,
+            tie_embeddings=cfg.tie_embeddings,
+        )
+        return DecoderLM(shape)
+
+    def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
+        return [(f"layers.{i}.attn", layer.attn) for i, layer in enumerate(model.layers)]
+
+    def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
+        return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(model.layers)]
+
+    def build_dataset(self, config: Config, split: str) -> Any:
+        from jevons.recipes.llm.data import TokenWindows
+
+        return TokenWindows.from_folder(self.data_dir(config), split, config.data.seq_len)
+
+    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+        from jevons.recipes.llm.objective import NextTokenObjective
+
+        return NextTokenObjective()
+
+    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+        from jevons.recipes.llm.data import load_tokenizer
+        from jevons.recipes.llm.generate import TextGenerator
+
+        return TextGenerator(model, load_tokenizer(self.data_dir(config)))
+
+    def evaluate(self, context: EvalContext) -> dict[str, float]:
+        from jevons.recipes.llm.evaluate import evaluate
+
+        return evaluate(context, self.data_dir(context.config))

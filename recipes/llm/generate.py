@@ -1,0 +1,52 @@
+"""Autoregressive text generation for the llm family: temperature and top-k sampling.
+
+No KV cache: the tiny recipes generate a few dozen tokens per validation, and
+recomputing the prefix keeps one code path for every tensor-parallel size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+class TextGenerator:
+    """``generator(prompts)`` returns each prompt followed by its continuation."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        seed: int = 0,
+    ) -> list[str]:
+        from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+        vocab = self.tokenizer.get_vocab_size()
+        max_len = self.model.shape.max_seq_len
+        rng = torch.Generator().manual_seed(seed)
+        device = next(self.model.parameters()).device
+        outputs = []
+        for prompt in prompts:
+            ids = torch.tensor([self.tokenizer.encode(prompt).ids or [0]], device=device)  # (1, T)
+            for _ in range(max_new_tokens):
+                logits = self.model(ids[:, -max_len:])[:, -1]  # (1, V / tp)
+                logits = gather_from_tensor_model_parallel_region(logits)[:, :vocab].float().cpu()  # (1, V)
+                if temperature <= 0:
+                    next_id = logits.argmax(dim=-1, keepdim=True)
+                else:
+                    logits = logits / temperature
+                    if top_k:
+                        kth = torch.topk(logits, min(top_k, vocab)).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    next_id = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=rng)
+                ids = torch.cat([ids, next_id.to(device)], dim=1)
+            outputs.append(self.tokenizer.decode(ids[0].tolist()))
+        return outputs

@@ -1,0 +1,171 @@
+"""A decoder-only transformer (Llama-style) built from Megatron-Core's tensor-parallel layers.
+
+Pre-norm blocks of RMSNorm, causal self-attention with rotary position
+embeddings (Su et al., 2021, "RoFormer") through ``scaled_dot_product_attention``,
+and a SwiGLU feed-forward (Shazeer, 2020, "GLU Variants Improve Transformer").
+Attention heads and the feed-forward hidden units are split Megatron-style
+(Shoeybi et al., 2019): column-parallel QKV and gate/up projections,
+row-parallel output projections, vocab-parallel embedding and output head.
+At TP=1 the same layers run with no communication.
+
+Tensors are batch-first: ``(B, T, C)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from jevons.framework.tensor_parallel import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    normal_init,
+    scaled_init,
+    tensor_parallel_size,
+)
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    vocab_size: int  # padded so it splits evenly over TP ranks
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    ffn_hidden_size: int
+    max_seq_len: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich, 2019) with a learned gain."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class RotaryEmbedding(nn.Module):
+    """Cos/sin tables for rotary embeddings, rotating pairs (i, i + head_dim/2)."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, D)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` of shape ``(B, H, T, D)``."""
+        seq_len = x.shape[-2]
+        cos, sin = self.cos[:seq_len].to(x.dtype), self.sin[:seq_len].to(x.dtype)
+        first, second = x.chunk(2, dim=-1)
+        rotated = torch.cat([-second, first], dim=-1)
+        return x * cos + rotated * sin
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; heads split across TP ranks."""
+
+    def __init__(self, shape: TransformerShape, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        tp = tensor_parallel_size()
+        self.local_heads = shape.num_heads // tp
+        self.head_dim = shape.head_dim
+        self.rotary = rotary
+        # One fused projection for Q, K and V, laid out head by head ([q, k, v] per
+        # head), so Megatron's contiguous row split gives each rank whole heads.
+        self.qkv = ColumnParallelLinear(shape.hidden_size, 3 * shape.hidden_size, init_method=normal_init(shape.init_std))
+        self.proj = RowParallelLinear(
+            shape.hidden_size, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv(x)  # (B, T, 3 * C / tp), laid out [heads of this rank][q, k, v][head_dim]
+        q, k, v = rearrange(qkv, "b t (h three d) -> three b h t d", three=3, d=self.head_dim)
+        q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H / tp, T, D)
+        return self.proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``; hidden units split across TP ranks."""
+
+    def __init__(self, shape: TransformerShape) -> None:
+        super().__init__()
+        self.gate_up = ColumnParallelLinear(
+            shape.hidden_size, 2 * shape.ffn_hidden_size, init_method=normal_init(shape.init_std)
+        )
+        self.down = RowParallelLinear(
+            shape.ffn_hidden_size, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = rearrange(self.gate_up(x), "b t (f two) -> two b t f", two=2)  # (B, T, F / tp) each
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, shape: TransformerShape, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(shape.hidden_size, shape.norm_eps)
+        self.attn = CausalSelfAttention(shape, rotary)
+        self.ffn_norm = RMSNorm(shape.hidden_size, shape.norm_eps)
+        self.ffn = SwiGLU(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class DecoderLM(nn.Module):
+    """Token ids ``(B, T)`` to vocab-parallel logits ``(B, T, V / tp)``."""
+
+    def __init__(self, shape: TransformerShape) -> None:
+        super().__init__()
+        tp = tensor_parallel_size()
+        if shape.num_heads % tp:
+            raise ValueError(f"num_heads={shape.num_heads} is not divisible by tensor parallel size {tp}")
+        self.shape = shape
+        self.embed = VocabParallelEmbedding(shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std))
+        rotary = RotaryEmbedding(shape.head_dim, shape.max_seq_len, shape.rope_theta)
+        self.layers = nn.ModuleList([Block(shape, rotary) for _ in range(shape.num_layers)])
+        self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
+        self.head = None
+        if not shape.tie_embeddings:
+            self.head = ColumnParallelLinear(shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.shape.max_seq_len:
+            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds max_seq_len={self.shape.max_seq_len}")
+        x = self.embed(input_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x)
+        x = self.norm(x)
+        if self.head is not None:
+            return self.head(x)  # (B, T, V / tp)
+        # Tied: the vocab-sharded embedding matrix is the column-parallel head.
+        return F.linear(_copy_to_tp_region(x), self.embed.weight)
+
+
+def _copy_to_tp_region(x: torch.Tensor) -> torch.Tensor:
+    """Identity forward, all-reduce of the gradient over TP ranks (Megatron's ``f``)."""
+    from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
+
+    return copy_to_tensor_model_parallel_region(x)
