@@ -208,11 +208,16 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
     state_file = path / f"state-rank{rank:05d}.pt"
     if not state_file.exists():  # loaded at another world size: global state is the same on every rank
         state_file = path / "state-rank00000.pt"
-    state = torch.load(state_file, weights_only=True, map_location="cpu")
+    try:
+        state = torch.load(state_file, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        raise UsageError(f"Refusing to load {state_file}: it holds more than tensors and plain data ({error}).") from None
 
+    reader = SafeFileSystemReader(path / "dcp")
+    reader.read_metadata()  # refuse a tampered checkpoint here, with our message, before DCP wraps it
     template = _full_state(module, optimizers)  # initialises empty optimizer state to load into
     tensors, _ = _split(template)
-    dcp.load(tensors, storage_reader=SafeFileSystemReader(path / "dcp"), planner=_TensorsOnlyPlanner())
+    dcp.load(tensors, storage_reader=reader, planner=_TensorsOnlyPlanner())
     options = StateDictOptions(flatten_optimizer_state_dict=False)
     set_model_state_dict(module, tensors["model"], options=options)
     if optimizers:

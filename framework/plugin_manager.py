@@ -240,8 +240,7 @@ class PluginManager:
         if enabled is not None:
             wanted = set(enabled)
             impls = [i for i in impls if i.plugin_name in wanted]
-        # pluggy keeps implementations last-registered-first; callers want load order.
-        return list(reversed(impls))
+        return list(impls)  # registration order: built-ins, entry points, then extras
 
     def _call_impl(self, impl: pluggy.HookImpl, hook: str, **kwargs: Any) -> Any:
         self._trace(hook, impl.plugin_name)

@@ -80,6 +80,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
         if resume_from is not None:
             print(f"jevons: resuming from {resume_from}", flush=True)
         trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(resume_from) if resume_from else None)
+        train_loss = _metric(trainer, "train/loss")  # validate() below replaces the callback metrics
         if validation_due(trainer, ours.evaluation, config):
             trainer.validate(module, loaders["val"], verbose=False)
 
@@ -90,7 +91,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             "steps": trainer.global_step,
             "resumed_from_step": _step_or_none(resume_from),
             "time_s": round(time.perf_counter() - started, 2),
-            "train_loss": _metric(trainer, "train/loss"),
+            "train_loss": train_loss,
             "val_loss": ours.evaluation.metrics.get("val/loss"),
             "tokens_per_s": round(ours.throughput.mean, 1),
             "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},

@@ -39,6 +39,13 @@ def tensor_parallel_size() -> int:
     return parallel_state.get_tensor_model_parallel_world_size()
 
 
+def tensor_parallel_group() -> torch.distributed.ProcessGroup | None:
+    """The TP process group of the initialised ``parallel_state`` (None outside a run)."""
+    if not parallel_state.model_parallel_is_initialized():
+        return None
+    return parallel_state.get_tensor_model_parallel_group()
+
+
 def normal_init(std: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """``N(0, std)`` initialisation, as Megatron's ``init_method_normal``."""
 
@@ -77,6 +84,7 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
             init_method=init_method,
             bias=bias,
             gather_output=gather_output,
+            tp_group=tensor_parallel_group(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -108,6 +116,7 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
             bias=bias,
             input_is_parallel=True,
             skip_bias_add=False,
+            tp_group=tensor_parallel_group(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -126,7 +135,13 @@ class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):
         init_method: Callable[[torch.Tensor], torch.Tensor],
         config: ModelParallelConfig | None = None,
     ) -> None:
-        super().__init__(num_embeddings, embedding_dim, init_method=init_method, config=config or megatron_config())
+        super().__init__(
+            num_embeddings,
+            embedding_dim,
+            init_method=init_method,
+            config=config or megatron_config(),
+            tp_group=tensor_parallel_group(),
+        )
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -108,5 +108,7 @@ def quiet_libraries() -> None:
         ".*It is recommended to use `self.log\\(.*sync_dist=True\\)`.*",
         ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*",
         "Transformer Engine and Apex are not installed.*",
+        # Megatron's own layers call its mappings without a group; ours always pass one.
+        "Warning: tp_group is None, using default tp group.*",
     ):
         warnings.filterwarnings("ignore", message=message)

@@ -1,0 +1,98 @@
+"""Shared fixtures: one data cache per session, tiny llm overrides, running `train` in-process or as a command.
+
+Test modules are imported with ``--import-mode=importlib`` (DESIGN.md, "Shadowing
+hazard"), so helpers reach them as fixtures rather than imports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for a few seconds per run on 2 cores; same family, data and code paths as llm_tiny.
+TINY_LLM = (
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "generate.max_new_tokens=4",
+    "checkpoint.every_n_steps=2",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built-in data is generated once per session into this cache ($JEVONS_DATA)."""
+    root = Path(os.environ.get("JEVONS_TEST_DATA") or tmp_path_factory.mktemp("jevons-data"))
+    os.environ["JEVONS_DATA"] = str(root)
+    return root
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def run_root(tmp_path: Path) -> Path:
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def tiny(run_root: Path) -> Callable[..., list[str]]:
+    """``tiny(*overrides)``: the tiny llm overrides, runs under this test's folder, ``overrides`` last."""
+
+    def overrides(*extra: str) -> list[str]:
+        return [*TINY_LLM, f"run.root={run_root}", *extra]
+
+    return overrides
+
+
+@pytest.fixture
+def train() -> Callable[..., Any]:
+    """``train(overrides, plugins=[(name, plugin)])`` in this process; third-party autoload off."""
+    from jevons.framework.run import train as run
+
+    def call(overrides: Sequence[str], plugins: Sequence[tuple[str, Any]] = ()) -> Any:
+        return run(list(overrides), plugins=plugins, autoload=False)
+
+    return call
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # Children never get the repository on sys.path, and use one thread each.
+    env = dict(os.environ)
+    env.update(PYTHONSAFEPATH="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+@pytest.fixture
+def command() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``command(args, cwd, **env)``: run an installed console script (``train``, ``jevons``) or python."""
+
+    def call(args: Sequence[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        args = list(args)
+        script = Path(sys.executable).parent / args[0]
+        if args[0] == "python":
+            args[0] = sys.executable
+        elif script.exists():
+            args[0] = str(script)
+        return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=900)
+
+    return call

@@ -1,0 +1,68 @@
+"""Packaging: every folder is a `jevons.*` subpackage, nothing generic is importable top-level, the wheel is whole."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = {"framework": "jevons.framework", "plugins": "jevons.plugins", "recipes": "jevons.recipes",
+           "kernels": "jevons.kernels", "launch": "jevons.launch"}
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_every_package_folder_is_listed_under_its_jevons_name() -> None:
+    setuptools = _pyproject()["tool"]["setuptools"]
+    assert setuptools["package-dir"] == {v: k for k, v in FOLDERS.items()}
+    expected = {
+        ".".join([FOLDERS[init.relative_to(REPO).parts[0]], *init.relative_to(REPO).parts[1:-1]])
+        for folder in FOLDERS
+        for init in (REPO / folder).rglob("__init__.py")
+    }
+    assert set(setuptools["packages"]) == expected
+
+
+@pytest.mark.parametrize("name", ["kernels", "plugins", "framework", "launch", "recipes"])
+def test_top_level_folders_do_not_shadow_installed_packages(name: str) -> None:
+    # This process: pytest runs with --import-mode=importlib, so the repository root is not on sys.path.
+    assert importlib.util.find_spec(name) is None or REPO not in Path(importlib.util.find_spec(name).origin or "/").parents
+    # A child process started from the repository root, as our tests and launchers start them.
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {name}"], cwd=REPO, env={"PYTHONSAFEPATH": "1", "PATH": ""},
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
+    assert importlib.import_module(f"jevons.{name}").__file__.startswith(str(REPO / name))
+
+
+def test_torch_range_takes_the_local_cpu_build_and_never_admits_2_14() -> None:
+    torch_requirement = next(d for d in _pyproject()["project"]["dependencies"] if d.startswith("torch"))
+    assert torch_requirement == "torch>=2.6,<2.14"
+    assert not any(d.startswith("torchaudio") for d in _pyproject()["project"]["dependencies"])
+
+
+def test_wheel_holds_every_module_recipe_and_console_script(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        check=True, capture_output=True, cwd=tmp_path,
+    )
+    wheel = next(tmp_path.glob("jevons-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in REPO.glob("*/**/*.py"):
+        top = module.relative_to(REPO).parts[0]
+        if top in FOLDERS:
+            assert f"jevons/{module.relative_to(REPO)}" in names
+    assert "jevons/recipes/llm/configs/llm_tiny.yaml" in names
+    assert not any(n.startswith(("framework/", "kernels/", "plugins/", "tests/")) for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "train = jevons.framework.cli.train:main" in text and "jevons = jevons.framework.cli.jevons:main" in text
