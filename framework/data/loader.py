@@ -14,6 +14,8 @@ def _one_thread_per_worker(worker_id: int) -> None:
 
 
 def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int) -> DataLoader:
+    """Workers start from a forkserver: forking the training process itself, which runs gloo,
+    OpenMP and progress-bar threads, can copy a held lock into the worker and hang it (seen here)."""
     collate = getattr(dataset, "collate", None)
     if collate is None:
         raise TypeError(f"{type(dataset).__name__} has no collate(samples) method; families' datasets must provide one")
@@ -24,4 +26,5 @@ def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int) -> DataL
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         worker_init_fn=_one_thread_per_worker if num_workers > 0 else None,
+        multiprocessing_context="forkserver" if num_workers > 0 else None,
     )
