@@ -9,5 +9,6 @@ removes these.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jevons.recipes.llm", "jevons.recipes.llm"),
     ("jevons.kernels", "jevons.kernels"),
+    ("muon", "jevons.plugins.muon"),
 )
 """``(plugin name, module)`` pairs, in registration order."""

@@ -1,12 +1,41 @@
 """Compute kernels: a plain-PyTorch reference per op, faster paths, one dispatch point.
 
 This package is itself a built-in plugin: it registers its implementations
-through ``register_kernels`` like any third-party kernel package would.
+through ``register_kernels`` like any third-party kernel package would. Each
+loader imports its implementation only when dispatch picks it, so Triton is
+never imported on a machine that does not use it.
 """
+
+from __future__ import annotations
+
+from typing import Any, Callable
 
 from jevons.framework.plugin import hookimpl
 
 
+def _newton_schulz_reference() -> Callable[..., Any]:
+    from jevons.kernels.newton_schulz import newton_schulz_reference
+
+    return newton_schulz_reference
+
+
+def _newton_schulz_triton() -> Callable[..., Any]:
+    from jevons.kernels.newton_schulz_triton import newton_schulz_triton
+
+    return newton_schulz_triton
+
+
+def _cuda_with_triton() -> bool:
+    import importlib.util
+
+    import torch
+
+    return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+
+
 @hookimpl
 def register_kernels(register):
-    """The built-in kernels. Ops arrive with the plugins that need them."""
+    register("newton_schulz", "reference", _newton_schulz_reference, priority=0)
+    # Below the reference until benchmarks/gpu_check.py shows it faster on a GPU;
+    # `kernels.newton_schulz=triton` selects it explicitly.
+    register("newton_schulz", "triton", _newton_schulz_triton, priority=-10, available=_cuda_with_triton)

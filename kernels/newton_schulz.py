@@ -1,0 +1,70 @@
+"""Newton–Schulz orthogonalisation: the op at the heart of Muon, reference implementation.
+
+Given ``G = U S V^T``, five iterations of the quintic
+``X <- a X + (b A + c A^2) X`` with ``A = X X^T`` and
+``(a, b, c) = (3.4445, -4.7750, 2.0315)`` map every singular value into about
+[0.7, 1.2], i.e. ``X ~ U S' V^T`` with ``S' ~ I`` (Jordan et al., 2024, "Muon:
+An optimizer for hidden layers in neural networks"; the coefficients maximise
+the slope at zero rather than converge exactly, which training does not mind).
+
+Inputs are ``(..., m, n)``: leading dimensions are a batch of independent
+matrices (a stack of experts, or equal-shaped layers stacked to share one
+batched matmul). Wide orientation is used internally (``m <= n``) so the Gram
+matrix ``A`` is the small one. Computation runs in bfloat16 where the device
+multiplies bfloat16 fast (Ampere+ GPUs, CPUs with AMX) and in float32
+elsewhere; the result has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+STEPS = 5
+EPS = 1e-7
+
+
+def newton_schulz_reference(
+    G: torch.Tensor,
+    steps: int = STEPS,
+    coefficients: tuple[float, float, float] = COEFFICIENTS,
+    eps: float = EPS,
+    compute_dtype: Optional[torch.dtype] = None,
+) -> torch.Tensor:
+    """Approximately orthogonalise each trailing ``(m, n)`` matrix of ``G`` (plain PyTorch)."""
+    if G.ndim < 2:
+        raise ValueError(f"Newton-Schulz needs matrices, got a tensor of shape {tuple(G.shape)}")
+    a, b, c = coefficients
+    tall = G.size(-2) > G.size(-1)
+    X = G.reshape(-1, *G.shape[-2:]).to(compute_dtype or compute_dtype_for(G.device))  # (batch, m, n)
+    if tall:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        A = X @ X.mT  # (batch, m, m), m <= n: the small Gram matrix
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
+    if tall:
+        X = X.mT
+    return X.reshape(G.shape).to(G.dtype)
+
+
+def compute_dtype_for(device: torch.device) -> torch.dtype:
+    """bfloat16 where this device multiplies it fast, float32 elsewhere."""
+    return torch.bfloat16 if fast_bf16_matmul(device.type) else torch.float32
+
+
+@functools.lru_cache(maxsize=None)
+def fast_bf16_matmul(device_type: str) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    if device_type == "cpu":
+        try:
+            with open("/proc/cpuinfo") as handle:
+                return "amx_bf16" in handle.read()
+        except OSError:
+            return False
+    return False

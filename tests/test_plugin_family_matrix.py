@@ -1,0 +1,39 @@
+"""Every built-in plugin with every family it declares support for: a few real training steps."""
+
+from __future__ import annotations
+
+import pytest
+
+from jevons.framework.plugin_manager import PluginManager, unsupported_reason
+
+# Per family, overrides that make its smallest recipe run in seconds. A family without
+# an entry fails test_every_family_has_a_smoke_setting instead of being skipped.
+SMOKE = {
+    "llm": [
+        "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.max_seq_len=32",
+        "data.seq_len=32", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3",
+        "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "generate.max_new_tokens=2",
+        "trainer.progress_bar=false",
+    ],
+}
+
+_manager = PluginManager.load(autoload=False)
+PAIRS = [
+    (plugin, family)
+    for plugin in _manager.run_plugins()
+    for family in sorted(_manager.families)
+    if not unsupported_reason(_manager.info(plugin), _manager.family(family))
+]
+
+
+def test_every_family_has_a_smoke_setting() -> None:
+    assert set(_manager.families) == set(SMOKE)
+    assert PAIRS, "no built-in plugin runs on any family"
+
+
+@pytest.mark.parametrize("plugin, family", PAIRS, ids=[f"{p}-{f}" for p, f in PAIRS])
+def test_plugin_trains_with_family(train, run_root, plugin: str, family: str) -> None:
+    result = train([*SMOKE[family], f"plugins=[{plugin}]", f"run.root={run_root}"])
+    assert result.summary["steps"] == 3
+    assert result.summary["plugins"] == plugin
+    assert result.summary["train_loss"] is not None and result.summary["val_loss"] is not None
