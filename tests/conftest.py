@@ -7,6 +7,11 @@ hazard"), so helpers reach them as fixtures rather than imports.
 from __future__ import annotations
 
 import os
+
+# Triton kernels run on the CPU through Triton's interpreter. It must be chosen before
+# anything imports Triton (torch and Lightning may): Triton's own standard-library
+# functions are compiled-or-interpreted when Triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 import subprocess
 import sys
 from pathlib import Path

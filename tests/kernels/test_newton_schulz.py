@@ -1,19 +1,15 @@
 """Newton–Schulz: the reference lands singular values in the quintic's band; the Triton kernel equals it.
 
-The Triton kernel runs here under ``TRITON_INTERPRET=1`` (set before Triton is
-imported), which executes the kernel on the CPU with the interpreter.
+The Triton kernel runs here under ``TRITON_INTERPRET=1`` (set by conftest.py
+before anything imports Triton), which executes the kernel on the CPU.
 """
 
 from __future__ import annotations
 
-import os
+import pytest
+import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from jevons.kernels.newton_schulz import newton_schulz_reference  # noqa: E402
+from jevons.kernels.newton_schulz import newton_schulz_reference
 
 BAND = (0.65, 1.25)  # where 5 quintic steps put every singular value that is not tiny
 
