@@ -41,14 +41,11 @@ def process_env() -> ProcessEnv:
 
 
 def check_parallel_sizes(parallel: ParallelConfig, world_size: int, cuda: bool) -> int:
-    """Validate the parallel sizes against the world; return the data-parallel size."""
+    """Validate the parallel sizes against the world and the device; return the data-parallel size."""
+    from jevons.framework.config.compose import check_model_parallel
+
+    check_model_parallel(parallel, world_size)
     model_parallel = parallel.tensor * parallel.pipeline * parallel.context
-    if model_parallel > world_size or world_size % model_parallel:
-        raise UsageError(
-            f"parallel.tensor={parallel.tensor} x pipeline={parallel.pipeline} x context={parallel.context} "
-            f"= {model_parallel} does not divide the world of {world_size} process(es). "
-            f"Use launcher.nproc (or launcher.nodes x tasks per node) that is a multiple of {model_parallel}."
-        )
     if not cuda:
         unsupported = [
             name
@@ -100,6 +97,33 @@ def initialized(parallel: ParallelConfig) -> Iterator[ProcessEnv]:
             parallel_state.destroy_model_parallel()
         if created:
             dist.destroy_process_group()
+
+
+def seed_processes(seed: int) -> None:
+    """Seed every process before the build, then per data-parallel rank after it.
+
+    Before the build all ranks share one seed, so replicated weights start equal
+    and Megatron's CPU initialisation cuts tensor-parallel shards from the same
+    full matrix. After it, data-parallel ranks draw different streams (they
+    see different data) while tensor-parallel peers keep the same one (they
+    must, for example, draw the same noise for the same sample). Megatron's
+    CUDA RNG tracker, used for dropout inside tensor-parallel regions, is
+    seeded its own way on GPUs.
+    """
+    import pytorch_lightning as pl
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+
+
+def seed_after_build(seed: int) -> None:
+    from megatron.core import parallel_state
+
+    rank, _ = data_parallel_rank_and_size()
+    torch.manual_seed(seed + 1_000_003 * rank)
+    if torch.cuda.is_available() and parallel_state.model_parallel_is_initialized():
+        from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+        model_parallel_cuda_manual_seed(seed + 1_000_003 * rank)
 
 
 def data_parallel_rank_and_size() -> tuple[int, int]:

@@ -85,6 +85,14 @@ class Family(Protocol):
     """What the family's model offers to plugins (``"attention_processors"``,
     ``"token_modalities"``...); plugins may require capabilities."""
 
+    parallelism: frozenset[str]
+    """Which of ``tensor``, ``sequence``, ``pipeline``, ``context``, ``expert`` its model
+    implements (data parallelism always works); larger sizes of the others are refused."""
+
+    def validate(self, config: Config) -> None:
+        """Check the family's sections against the whole config (e.g. heads divisible by TP);
+        raise UsageError. Called at config time: no torch."""
+
     def data_sources(self) -> Iterable[DataSource]:
         """Built-in datasets this family can generate (``jevons data NAME``)."""
 
@@ -113,10 +121,14 @@ class Family(Protocol):
 class FamilyBase:
     """Defaults for the optional parts of :class:`Family`."""
 
+    def validate(self, config: Config) -> None:
+        """Check the family's sections against the whole config at config time (no torch here)."""
+
     name: str = ""
     recipe_dir: Path | None = None
     config_sections: Mapping[str, type] = {}
     capabilities: frozenset[str] = frozenset()
+    parallelism: frozenset[str] = frozenset()
 
     def data_sources(self) -> Iterable[DataSource]:
         return ()

@@ -3,14 +3,26 @@
 It knows no model and no method. Training and validation steps call the
 objective on ``(model, batch)``; the optimizer and schedule were built before
 ``fit`` by ``make_optimizer`` (or the default AdamW); logging is Lightning's.
+
+Two parallel details live here because every objective needs them:
+
+* Data parallelism. An objective returns a mean over its batch's ``weight``
+  (real tokens, samples). DDP averages gradients over ranks, which would
+  weight every rank's mean equally even when ranks hold different numbers of
+  real tokens; the loss is rescaled by ``weight * dp / global_weight`` so the
+  averaged gradient is the gradient of the global token mean, exactly as one
+  process would compute it on the whole global batch.
+* Tensor parallelism. Gradient clipping needs the norm of the *whole* model:
+  sharded parameters contribute every rank's part, replicated ones once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Union
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.framework.optim import Optimization
@@ -26,14 +38,21 @@ class JevonsModule(pl.LightningModule):
         object.__setattr__(self, "generator", generator)
         self.last_weight = 0
         """What the last training batch's loss was a mean over (real tokens or samples)."""
+        self._groups = _ParallelGroups()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         out = self._run_objective(batch)
+        loss, logged = out.loss, out.loss.detach()
+        if self._groups.data_parallel_size > 1:
+            totals = torch.tensor([float(out.weight), out.loss.item() * out.weight], dtype=torch.float64)
+            dist.all_reduce(totals, group=self._groups.data_parallel)
+            loss = out.loss * (out.weight * self._groups.data_parallel_size / totals[0].item())
+            logged = (totals[1] / totals[0]).float()
         self.last_weight = out.weight
-        self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=out.weight)
+        self.log("train/loss", logged, prog_bar=True, batch_size=out.weight)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=out.weight)
-        return out.loss
+        return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         out = self._run_objective(batch)
@@ -56,3 +75,44 @@ class JevonsModule(pl.LightningModule):
             "optimizer": self.optimization.optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[Union[int, float]] = None,
+        gradient_clip_algorithm: Optional[str] = None,
+    ) -> None:
+        if self._groups.tensor_parallel_size == 1 or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        clip_global_norm(self.parameters(), float(gradient_clip_val), self._groups)
+
+
+class _ParallelGroups:
+    """Megatron's groups as this process sees them (sizes 1 outside a parallel run)."""
+
+    def __init__(self) -> None:
+        from megatron.core import parallel_state
+
+        initialised = dist.is_initialized() and parallel_state.model_parallel_is_initialized()
+        self.data_parallel = parallel_state.get_data_parallel_group() if initialised else None
+        self.data_parallel_size = parallel_state.get_data_parallel_world_size() if initialised else 1
+        self.tensor_parallel = parallel_state.get_tensor_model_parallel_group() if initialised else None
+        self.tensor_parallel_size = parallel_state.get_tensor_model_parallel_world_size() if initialised else 1
+        self.tensor_parallel_rank = parallel_state.get_tensor_model_parallel_rank() if initialised else 0
+
+
+def clip_global_norm(parameters: Any, max_norm: float, groups: _ParallelGroups) -> torch.Tensor:
+    """Clip gradients to a global L2 norm across tensor-parallel shards; returns the norm.
+
+    Equals ``torch.nn.utils.clip_grad_norm_`` on the unsharded model: shards are
+    summed over the TP group, replicated parameters counted on TP rank 0 only.
+    """
+    params = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in params]
+    squares = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if getattr(p, "tensor_model_parallel", False) or groups.tensor_parallel_rank == 0:
+            squares += p.grad.detach().double().pow(2).sum()
+    dist.all_reduce(squares, group=groups.tensor_parallel)
+    total = squares.sqrt().float()
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coefficient)
+    return total

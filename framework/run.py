@@ -41,12 +41,11 @@ def train(
     config = compose_config(manager, overrides)
     from jevons.launch import launch
 
-    return launch(manager, config)
+    return launch(manager, config, overrides)
 
 
 def run_training(manager: PluginManager, config: Config) -> RunResult:
     """Steps 3-5 inside one process of the run."""
-    import pytorch_lightning as pl
     import torch
 
     from jevons.framework import distributed, rundir
@@ -62,9 +61,10 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
     family = manager.family(config.family)
     started = time.perf_counter()
     with distributed.initialized(config.parallel):
-        pl.seed_everything(config.seed, workers=True, verbose=False)
+        distributed.seed_processes(config.seed)
         dispatch.force(config.kernels)
         built = build(manager, family, config)
+        distributed.seed_after_build(config.seed)
 
         run_dir = rundir.choose_run_dir(config)
         resume_from = rundir.resume_path(config, run_dir)

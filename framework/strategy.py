@@ -1,32 +1,39 @@
-"""The Lightning strategy that adopts Jevons' process groups and owns the checkpoint format.
+"""Lightning strategies that adopt Jevons' process groups and own the checkpoint format.
+
+The launcher initialised ``torch.distributed`` and Megatron's ``parallel_state``
+before anything was built (DESIGN.md); these strategies never create groups.
+One process: :class:`JevonsStrategy`. Several: :class:`JevonsParallelStrategy`,
+Lightning's DDP wrapper with Megatron's *data-parallel* group as its process
+group, so gradients are averaged across data-parallel replicas only (tensor-
+parallel peers hold different shards), and metrics are reduced over that
+group too.
 
 Lightning's own checkpoint plumbing stays (loop counters, LR schedulers and
 callback states come back through ``fit(ckpt_path=...)``), but what reaches the
 disk is the framework's format (:mod:`jevons.framework.checkpoint`): model and
-optimizer tensors through DCP, by parameter name, loaded *in place* after the
-optimizers exist (``restore_checkpoint_after_setup``).
+optimizer tensors through DCP, by parameter name, tensor-parallel shards as
+DTensors, loaded *in place* once the optimizers exist
+(``restore_checkpoint_after_setup``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Union
 
 import torch
-from pytorch_lightning.strategies import SingleDeviceStrategy
+import torch.distributed as dist
+from pytorch_lightning.plugins.environments import LightningEnvironment
+from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
 from jevons.framework.checkpoint import load_checkpoint, save_checkpoint, step_of
 
 
-class JevonsStrategy(SingleDeviceStrategy):
-    """One device per process; torch.distributed and Megatron's groups were set up by the launcher."""
+class _FrameworkCheckpoints:
+    """Checkpoint save/load through the framework's format; shared by both strategies."""
 
-    strategy_name = "jevons"
-
-    def __init__(self, device: torch.device, config_yaml: str, keep_last: int) -> None:
-        super().__init__(device=device)
-        self.config_yaml = config_yaml
-        self.keep_last = keep_last
+    config_yaml: str
+    keep_last: int
 
     @property
     def restore_checkpoint_after_setup(self) -> bool:
@@ -39,7 +46,7 @@ class JevonsStrategy(SingleDeviceStrategy):
             path.parent, step_of(path), self.lightning_module, self.optimizers, state, self.config_yaml, self.keep_last
         )
 
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
         state = load_checkpoint(Path(checkpoint_path), self.lightning_module, self.optimizers)
         # Already loaded in place; Lightning only needs the keys to exist.
         return {**state, "state_dict": {}, "optimizer_states": []}
@@ -52,3 +59,62 @@ class JevonsStrategy(SingleDeviceStrategy):
 
     def remove_checkpoint(self, filepath: Any) -> None:
         """Rotation is the checkpoint format's job (``checkpoint.keep_last``)."""
+
+
+class JevonsStrategy(_FrameworkCheckpoints, SingleDeviceStrategy):
+    """A world of one process."""
+
+    strategy_name = "jevons"
+
+    def __init__(self, device: torch.device, config_yaml: str, keep_last: int) -> None:
+        super().__init__(device=device)
+        self.config_yaml = config_yaml
+        self.keep_last = keep_last
+
+
+class JevonsParallelStrategy(_FrameworkCheckpoints, DDPStrategy):
+    """Several processes: DDP over Megatron's data-parallel group; ranks from torch.distributed."""
+
+    strategy_name = "jevons_parallel"
+
+    def __init__(self, device: torch.device, config_yaml: str, keep_last: int) -> None:
+        from megatron.core import parallel_state
+
+        self.data_parallel_group = parallel_state.get_data_parallel_group()
+        super().__init__(
+            parallel_devices=[device],
+            cluster_environment=LightningEnvironment(),
+            process_group=self.data_parallel_group,
+            broadcast_buffers=False,
+        )
+        self.config_yaml = config_yaml
+        self.keep_last = keep_last
+        self._device = device
+
+    @property
+    def root_device(self) -> torch.device:
+        return self._device  # one device per process, whatever the local rank
+
+    def setup_distributed(self) -> None:
+        """Adopt the groups the launcher created: ranks come from torch.distributed, not device counts."""
+        self.set_world_ranks()
+
+    def set_world_ranks(self) -> None:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+        assert self.cluster_environment is not None
+        self.cluster_environment.set_global_rank(dist.get_rank())
+        self.cluster_environment.set_world_size(dist.get_world_size())
+        rank_zero_only.rank = dist.get_rank()
+
+    @property
+    def global_rank(self) -> int:
+        return dist.get_rank()
+
+    @property
+    def world_size(self) -> int:
+        return dist.get_world_size()
+
+    def reduce(self, tensor: Any, group: Optional[Any] = None, reduce_op: Optional[Union[str, Any]] = "mean") -> Any:
+        """Metrics are reduced over the data-parallel group (TP peers already agree)."""
+        return super().reduce(tensor, group=group if group is not None else self.data_parallel_group, reduce_op=reduce_op)

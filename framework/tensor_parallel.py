@@ -149,7 +149,24 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> 
     return tensor_parallel.vocab_parallel_cross_entropy(logits, target)
 
 
-def pad_vocab_size(vocab_size: int, multiple: int = 64) -> int:
-    """Round the vocabulary up so it splits evenly over the TP ranks (Megatron's padding)."""
-    step = multiple * tensor_parallel_size()
+def gather_last_dim(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate the TP ranks' shards along the last dimension (no autograd; for inference).
+
+    Megatron's ``gather_from_tensor_model_parallel_region`` allocates on CUDA; this runs anywhere.
+    """
+    if tensor_parallel_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(tensor_parallel_size())]
+    torch.distributed.all_gather(parts, x.contiguous(), group=tensor_parallel_group())
+    return torch.cat(parts, dim=-1)
+
+
+def pad_vocab_size(vocab_size: int, multiple: int = 128) -> int:
+    """Round the vocabulary up to a multiple of 128 that the TP size divides.
+
+    Unlike Megatron's ``128 * tp``, the padded size does not change with the TP
+    size for the usual power-of-two sizes, so a checkpoint reshards from TP=2 to
+    TP=1 without a shape change.
+    """
+    step = math.lcm(multiple, tensor_parallel_size())
     return int(math.ceil(vocab_size / step) * step)

@@ -18,7 +18,7 @@ from jevons.framework.config.schema import Config
 from jevons.framework.family import Family
 from jevons.framework.metrics_log import MetricsCSV
 from jevons.framework.rundir import CHECKPOINTS
-from jevons.framework.strategy import JevonsStrategy
+from jevons.framework.strategy import JevonsParallelStrategy, JevonsStrategy
 
 
 @dataclass
@@ -51,10 +51,12 @@ def make_trainer(
         MetricsCSV(run_dir / "metrics.csv", resume_step=resume_step),
         TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
     ]
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    strategy_type = JevonsParallelStrategy if world > 1 else JevonsStrategy
     trainer = pl.Trainer(
         accelerator=device.type,
         devices=1,
-        strategy=JevonsStrategy(device, config_yaml, config.checkpoint.keep_last),
+        strategy=strategy_type(device, config_yaml, config.checkpoint.keep_last),
         precision=trainer_cfg.precision,
         max_steps=trainer_cfg.max_steps,
         max_epochs=-1,

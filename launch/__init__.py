@@ -6,7 +6,7 @@ section; it is read while the config is composed, so this module stays light.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from jevons.framework.config.schema import LauncherConfig
 
@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 LAUNCHER_SCHEMAS: dict[str, type] = {"local": LauncherConfig}
 
 
-def launch(manager: PluginManager, config: Config) -> RunResult | None:
-    """Start the run the way ``config.launcher`` says."""
+def launch(manager: PluginManager, config: Config, overrides: Sequence[str]) -> RunResult | None:
+    """Start the run the way ``config.launcher`` says; ``overrides`` recompose it in child processes."""
     from jevons.launch.local import launch_local
 
-    return launch_local(manager, config)
+    return launch_local(manager, config, overrides)

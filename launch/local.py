@@ -1,11 +1,23 @@
-"""``launcher=local``: the run in this process.
+"""``launcher=local``: the run in this process, or ``launcher.nproc=N`` processes on this machine.
 
-``launcher.nproc > 1`` needs the data-parallel Lightning strategy over
-Megatron's groups; until that lands the launcher refuses it rather than start
-processes that would train unsynchronised copies.
+With ``nproc > 1`` this process becomes a supervisor: it picks the run
+directory, starts N copies of the same ``train`` command with torchrun-style
+variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``) and ``run.dir`` pinned, splits the cores between them, and
+waits. If one process fails the others are stopped, so a crash never leaves a
+collective hanging, and the failing rank's exit code is returned.
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
 
 from jevons.framework.config.schema import Config
 from jevons.framework.errors import UsageError
@@ -13,10 +25,76 @@ from jevons.framework.plugin_manager import PluginManager
 from jevons.framework.run import RunResult, run_training
 
 
-def launch_local(manager: PluginManager, config: Config) -> RunResult:
-    if config.launcher.nproc > 1:
-        raise UsageError(
-            f"launcher.nproc={config.launcher.nproc}: multi-process runs are not available in this version "
-            f"(data-parallel training over Megatron's groups is not implemented yet). Use launcher.nproc=1."
+def launch_local(manager: PluginManager, config: Config, overrides: Sequence[str]) -> RunResult | None:
+    if config.launcher.nproc == 1 or "RANK" in os.environ:
+        return run_training(manager, config)
+    return _supervise(config, overrides)
+
+
+def _supervise(config: Config, overrides: Sequence[str]) -> RunResult | None:
+    import json
+
+    from jevons.framework.rundir import choose_run_dir
+
+    nproc = config.launcher.nproc
+    run_dir = choose_run_dir(config).resolve()
+    port = _free_port()
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    command = [sys.executable, "-m", "jevons.framework.cli.train", *overrides, f"run.dir={run_dir}"]
+    processes = []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads), PYTHONSAFEPATH="1",
         )
-    return run_training(manager, config)
+        processes.append(subprocess.Popen(command, env=env))
+    failed = _wait(processes)
+    if failed is not None:
+        raise RankFailed(*failed, nproc)
+    summary_path = Path(run_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return RunResult(run_dir, summary)
+
+
+class RankFailed(UsageError):
+    """A rank of a multi-process run failed; its own output says why. Exits with the rank's code."""
+
+    def __init__(self, rank: int, code: int, nproc: int) -> None:
+        self.exit_code = code if code > 0 else 1
+        super().__init__(f"rank {rank} of {nproc} exited with code {code}; the other ranks were stopped (its output is above).")
+
+
+def _wait(processes: list[subprocess.Popen]) -> tuple[int, int] | None:
+    """Wait for all; on the first failure stop the rest. Returns ``(rank, code)`` of the failure, if any."""
+    try:
+        while True:
+            codes = [p.poll() for p in processes]
+            failed = next(((rank, code) for rank, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None:
+                _stop(processes)
+                return failed
+            if all(code == 0 for code in codes):
+                return None
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        _stop(processes)
+        raise
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for p in processes:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in processes:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -27,6 +27,7 @@ Muon is refused. The run prints the split.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -54,6 +55,9 @@ class MuonConfig:
     nesterov: bool = True
     ns_steps: int = 5
     """Newton-Schulz iterations (quintic, coefficients 3.4445, -4.7750, 2.0315)."""
+    ns_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Newton-Schulz arithmetic: ``auto`` is bfloat16 where the device multiplies it fast
+    (Ampere+ GPUs, CPUs with AMX), float32 elsewhere."""
     include: list[str] = field(default_factory=list)
     """Parameter-name patterns forced to Muon (they must be matrices)."""
     exclude: list[str] = field(default_factory=list)
@@ -156,6 +160,8 @@ def _out_features(module: Any) -> Optional[int]:
 
 @hookimpl
 def make_optimizer(model, config):
+    import torch
+
     from jevons.framework.tensor_parallel import tensor_parallel_group, tensor_parallel_size
     from jevons.kernels import dispatch
     from jevons.plugins.muon_optimizer import Muon, TensorParallelSeam, parameter_groups
@@ -183,7 +189,10 @@ def make_optimizer(model, config):
     )
     _print_split(muon, adamw)
     seam = TensorParallelSeam(tensor_parallel_group() if tensor_parallel_size() > 1 else None)
-    return Muon(groups, newton_schulz=dispatch.get("newton_schulz"), seam=seam)
+    newton_schulz = dispatch.get("newton_schulz")
+    if cfg.ns_dtype != "auto":
+        newton_schulz = functools.partial(newton_schulz, compute_dtype=getattr(torch, cfg.ns_dtype))
+    return Muon(groups, newton_schulz=newton_schulz, seam=seam)
 
 
 def _print_split(muon: list[Assignment], adamw: list[Assignment]) -> None:

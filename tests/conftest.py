@@ -87,7 +87,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def command() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``command(args, cwd, **env)``: run an installed console script (``train``, ``jevons``) or python."""
 

@@ -68,8 +68,37 @@ def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
     config = to_dataclass(schema, raw, "")
     if config.family != family.name:
         raise UsageError(f"family={config.family!r}: recipe '{name}' belongs to family '{family.name}'.")
+    check_model_parallel(config.parallel, config.launcher.world_size)
+    check_family_parallelism(config.parallel, family)
+    family.validate(config)
     manager.call_each("configure", enabled, config=config)
     return config
+
+
+def check_family_parallelism(parallel: Any, family: Any) -> None:
+    """Refuse a parallelism the family's model does not implement, instead of silently ignoring it."""
+    asked = {
+        "tensor": parallel.tensor > 1, "pipeline": parallel.pipeline > 1, "context": parallel.context > 1,
+        "expert": parallel.expert > 1, "sequence": parallel.sequence,
+    }
+    missing = [kind for kind, on in asked.items() if on and kind not in getattr(family, "parallelism", frozenset())]
+    if missing:
+        supported = ", ".join(sorted(family.parallelism)) or "none"
+        raise UsageError(
+            f"Family '{family.name}' does not implement {', '.join(missing)} parallelism (it implements: {supported}; "
+            f"data parallelism always works). Set parallel.{missing[0]} back to its default."
+        )
+
+
+def check_model_parallel(parallel: Any, world_size: int) -> None:
+    """Model-parallel sizes must divide the launcher's world (checked again, with CUDA limits, at launch)."""
+    model_parallel = parallel.tensor * parallel.pipeline * parallel.context
+    if model_parallel > world_size or world_size % model_parallel:
+        raise UsageError(
+            f"parallel.tensor={parallel.tensor} x pipeline={parallel.pipeline} x context={parallel.context} "
+            f"= {model_parallel} does not divide the world of {world_size} process(es) the launcher starts. "
+            f"Use launcher.nproc (or launcher.nodes x tasks per node) that is a multiple of {model_parallel}."
+        )
 
 
 def run_schema(family_sections: dict[str, type], plugin_sections: dict[str, type], launcher: type) -> type:

@@ -131,6 +131,11 @@ class LauncherConfig:
     def __post_init__(self) -> None:
         _require(self.nproc >= 1, "launcher.nproc", self.nproc, "a positive integer")
 
+    @property
+    def world_size(self) -> int:
+        """Processes in the run, all launchers alike."""
+        return self.nproc
+
 
 @dataclass
 class RunConfig:

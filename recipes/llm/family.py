@@ -65,6 +65,23 @@ class LLMFamily(FamilyBase):
     recipe_dir = Path(__file__).parent / "configs"
     config_sections = {"model": LLMModelConfig, "data": LLMDataConfig, "generate": LLMGenerateConfig}
     capabilities = frozenset({"transformer", "token_sequences"})
+    parallelism = frozenset({"tensor"})
+
+    def validate(self, config: Config) -> None:
+        from jevons.framework.errors import UsageError
+
+        cfg, tp = config.model, config.parallel.tensor
+        if cfg.hidden_size % cfg.num_heads:
+            raise UsageError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}.")
+        if cfg.num_heads % tp:
+            raise UsageError(
+                f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads}: tensor parallelism splits whole "
+                f"attention heads across ranks. Use a tensor size among {_divisors(cfg.num_heads)}."
+            )
+        if cfg.ffn_hidden_size and cfg.ffn_hidden_size % tp:
+            raise UsageError(f"parallel.tensor={tp} must divide model.ffn_hidden_size={cfg.ffn_hidden_size}.")
+        if config.data.seq_len > cfg.max_seq_len:
+            raise UsageError(f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={cfg.max_seq_len}.")
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.llm.data import PROSE_SOURCE
@@ -83,10 +100,6 @@ class LLMFamily(FamilyBase):
 
         cfg = config.model
         vocab = cfg.vocab_size or load_tokenizer(self.data_dir(config)).get_vocab_size()
-        if config.data.seq_len > cfg.max_seq_len:
-            from jevons.framework.errors import UsageError
-
-            raise UsageError(f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={cfg.max_seq_len}.")
         ffn = cfg.ffn_hidden_size or 32 * math.ceil(8 * cfg.hidden_size / 3 / 32)
         shape = TransformerShape(
             vocab_size=pad_vocab_size(vocab),
@@ -128,3 +141,7 @@ class LLMFamily(FamilyBase):
         from jevons.recipes.llm.evaluate import evaluate
 
         return evaluate(context, self.data_dir(context.config))
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

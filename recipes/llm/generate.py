@@ -27,7 +27,7 @@ class TextGenerator:
         top_k: int = 40,
         seed: int = 0,
     ) -> list[str]:
-        from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+        from jevons.framework.tensor_parallel import gather_last_dim
 
         vocab = self.tokenizer.get_vocab_size()
         max_len = self.model.shape.max_seq_len
@@ -38,7 +38,7 @@ class TextGenerator:
             ids = torch.tensor([self.tokenizer.encode(prompt).ids or [0]], device=device)  # (1, T)
             for _ in range(max_new_tokens):
                 logits = self.model(ids[:, -max_len:])[:, -1]  # (1, V / tp)
-                logits = gather_from_tensor_model_parallel_region(logits)[:, :vocab].float().cpu()  # (1, V)
+                logits = gather_last_dim(logits)[:, :vocab].float().cpu()  # (1, V)
                 if temperature <= 0:
                     next_id = logits.argmax(dim=-1, keepdim=True)
                 else:

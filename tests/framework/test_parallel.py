@@ -1,0 +1,178 @@
+"""Tensor and data parallelism on CPU with gloo: real multi-process runs through `train launcher.nproc=N`.
+
+Each run is a real `train` command whose launcher starts the processes; losses
+come from the run's metrics.csv. A small test plugin, installed as a real
+entry point, dumps every rank's parameter shards at the end of training.
+"""
+
+from __future__ import annotations
+
+import csv
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from jevons.framework import distributed
+from jevons.framework.checkpoint import load_checkpoint
+from jevons.framework.config.compose import compose_config
+from jevons.framework.config.schema import ParallelConfig
+from jevons.framework.errors import UsageError
+from jevons.framework.module import JevonsModule
+from jevons.framework.optim import Optimization, default_optimizer
+from jevons.framework.plugin_manager import PluginManager
+
+TINY = [
+    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=4", "model.max_seq_len=32",
+    "data.seq_len=32", "data.num_workers=0", "trainer.val_check_interval=100", "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "optimizer.warmup_steps=0",
+]
+
+SHARD_DUMP = """
+from jevons.framework.plugin import hookimpl
+
+
+@hookimpl
+def register_callbacks(register, config):
+    import os
+
+    import pytorch_lightning as pl
+    import torch
+
+    class Dump(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            shards = {
+                name: (p.partition_dim if getattr(p, "tensor_model_parallel", False) else None, p.detach().clone())
+                for name, p in pl_module.model.named_parameters()
+            }
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+            torch.save(shards, os.path.join(trainer.default_root_dir, f"shards-rank{rank}.pt"))
+
+    register(Dump())
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    site = tmp_path_factory.mktemp("site")
+    (site / "shard_dump.py").write_text(textwrap.dedent(SHARD_DUMP))
+    info = site / "shard_dump-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shard_dump\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[jevons]\nshard_dump = shard_dump\n")
+    return site
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("parallel-runs")
+
+
+@pytest.fixture(scope="module")
+def run(command, site: Path, runs: Path):
+    """``run(name, *overrides)``: a `train` command into ``runs/name``; returns its losses by step."""
+
+    def call(name: str, *overrides: str) -> dict[int, float]:
+        result = command(["train", *TINY, *overrides, f"run.dir={runs / name}"], cwd=runs, PYTHONPATH=str(site))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        with open(runs / name / "metrics.csv") as handle:
+            return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+
+    return call
+
+
+def _close(a: dict[int, float], b: dict[int, float], tolerance: float) -> None:
+    assert a.keys() == b.keys() and len(a) > 0
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tolerance, f"largest per-step loss difference {worst:.3g} > {tolerance}"
+
+
+ADAMW_20 = ["trainer.max_steps=20", "data.batch_size=4", "plugins=[shard_dump]", "checkpoint.every_n_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def adamw_tp1_and_tp2(run) -> tuple[dict[int, float], dict[int, float]]:
+    return run("adamw-tp1", *ADAMW_20), run("adamw-tp2", *ADAMW_20, "launcher.nproc=2", "parallel.tensor=2")
+
+
+def test_tp2_on_two_processes_equals_tp1_with_adamw(adamw_tp1_and_tp2) -> None:
+    single, split = adamw_tp1_and_tp2
+    _close(split, single, 1e-5)
+
+
+def test_tp2_on_two_processes_equals_tp1_with_muon(run) -> None:
+    common = ["trainer.max_steps=20", "data.batch_size=4", "plugins=[muon]", "muon.ns_dtype=float32", "checkpoint.every_n_steps=20"]
+    _close(run("muon-tp2", *common, "launcher.nproc=2", "parallel.tensor=2"), run("muon-tp1", *common), 1e-5)
+
+
+def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, runs: Path) -> None:
+    ranks = [torch.load(runs / "adamw-tp2" / f"shards-rank{r}.pt", weights_only=True) for r in range(2)]
+    full = torch.load(runs / "adamw-tp1" / "shards-rank0.pt", weights_only=True)
+    sharded = {name: dim for name, (dim, _) in ranks[0].items() if dim is not None}
+    assert set(sharded) == {name for name in full if name.endswith(("qkv.weight", "proj.weight", "gate_up.weight", "down.weight"))} | {
+        "embed.weight", "head.weight"}
+    for name, dim in sharded.items():
+        for rank in ranks:
+            assert rank[name][1].shape[dim] * 2 == full[name][1].shape[dim]  # the work is split, not replicated
+            assert rank[name][1].numel() * 2 == full[name][1].numel()
+    assert ranks[0]["layers.0.attn.qkv.weight"][1].shape == (3 * 32 // 2, 32)  # 2 of the 4 heads' q, k and v
+    assert ranks[0]["layers.0.ffn.down.weight"][1].shape == (32, 96 // 2)  # row-parallel: split by input columns
+    replicated = [name for name, (dim, _) in ranks[0].items() if dim is None]
+    assert replicated and all(torch.equal(ranks[0][n][1], ranks[1][n][1]) for n in replicated)
+
+
+def test_tp2_dp2_on_four_processes_equals_one_process_with_the_same_global_batch(run) -> None:
+    single = run("global-batch-1proc", "trainer.max_steps=10", "data.batch_size=8")
+    split = run("global-batch-4proc", "trainer.max_steps=10", "data.batch_size=4", "launcher.nproc=4", "parallel.tensor=2")
+    _close(split, single, 1e-5)
+
+
+def _load_full(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint into a TP=1 llm model in this process; its parameters by name."""
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, [*TINY, "trainer.max_steps=8"])
+    with distributed.initialized(ParallelConfig()):
+        family = manager.family("llm")
+        model = family.build_model(config)
+        optimizer = default_optimizer(model, config)
+        module = JevonsModule(model, family.default_objective(model, config), Optimization(optimizer), None)
+        load_checkpoint(checkpoint, module, [optimizer])
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_checkpoints_reshard_between_tp2_and_tp1(run, runs: Path) -> None:
+    common = ["data.batch_size=4", "checkpoint.every_n_steps=4", "plugins=[shard_dump]"]
+    run("save-tp2", *common, "trainer.max_steps=4", "launcher.nproc=2", "parallel.tensor=2")
+    checkpoint = runs / "save-tp2" / "checkpoints" / "step_00000004"
+    loaded = _load_full(checkpoint)
+    shards = [torch.load(runs / "save-tp2" / f"shards-rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, value in loaded.items():
+        dim, first = shards[0][name]
+        gathered = first if dim is None else torch.cat([first, shards[1][name][1]], dim=dim)
+        assert torch.equal(value, gathered), name
+
+    # Next step after TP=2 -> TP=1, and after TP=1 -> TP=2, against continuing at the saved layout.
+    continued_tp2 = run("save-tp2", *common, "trainer.max_steps=5", "launcher.nproc=2", "parallel.tensor=2", "checkpoint.resume=auto")
+    as_tp1 = run("load-tp1", *common, "trainer.max_steps=5", f"checkpoint.resume={checkpoint}")
+    assert abs(as_tp1[4] - continued_tp2[4]) <= 1e-6
+
+    run("save-tp1", *common, "trainer.max_steps=4")
+    checkpoint = runs / "save-tp1" / "checkpoints" / "step_00000004"
+    continued_tp1 = run("save-tp1", *common, "trainer.max_steps=5", "checkpoint.resume=auto")
+    as_tp2 = run("load-tp2", *common, "trainer.max_steps=5", f"checkpoint.resume={checkpoint}", "launcher.nproc=2", "parallel.tensor=2")
+    assert abs(as_tp2[4] - continued_tp1[4]) <= 1e-6
+
+
+def test_impossible_layouts_are_refused_at_config_time() -> None:
+    manager = PluginManager.load(autoload=False)
+    with pytest.raises(UsageError, match=r"parallel.tensor=3 must divide model.num_heads=4: .* among \[1, 2, 4\]"):
+        compose_config(manager, [*TINY, "parallel.tensor=3", "launcher.nproc=3"])
+    with pytest.raises(UsageError, match=r"parallel.tensor=2 .* does not divide the world of 1 process"):
+        compose_config(manager, [*TINY, "parallel.tensor=2"])
+    with pytest.raises(UsageError, match=r"Family 'llm' does not implement pipeline parallelism \(it implements: tensor"):
+        compose_config(manager, [*TINY, "parallel.pipeline=2", "launcher.nproc=2"])
+    with pytest.raises(UsageError, match=r"parallel.pipeline.* need CUDA"):
+        distributed.check_parallel_sizes(ParallelConfig(pipeline=2), world_size=2, cuda=False)
+    with pytest.raises(UsageError, match=r"parallel.sequence need CUDA"):
+        distributed.check_parallel_sizes(ParallelConfig(tensor=2, sequence=True), world_size=2, cuda=False)
