@@ -11,10 +11,24 @@ import difflib
 from typing import Iterable
 
 
-class UsageError(Exception):
+class JevonsError(Exception):
+    """An error the commands report as one message, no traceback, with ``exit_code``."""
+
+    exit_code = 1
+
+
+class UsageError(JevonsError):
     """A mistake in what the user asked for: config, command line, data, plugin."""
 
     exit_code = 2
+
+
+class DataError(UsageError):
+    """Data that cannot be read: a corrupt sample, a truncated shard, a duplicate key, too many losses."""
+
+
+class TrainingStopped(JevonsError):
+    """Training stopped on purpose: a non-finite loss or gradient under ``trainer.nonfinite=stop``."""
 
 
 class PluginError(UsageError):

@@ -19,10 +19,11 @@ from pytorch_lightning.utilities import rank_zero_only
 
 
 class MetricsCSV(Logger):
-    def __init__(self, path: Path, resume_step: int | None = None, flush_every: int = 50) -> None:
+    """Rows reach the file as they are logged: a killed run keeps every row it logged."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
-        self.flush_every = flush_every
         self._pending: list[dict[str, Any]] = []
         self._keys: list[str] = []
         if self.path.exists():
@@ -49,8 +50,7 @@ class MetricsCSV(Logger):
         row = {k: float(v) for k, v in metrics.items()}
         row["step"] = step if step is not None else ""
         self._pending.append(row)
-        if len(self._pending) >= self.flush_every:
-            self.save()
+        self.save()
 
     @rank_zero_only
     def save(self) -> None:

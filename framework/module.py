@@ -24,12 +24,22 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
+from jevons.framework.data.loader import LoadedBatch
+from jevons.framework.errors import TrainingStopped
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.framework.optim import Optimization
 
 
 class JevonsModule(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, objective: Objective, optimization: Optimization, generator: Any) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        objective: Objective,
+        optimization: Optimization,
+        generator: Any,
+        nonfinite: str = "skip",
+        max_consecutive_nonfinite: int = 5,
+    ) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
@@ -38,9 +48,20 @@ class JevonsModule(pl.LightningModule):
         object.__setattr__(self, "generator", generator)
         self.last_weight = 0
         """What the last training batch's loss was a mean over (real tokens or samples)."""
+        self.last_batch_indices: list[int] = []
+        """Dataset indices of the last batch (train or val) this process consumed."""
+        self.data_lost: dict[str, dict[str, Any]] = {}
+        """Per split, samples found unreadable while reading (scan-time losses are on the datasets)."""
+        self.datasets: dict[str, Any] = {}
+        self.nonfinite = nonfinite
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.skipped_steps: list[int] = []
+        """Global steps whose update was skipped for a non-finite loss or gradient."""
+        self._consecutive_skips = 0
         self._groups = _ParallelGroups()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        batch = self._unpack(batch, "train")
         out = self._run_objective(batch)
         loss, logged = out.loss, out.loss.detach()
         if self._groups.data_parallel_size > 1:
@@ -55,17 +76,59 @@ class JevonsModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        batch = self._unpack(batch, "val")
         out = self._run_objective(batch)
         # Weighted by real tokens/samples, so the epoch mean is the dataset mean, not a mean of batch means.
         self.log("val/loss", out.loss, prog_bar=True, on_epoch=True, batch_size=out.weight, sync_dist=True)
         for name, value in out.metrics.items():
             self.log(f"val/{name}", value, on_epoch=True, batch_size=out.weight, sync_dist=True)
 
+    def _unpack(self, batch: Any, stage: str) -> Any:
+        """The family's batch out of the loader's LoadedBatch; unreadable samples are counted here."""
+        if not isinstance(batch, LoadedBatch):
+            return batch
+        self.last_batch_indices = batch.indices
+        if batch.lost:
+            known = self.data_lost.setdefault(stage, {})
+            for loss in batch.lost:
+                known[f"{loss.url}:{loss.key}"] = loss
+            dataset = self.datasets.get(stage)
+            if dataset is not None and hasattr(dataset, "check_losses"):
+                dataset.check_losses(len(known))
+        return batch.data
+
     def _run_objective(self, batch: Any) -> ObjectiveOutput:
         out = self.objective(self.model, batch)
         if not isinstance(out, ObjectiveOutput):
             raise TypeError(f"{type(self.objective).__name__} returned {type(out).__name__}, expected ObjectiveOutput")
         return out
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The non-finite policy: every rank sees the same verdict, so none hangs in a collective."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        finite = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()) if grads else True
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            flag = torch.tensor([0.0 if finite else 1.0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            finite = flag.item() == 0.0
+        if finite:
+            self._consecutive_skips = 0
+            return
+        step = self.trainer.global_step
+        if self.nonfinite == "stop":
+            raise TrainingStopped(f"non-finite loss or gradient at step {step} (trainer.nonfinite=stop).")
+        self._consecutive_skips += 1
+        if self._consecutive_skips > self.max_consecutive_nonfinite:
+            raise TrainingStopped(
+                f"{self._consecutive_skips} non-finite steps in a row, the last at step {step}: training has diverged "
+                f"(trainer.max_consecutive_nonfinite={self.max_consecutive_nonfinite}). Lower optimizer.lr or resume from "
+                f"an earlier checkpoint."
+            )
+        self.skipped_steps.append(step)
+        for group in optimizer.param_groups:  # optimizers skip parameters without a gradient: nothing changes
+            for p in group["params"]:
+                p.grad = None
+        self.log("train/nonfinite_skipped", float(len(self.skipped_steps)))
 
     def configure_optimizers(self) -> Any:
         scheduler = self.optimization.scheduler

@@ -71,7 +71,11 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
         if distributed.is_rank_zero():
             rundir.write_run_files(run_dir, config, {name: manager.versions[name] for name in manager.names()})
         config_yaml = rundir.config_yaml(config)
-        module = JevonsModule(built.model, built.objective, built.optimization, built.generator)
+        module = JevonsModule(
+            built.model, built.objective, built.optimization, built.generator,
+            nonfinite=config.trainer.nonfinite, max_consecutive_nonfinite=config.trainer.max_consecutive_nonfinite,
+        )
+        module.datasets = built.datasets
         trainer, ours = make_trainer(config, family, built, run_dir, config_yaml, _step_or_none(resume_from))
         loaders = {
             stage: make_dataloader(built.datasets[stage], built.batch_samplers[stage], config.data.num_workers)
@@ -94,6 +98,8 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             "train_loss": train_loss,
             "val_loss": ours.evaluation.metrics.get("val/loss"),
             "tokens_per_s": round(ours.throughput.mean, 1),
+            "nonfinite_skipped": len(module.skipped_steps),
+            "data_lost": _data_losses(built.datasets, module.data_lost),
             "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},
             "artifacts": {
                 "run_dir": str(run_dir),
@@ -108,6 +114,20 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             rundir.write_summary(run_dir, summary)
             print(rundir.format_summary(summary), flush=True)
     return RunResult(run_dir, summary)
+
+
+def _data_losses(datasets: dict[str, Any], lost_while_reading: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per split: samples lost at the shard scan and while reading, with the first few named."""
+    report: dict[str, Any] = {}
+    for split, dataset in datasets.items():
+        losses = [*getattr(dataset, "lost", []), *lost_while_reading.get(split, {}).values()]
+        if losses:
+            reasons: dict[str, int] = {}
+            for loss in losses:
+                reason = loss.reason.split(":")[0].split(" (")[0]
+                reasons[reason] = reasons.get(reason, 0) + 1
+            report[split] = {"lost": len(losses), **reasons, "first": [str(loss) for loss in losses[:5]]}
+    return report or "none"
 
 
 def _metric(trainer: Any, key: str) -> float | None:

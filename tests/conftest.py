@@ -80,6 +80,23 @@ def train() -> Callable[..., Any]:
     return call
 
 
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/plugins_for_tests/*.py installed as real distributions with `jevons` entry points.
+
+    Put it on PYTHONPATH of a child process; plugins still act only when listed in plugins:.
+    """
+    site = tmp_path_factory.mktemp("plugin-site")
+    for module in (REPO / "tests" / "plugins_for_tests").glob("jt_*.py"):
+        name = module.stem
+        (site / module.name).write_text(module.read_text())
+        info = site / f"{name}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[jevons]\n{name} = {name}\n")
+    return site
+
+
 def _env(**extra: str) -> dict[str, str]:
     # Children never get the repository on sys.path, and use one thread each.
     env = dict(os.environ)

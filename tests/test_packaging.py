@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -51,8 +52,10 @@ def test_torch_range_takes_the_local_cpu_build_and_never_admits_2_14() -> None:
 
 
 def test_wheel_holds_every_module_recipe_and_console_script(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # setuptools writes build/ next to the sources: not in the repository
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True, cwd=tmp_path,
     )
     wheel = next(tmp_path.glob("jevons-*.whl"))

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from jevons.framework.config.schema import Config
 from jevons.framework.config.validate import to_dataclass
-from jevons.framework.errors import UsageError, did_you_mean, format_choices
+from jevons.framework.errors import PluginError, UsageError, did_you_mean, format_choices
 from jevons.framework.plugin_manager import PluginManager
 
 PRIMARY = "jevons"
@@ -62,8 +62,13 @@ def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
 
     # Sections of plugins that are not enabled are checked, then left out of the run.
     for section, schema in sections.items():
-        if section not in enabled and section in raw:
-            to_dataclass(schema, raw.pop(section), section)
+        try:
+            if section not in enabled and section in raw:
+                to_dataclass(schema, raw.pop(section), section)
+            elif section in raw:
+                to_dataclass(schema, raw[section], section)
+        except TypeError as error:  # a schema the validator cannot read: the plugin's bug, not the user's
+            raise PluginError(manager.config_sections[section].plugin, "register_config", error) from None
     schema = run_schema(family.config_sections, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name])
     config = to_dataclass(schema, raw, "")
     if config.family != family.name:

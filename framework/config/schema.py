@@ -31,9 +31,15 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     """torch intra-op threads per process; null keeps torch's default (all cores)."""
     progress_bar: bool = True
+    nonfinite: Literal["skip", "stop"] = "skip"
+    """A non-finite loss or gradient on any rank: ``skip`` the step on every rank (weights and
+    optimizer state unchanged, counted in the summary), or ``stop`` with a message naming the step."""
+    max_consecutive_nonfinite: int = 5
+    """With ``skip``: stop after this many non-finite steps in a row (training has diverged)."""
 
     def __post_init__(self) -> None:
         _require(self.max_steps > 0, "trainer.max_steps", self.max_steps, "a positive integer")
+        _require(self.max_consecutive_nonfinite > 0, "trainer.max_consecutive_nonfinite", self.max_consecutive_nonfinite, "a positive integer")
         _require(self.val_check_interval > 0, "trainer.val_check_interval", self.val_check_interval, "a positive integer")
         _require(self.limit_val_batches >= 0, "trainer.limit_val_batches", self.limit_val_batches, "0 or more")
         _require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", self.log_every_n_steps, "a positive integer")
@@ -80,10 +86,16 @@ class DataConfig:
     """Defaults to ``batch_size``."""
     num_workers: int = 1
     """DataLoader worker processes that decode samples."""
+    corrupt: Literal["skip", "strict"] = "skip"
+    """A sample that does not decode, a truncated shard, a duplicate key: ``skip`` names and
+    counts it (run summary) and goes on; ``strict`` stops at the first, naming shard and key."""
+    max_corrupt_fraction: float = 0.01
+    """With ``skip``: stop once more than this fraction of a split is unreadable."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "0 or more")
+        _require(0 <= self.max_corrupt_fraction <= 1, "data.max_corrupt_fraction", self.max_corrupt_fraction, "a number in [0, 1]")
 
 
 @dataclass

@@ -67,10 +67,13 @@ def check_value(tp: Any, value: Any, path: str) -> Any:
             f"{path}={value!r} is not one of {', '.join(repr(c) for c in choices)}."
             f"{did_you_mean(str(value), [str(c) for c in choices])}"
         )
+    if tp in (list, tuple, dict):  # unparameterised: any items
+        tp = {list: list[Any], tuple: tuple[Any, ...], dict: dict[Any, Any]}[tp]
+        origin = typing.get_origin(tp)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise _type_error(path, value, _describe(tp))
-        args = typing.get_args(tp)
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
         item_type = args[0] if args else Any
         items = [check_value(item_type, item, f"{path}[{i}]") for i, item in enumerate(value)]
         return items if origin is list else tuple(items)
@@ -113,6 +116,9 @@ def _show(value: Any) -> str:
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if tp in (list, tuple, dict):  # unparameterised: any items
+        tp = {list: list[Any], tuple: tuple[Any, ...], dict: dict[Any, Any]}[tp]
+        origin = typing.get_origin(tp)
     if origin in (list, tuple):
         return "a list"
     if origin is dict:

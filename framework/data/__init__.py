@@ -1,4 +1,4 @@
 """Data plumbing: indexed webdataset shards, the built-in data cache, batch samplers, loaders.
 
-Light on import: the heavy parts (webdataset, wids, torch) load with the submodules.
+Light on import: the heavy parts (webdataset, torch) load with the submodules.
 """

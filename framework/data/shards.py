@@ -1,9 +1,9 @@
-"""Indexed webdataset shards: written with ``webdataset.ShardWriter``, read map-style with ``wids``.
+"""Indexed webdataset shards: written with ``webdataset.ShardWriter``, plus an index of every length.
 
 A split is a set of tar shards plus an index JSON that is both a valid wids
 dataset descriptor (``shardlist`` of ``{url, nsamples}``) and the carrier of
 each sample's length(s), so batch samplers see every length up front without
-opening a shard::
+opening a shard. Reading is :mod:`jevons.framework.data.reader`::
 
     {"wids_version": 1, "name": "llm-prose/train",
      "shardlist": [{"url": "train-000000.tar", "nsamples": 500, "filesize": 812032}],
@@ -15,13 +15,11 @@ Each sample's fields are stored under webdataset's extension conventions
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -105,56 +103,6 @@ def read_index(path: Path) -> ShardIndex:
     if len(lengths) != total:
         raise UsageError(f"Shard index {path} lists {total} samples but {len(lengths)} lengths.")
     return ShardIndex(Path(path), shards, lengths, list(meta.get("length_names", [])))
-
-
-class _LocalPath:
-    """wids copies shards into a cache unless the 'local name' is the shard itself."""
-
-    def __call__(self, url: str) -> str:
-        return url
-
-
-class ShardDataset:
-    """Map-style access to one split's samples; ``decode`` runs in DataLoader workers.
-
-    Shards are opened lazily, per process, so the object can be handed to
-    forked workers before any file is open.
-    """
-
-    def __init__(self, index: ShardIndex, decode: Callable[[dict[str, Any]], Any]) -> None:
-        self.index = index
-        self.decode = decode
-        self.lengths = index.lengths
-        self._reader: Any = None
-        self._reader_pid = -1
-
-    def __len__(self) -> int:
-        return self.index.num_samples
-
-    def _open(self) -> Any:
-        import wids
-
-        # wids prints a line per dataset to stderr unconditionally; keep the CLI quiet.
-        with contextlib.redirect_stderr(io.StringIO()):
-            return wids.ShardListDataset(
-                [dict(shard) for shard in self.index.shards], localname=_LocalPath(), transformations=[], lru_size=64
-            )
-
-    def raw(self, i: int) -> dict[str, Any]:
-        """The undecoded sample: field name to bytes, plus ``__key__``."""
-        if self._reader is None or self._reader_pid != os.getpid():
-            self._reader, self._reader_pid = self._open(), os.getpid()
-        sample = self._reader[int(i)]
-        # wids keeps the dot of each extension (".tokens.npy"); webdataset's writer convention has none.
-        return {k.lstrip("."): (v.getvalue() if isinstance(v, io.BytesIO) else v) for k, v in sample.items()}
-
-    def __getitem__(self, i: int) -> Any:
-        return self.decode(self.raw(i))
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_reader"] = None
-        return state
 
 
 def decode_npy(data: bytes) -> np.ndarray:

@@ -20,7 +20,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from jevons.framework.data.shards import ShardDataset, decode_npy, read_index, write_shards
+from jevons.framework.data.reader import Corrupt, ShardDataset, open_split
+from jevons.framework.data.shards import decode_npy, write_shards
 from jevons.framework.errors import UsageError
 from jevons.framework.family import DataSource
 
@@ -132,16 +133,26 @@ class TokenWindows:
         self.lengths = np.minimum(seq_len + 1, doc_lengths - self.windows[:, 1])
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, seq_len: int) -> "TokenWindows":
-        index = read_index(Path(folder) / f"{split}.json")
-        return cls(ShardDataset(index, _decode_document), seq_len)
+    def from_folder(cls, folder: Path, split: str, data_config: Any) -> "TokenWindows":
+        return cls(open_split(folder, split, _decode_document, data_config), data_config.seq_len)
+
+    @property
+    def lost(self) -> list[Any]:
+        """Documents lost when the shards were scanned (truncated shards, duplicate keys)."""
+        return self.documents.lost
+
+    def check_losses(self, lost_documents: int) -> None:
+        self.documents.check_losses(lost_documents)
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int) -> Any:
         doc, start = self.windows[i]
-        return self.documents[int(doc)][start : start + self.seq_len + 1]
+        document = self.documents[int(doc)]
+        if isinstance(document, Corrupt):
+            return document  # every window of an unreadable document is lost with it
+        return document[start : start + self.seq_len + 1]
 
     @staticmethod
     def collate(samples: list[np.ndarray]) -> dict[str, Any]:

@@ -124,7 +124,7 @@ class LLMFamily(FamilyBase):
     def build_dataset(self, config: Config, split: str) -> Any:
         from jevons.recipes.llm.data import TokenWindows
 
-        return TokenWindows.from_folder(self.data_dir(config), split, config.data.seq_len)
+        return TokenWindows.from_folder(self.data_dir(config), split, config.data)
 
     def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
         from jevons.recipes.llm.objective import NextTokenObjective

@@ -1,4 +1,4 @@
-"""Indexed shards round trip through wids; the random batch sampler's contract."""
+"""Indexed shards round trip through the reader; the random batch sampler's contract."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from jevons.framework.data.cache import ensure_built
 from jevons.framework.data.sampler import RandomBatchSampler
-from jevons.framework.data.shards import ShardDataset, decode_npy, read_index, write_shards
+from jevons.framework.data.reader import ShardDataset
+from jevons.framework.data.shards import decode_npy, read_index, write_shards
 from jevons.framework.errors import UsageError
 from jevons.framework.family import DataSource
 
@@ -32,7 +33,7 @@ def test_shards_round_trip_counts_keys_fields_and_lengths(tmp_path: Path) -> Non
     assert len(dataset) == 25
     for i in (0, 9, 10, 24):  # across shard boundaries
         sample = dataset[i]
-        assert sample["__key__"] == f"s{i:04d}"
+        assert sample["__key__"] == f"s{i:04d}" and sample["__url__"].endswith(f"train-00000{i // 10}.tar")
         assert sample["txt"] == f"sample {i}".encode()
         tokens = decode_npy(sample["tokens.npy"])
         assert len(tokens) == index.lengths[i, 0] and tokens.dtype == np.uint16

@@ -8,7 +8,6 @@ entry point, dumps every rank's parameter shards at the end of training.
 from __future__ import annotations
 
 import csv
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,52 +28,17 @@ TINY = [
     "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "optimizer.warmup_steps=0",
 ]
 
-SHARD_DUMP = """
-from jevons.framework.plugin import hookimpl
-
-
-@hookimpl
-def register_callbacks(register, config):
-    import os
-
-    import pytorch_lightning as pl
-    import torch
-
-    class Dump(pl.Callback):
-        def on_train_end(self, trainer, pl_module):
-            shards = {
-                name: (p.partition_dim if getattr(p, "tensor_model_parallel", False) else None, p.detach().clone())
-                for name, p in pl_module.model.named_parameters()
-            }
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            torch.save(shards, os.path.join(trainer.default_root_dir, f"shards-rank{rank}.pt"))
-
-    register(Dump())
-"""
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    site = tmp_path_factory.mktemp("site")
-    (site / "shard_dump.py").write_text(textwrap.dedent(SHARD_DUMP))
-    info = site / "shard_dump-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: shard_dump\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[jevons]\nshard_dump = shard_dump\n")
-    return site
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("parallel-runs")
 
 
 @pytest.fixture(scope="module")
-def run(command, site: Path, runs: Path):
+def run(command, plugin_site: Path, runs: Path):
     """``run(name, *overrides)``: a `train` command into ``runs/name``; returns its losses by step."""
 
     def call(name: str, *overrides: str) -> dict[int, float]:
-        result = command(["train", *TINY, *overrides, f"run.dir={runs / name}"], cwd=runs, PYTHONPATH=str(site))
+        result = command(["train", *TINY, *overrides, f"run.dir={runs / name}"], cwd=runs, PYTHONPATH=str(plugin_site))
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         with open(runs / name / "metrics.csv") as handle:
             return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
@@ -88,7 +52,7 @@ def _close(a: dict[int, float], b: dict[int, float], tolerance: float) -> None:
     assert worst <= tolerance, f"largest per-step loss difference {worst:.3g} > {tolerance}"
 
 
-ADAMW_20 = ["trainer.max_steps=20", "data.batch_size=4", "plugins=[shard_dump]", "checkpoint.every_n_steps=20"]
+ADAMW_20 = ["trainer.max_steps=20", "data.batch_size=4", "plugins=[jt_dump_state]", "checkpoint.every_n_steps=20"]
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +71,8 @@ def test_tp2_on_two_processes_equals_tp1_with_muon(run) -> None:
 
 
 def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, runs: Path) -> None:
-    ranks = [torch.load(runs / "adamw-tp2" / f"shards-rank{r}.pt", weights_only=True) for r in range(2)]
-    full = torch.load(runs / "adamw-tp1" / "shards-rank0.pt", weights_only=True)
+    ranks = [torch.load(runs / "adamw-tp2" / f"state-rank{r}.pt", weights_only=True)["params"] for r in range(2)]
+    full = torch.load(runs / "adamw-tp1" / "state-rank0.pt", weights_only=True)["params"]
     sharded = {name: dim for name, (dim, _) in ranks[0].items() if dim is not None}
     assert set(sharded) == {name for name in full if name.endswith(("qkv.weight", "proj.weight", "gate_up.weight", "down.weight"))} | {
         "embed.weight", "head.weight"}
@@ -142,11 +106,11 @@ def _load_full(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 def test_checkpoints_reshard_between_tp2_and_tp1(run, runs: Path) -> None:
-    common = ["data.batch_size=4", "checkpoint.every_n_steps=4", "plugins=[shard_dump]"]
+    common = ["data.batch_size=4", "checkpoint.every_n_steps=4", "plugins=[jt_dump_state]"]
     run("save-tp2", *common, "trainer.max_steps=4", "launcher.nproc=2", "parallel.tensor=2")
     checkpoint = runs / "save-tp2" / "checkpoints" / "step_00000004"
     loaded = _load_full(checkpoint)
-    shards = [torch.load(runs / "save-tp2" / f"shards-rank{r}.pt", weights_only=True) for r in range(2)]
+    shards = [torch.load(runs / "save-tp2" / f"state-rank{r}.pt", weights_only=True)["params"] for r in range(2)]
     for name, value in loaded.items():
         dim, first = shards[0][name]
         gathered = first if dim is None else torch.cat([first, shards[1][name][1]], dim=dim)

@@ -15,7 +15,7 @@ from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.plugin_manager import PluginManager
 from jevons.recipes.llm.data import PAD_ID, TokenWindows, load_tokenizer
-from jevons.recipes.llm.family import LLMFamily
+from jevons.recipes.llm.family import LLMDataConfig, LLMFamily
 from jevons.recipes.llm.generate import TextGenerator
 from jevons.recipes.llm.model import DecoderLM, TransformerShape
 from jevons.recipes.llm.objective import NextTokenObjective
@@ -48,7 +48,7 @@ def test_prose_corpus_splits_topics_and_records_its_unigram_entropy(data_dir: Pa
 
 
 def test_windows_cover_every_target_token_exactly_once(data_dir: Path) -> None:
-    windows = TokenWindows.from_folder(data_dir, "val", seq_len=64)
+    windows = TokenWindows.from_folder(data_dir, "val", LLMDataConfig(seq_len=64))
     documents = windows.documents
     targets = sum(len(windows[i]) - 1 for i in range(len(windows)))
     assert targets == int((documents.lengths[:, 0] - 1).sum())
