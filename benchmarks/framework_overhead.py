@@ -58,8 +58,8 @@ def plain_loop(overrides: list[str], steps: int) -> StepTimes:
         config, model, objective, loader, optimization = _components(overrides)
         done = 0
         while done < steps:
-            for batch in loader:
-                out = objective(model, batch)
+            for loaded in loader:
+                out = objective(model, loaded.data)
                 optimization.optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.trainer.gradient_clip_val)
@@ -86,7 +86,7 @@ def plain_lightning(overrides: list[str], steps: int) -> StepTimes:
             self.model, self.objective, self.optimization = model, objective, optimization
 
         def training_step(self, batch, batch_idx):
-            out = self.objective(self.model, batch)
+            out = self.objective(self.model, batch.data)
             self.log("train/loss", out.loss, prog_bar=True)
             return out.loss
 

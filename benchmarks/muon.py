@@ -71,8 +71,8 @@ def _validate(model: Any, objective: Any, loader: Any) -> float:
     model.eval()
     total = weight = 0.0
     with torch.no_grad():
-        for batch in loader:
-            out = objective(model, batch)
+        for loaded in loader:
+            out = objective(model, loaded.data)
             total += out.loss.item() * out.weight
             weight += out.weight
     model.train()
@@ -89,7 +89,8 @@ def train_curve(optimizer: str, lr: float, seed: int, steps: int, eval_every: in
         config, model, objective, optimization, train_loader, val_loader = _setup(optimizer, lr, seed, extra)
         curve, tokens, step, step_times = [], 0, 0, []
         while step < steps:
-            for batch in train_loader:
+            for loaded in train_loader:
+                batch = loaded.data
                 start = time.perf_counter()
                 out = objective(model, batch)
                 optimization.optimizer.zero_grad(set_to_none=True)

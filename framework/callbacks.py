@@ -101,14 +101,17 @@ class PeriodicCheckpoint(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self.last_saved_step:
-            self._save(trainer)
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_final and trainer.global_step != self.last_saved_step:
-            self._save(trainer)
+        if self.save_final:
+            self.save(trainer)
 
-    def _save(self, trainer: pl.Trainer) -> None:
+    def save(self, trainer: pl.Trainer) -> None:
+        """Save at the current step, once."""
+        if trainer.global_step == self.last_saved_step:
+            return
         trainer.save_checkpoint(self.root / checkpoint_name(trainer.global_step), weights_only=False)
         self.last_saved_step = trainer.global_step
 

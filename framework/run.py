@@ -85,7 +85,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             print(f"jevons: resuming from {resume_from}", flush=True)
         trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(resume_from) if resume_from else None)
         train_loss = _metric(trainer, "train/loss")  # validate() below replaces the callback metrics
-        if validation_due(trainer, ours.evaluation, config):
+        if validation_due(trainer, ours, config):
             trainer.validate(module, loaders["val"], verbose=False)
 
         summary = {
@@ -94,6 +94,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             "plugins": ", ".join(config.plugins) or "none",
             "steps": trainer.global_step,
             "resumed_from_step": _step_or_none(resume_from),
+            "stopped": ours.preemption.stopped or "no",
             "time_s": round(time.perf_counter() - started, 2),
             "train_loss": train_loss,
             "val_loss": ours.evaluation.metrics.get("val/loss"),

@@ -17,6 +17,7 @@ from jevons.framework.callbacks import Evaluation, PeriodicCheckpoint, Resumable
 from jevons.framework.config.schema import Config
 from jevons.framework.family import Family
 from jevons.framework.metrics_log import MetricsCSV
+from jevons.framework.preemption import Preemption, requeue_marker
 from jevons.framework.rundir import CHECKPOINTS
 from jevons.framework.strategy import JevonsParallelStrategy, JevonsStrategy
 
@@ -27,6 +28,7 @@ class FrameworkCallbacks:
     checkpoint: PeriodicCheckpoint
     throughput: Throughput
     evaluation: Evaluation
+    preemption: Preemption
 
 
 def make_trainer(
@@ -34,13 +36,17 @@ def make_trainer(
 ) -> tuple[pl.Trainer, FrameworkCallbacks]:
     trainer_cfg = config.trainer
     device = torch.device("cuda", torch.cuda.current_device()) if _use_cuda(config) else torch.device("cpu")
+    checkpoint = PeriodicCheckpoint(run_dir / CHECKPOINTS, config.checkpoint.every_n_steps, config.checkpoint.save_final)
     ours = FrameworkCallbacks(
         state=ResumableState(built.batch_samplers["train"]),
-        checkpoint=PeriodicCheckpoint(run_dir / CHECKPOINTS, config.checkpoint.every_n_steps, config.checkpoint.save_final),
+        checkpoint=checkpoint,
         throughput=Throughput(),
         evaluation=Evaluation(family, config, run_dir),
+        preemption=Preemption(checkpoint, requeue_marker(run_dir)),
     )
-    callbacks: list[pl.Callback] = [ours.state, ours.throughput, ours.checkpoint, ours.evaluation, *built.callbacks]
+    callbacks: list[pl.Callback] = [
+        ours.state, ours.throughput, ours.checkpoint, ours.preemption, ours.evaluation, *built.callbacks
+    ]
     if trainer_cfg.progress_bar:
         # A bar redrawn every step floods logs that are not a terminal.
         refresh = 1 if sys.stderr.isatty() else max(1, trainer_cfg.max_steps // 20)
@@ -90,9 +96,12 @@ def _use_cuda(config: Config) -> bool:
     return torch.cuda.is_available()
 
 
-def validation_due(trainer: pl.Trainer, evaluation: Evaluation, config: Config) -> bool:
-    """True when training ended on a step that was not validated (so the summary has a final val loss)."""
-    return config.trainer.limit_val_batches > 0 and evaluation.last_step != trainer.global_step
+def validation_due(trainer: pl.Trainer, ours: FrameworkCallbacks, config: Config) -> bool:
+    """True when training ended on a step that was not validated (so the summary has a final val loss),
+    unless it stopped on a signal: then the time left belongs to the checkpoint, not to validation."""
+    if ours.preemption.stopped:
+        return False
+    return config.trainer.limit_val_batches > 0 and ours.evaluation.last_step != trainer.global_step
 
 
 def quiet_libraries() -> None:
@@ -112,5 +121,7 @@ def quiet_libraries() -> None:
         "Transformer Engine and Apex are not installed.*",
         # Megatron's own layers call its mappings without a group; ours always pass one.
         "Warning: tp_group is None, using default tp group.*",
+        # Buffers are identical on every rank (rotary tables), so not broadcasting them is right.
+        ".*`broadcast_buffers` is deprecated.*",
     ):
         warnings.filterwarnings("ignore", message=message)

@@ -9,17 +9,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from jevons.framework.config.schema import LauncherConfig
+from jevons.launch.slurm import SlurmLauncherConfig
 
 if TYPE_CHECKING:
     from jevons.framework.config.schema import Config
     from jevons.framework.plugin_manager import PluginManager
     from jevons.framework.run import RunResult
 
-LAUNCHER_SCHEMAS: dict[str, type] = {"local": LauncherConfig}
+LAUNCHER_SCHEMAS: dict[str, type] = {"local": LauncherConfig, "slurm": SlurmLauncherConfig}
 
 
 def launch(manager: PluginManager, config: Config, overrides: Sequence[str]) -> RunResult | None:
     """Start the run the way ``config.launcher`` says; ``overrides`` recompose it in child processes."""
+    if config.launcher.name == "slurm":
+        from jevons.launch.slurm import launch_slurm
+
+        return launch_slurm(manager, config, overrides)
     from jevons.launch.local import launch_local
 
     return launch_local(manager, config, overrides)

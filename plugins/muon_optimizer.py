@@ -19,9 +19,10 @@ cols))`` ("moonlight": Liu et al., 2025, "Muon is Scalable for LLM Training",
 which matches AdamW's update RMS so AdamW's lr and weight decay carry over).
 
 Beyond ``torch.optim.Muon`` (2-D only): expert stacks ``(E, rows, cols)`` are
-orthogonalised per expert in one batched call; convolution kernels
-``(out, in, *k)`` are flattened to ``(out, in * prod(k))``; equal-shaped
-matrices are stacked into one batched Newton–Schulz call; and tensor-parallel
+orthogonalised per expert; convolution kernels ``(out, in, *k)`` are flattened
+to ``(out, in * prod(k))``; fused projections that declare their layout
+(``param.fused_rows``, e.g. QKV) are orthogonalised per part; every matrix of
+one shape goes through a single batched Newton–Schulz call; and tensor-parallel
 shards go through :class:`TensorParallelSeam`: orthogonalising a local shard
 alone would be a different (wrong) update, so the full matrix is gathered,
 orthogonalised, and the local shard kept.
@@ -48,11 +49,37 @@ def lr_scale(rule: str, rows: int, cols: int) -> float:
     raise ValueError(f"unknown lr_scale rule {rule!r}")
 
 
-def as_matrices(tensor: torch.Tensor, view: str) -> torch.Tensor:
-    """The ``(..., rows, cols)`` matrices Newton-Schulz sees for a parameter-shaped tensor."""
+def to_matrices(tensor: torch.Tensor, view: str, fused: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """The ``(n, rows, cols)`` matrices Newton-Schulz orthogonalises for one parameter-shaped tensor.
+
+    ``fused=(parts, unit)`` marks a 2-D weight whose rows interleave ``parts``
+    matrices in runs of ``unit`` rows (a fused QKV projection laid out head by
+    head: ``(heads, 3, head_dim)`` rows; a fused gate/up projection: ``(hidden,
+    2)``); each part is orthogonalised on its own, as separate Q, K, V and gate,
+    up projections would be (Jordan et al.'s modded-nanogpt does the same).
+    """
     if view == FLATTEN:
-        return tensor.reshape(tensor.shape[0], -1)
-    return tensor  # MATRIX: (rows, cols); STACK: (..., rows, cols)
+        return tensor.reshape(1, tensor.shape[0], -1)
+    if view == STACK:
+        return tensor.reshape(-1, *tensor.shape[-2:])
+    if fused is None:
+        return tensor.unsqueeze(0)
+    parts, unit = fused
+    rows, cols = tensor.shape
+    split = tensor.reshape(rows // (parts * unit), parts, unit, cols).transpose(0, 1)  # (parts, groups, unit, cols)
+    return split.reshape(parts, rows // parts, cols)
+
+
+def from_matrices(matrices: torch.Tensor, like: torch.Tensor, view: str, fused: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """Inverse of :func:`to_matrices`: back to ``like``'s shape and layout."""
+    if view == MATRIX and fused is not None:
+        parts, unit = fused
+        rows, cols = like.shape
+        grouped = matrices.reshape(parts, rows // (parts * unit), unit, cols).transpose(0, 1)
+        return grouped.reshape(rows, cols)
+    return matrices.reshape(like.shape)
+
+
 
 
 class TensorParallelSeam:
@@ -105,7 +132,7 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["use_muon"]:
                 for p in group["params"]:
-                    if as_matrices(p, group["view"]).ndim < 2:
+                    if p.ndim < 2:
                         raise ValueError(f"Muon needs matrices; a parameter of shape {tuple(p.shape)} is not one")
         self.newton_schulz = newton_schulz
         self.seam = seam or TensorParallelSeam()
@@ -128,45 +155,39 @@ class Muon(torch.optim.Optimizer):
         buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
         torch._foreach_lerp_(buffers, grads, 1 - beta)
         updates = torch._foreach_lerp(grads, buffers, beta) if group["nesterov"] else buffers
-        orthogonal = self._orthogonalise(params, updates, group)
+        orthogonal, scales = self._orthogonalise(params, updates, group)
         lr, decay = group["lr"], group["weight_decay"]
         if decay:
             torch._foreach_mul_(params, 1 - lr * decay)
-        for p, o in zip(params, orthogonal):
-            p.add_(o, alpha=-lr * self._scale(p, group))
+        for p, o, scale in zip(params, orthogonal, scales):
+            p.add_(o, alpha=-lr * scale)
 
-    def _scale(self, p: torch.Tensor, group: dict[str, Any]) -> float:
-        rows, cols = as_matrices(p, group["view"]).shape[-2:]
-        if self.seam.is_sharded(p):  # the full matrix's shape sets the scale, as at TP=1
-            if p.partition_dim == 0:
-                rows = rows * self.seam.world_size()
-            else:
-                cols = cols * self.seam.world_size()
-        return lr_scale(group["lr_scale"], rows, cols)
-
-    def _orthogonalise(self, params: list[torch.Tensor], updates: list[torch.Tensor], group: dict[str, Any]) -> list[torch.Tensor]:
-        """NS of every update; unsharded ones of equal shape share one batched call."""
-        view, steps = group["view"], group["ns_steps"]
-        result: list[Optional[torch.Tensor]] = [None] * len(params)
-        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, (p, u) in enumerate(zip(params, updates)):
-            if self.seam.is_sharded(p):
-                full = self.seam.gather(u, p.partition_dim)
-                result[i] = self.seam.local(self._ns(full, view, steps), p.partition_dim)
-            else:
-                by_shape[tuple(u.shape)].append(i)
-        for shape, indices in by_shape.items():
-            if len(indices) == 1:
-                result[indices[0]] = self._ns(updates[indices[0]], view, steps)
-                continue
-            stacked = torch.stack([as_matrices(updates[i], view) for i in indices])  # (n, ..., rows, cols)
-            orthogonal = self.newton_schulz(stacked, steps=steps)
-            for j, i in enumerate(indices):
-                result[i] = orthogonal[j].reshape(shape)
-        return result  # type: ignore[return-value]
-
-    def _ns(self, update: torch.Tensor, view: str, steps: int) -> torch.Tensor:
-        return self.newton_schulz(as_matrices(update, view), steps=steps).reshape(update.shape)
+    def _orthogonalise(
+        self, params: list[torch.Tensor], updates: list[torch.Tensor], group: dict[str, Any]
+    ) -> tuple[list[torch.Tensor], list[float]]:
+        """NS of every update, and each parameter's LR scale. All matrices of one shape share one
+        batched call; a tensor-parallel shard is orthogonalised as part of its gathered full matrix."""
+        view, steps, rule = group["view"], group["ns_steps"], group["lr_scale"]
+        fulls, mats = [], []
+        for p, u in zip(params, updates):
+            full = self.seam.gather(u, p.partition_dim) if self.seam.is_sharded(p) else u
+            fulls.append(full)
+            mats.append(to_matrices(full, view, getattr(p, "fused_rows", None)))
+        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, m in enumerate(mats):
+            by_shape[tuple(m.shape[-2:])].append(i)
+        orthogonal_mats: list[Optional[torch.Tensor]] = [None] * len(params)
+        for indices in by_shape.values():
+            batch = torch.cat([mats[i] for i in indices]) if len(indices) > 1 else mats[indices[0]]
+            result = self.newton_schulz(batch, steps=steps)
+            for i, part in zip(indices, result.split([mats[i].shape[0] for i in indices])):
+                orthogonal_mats[i] = part
+        orthogonal, scales = [], []
+        for p, full, m, o in zip(params, fulls, mats, orthogonal_mats):
+            o_full = from_matrices(o, full, view, getattr(p, "fused_rows", None))
+            orthogonal.append(self.seam.local(o_full, p.partition_dim) if self.seam.is_sharded(p) else o_full)
+            scales.append(lr_scale(rule, *m.shape[-2:]))
+        return orthogonal, scales
 
     def _adamw_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         states = [self.state[p] for p in params]

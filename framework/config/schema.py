@@ -38,14 +38,14 @@ class TrainerConfig:
     """With ``skip``: stop after this many non-finite steps in a row (training has diverged)."""
 
     def __post_init__(self) -> None:
-        _require(self.max_steps > 0, "trainer.max_steps", self.max_steps, "a positive integer")
-        _require(self.max_consecutive_nonfinite > 0, "trainer.max_consecutive_nonfinite", self.max_consecutive_nonfinite, "a positive integer")
-        _require(self.val_check_interval > 0, "trainer.val_check_interval", self.val_check_interval, "a positive integer")
-        _require(self.limit_val_batches >= 0, "trainer.limit_val_batches", self.limit_val_batches, "0 or more")
-        _require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", self.log_every_n_steps, "a positive integer")
-        _require(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", self.accumulate_grad_batches, "a positive integer")
+        require(self.max_steps > 0, "trainer.max_steps", self.max_steps, "a positive integer")
+        require(self.max_consecutive_nonfinite > 0, "trainer.max_consecutive_nonfinite", self.max_consecutive_nonfinite, "a positive integer")
+        require(self.val_check_interval > 0, "trainer.val_check_interval", self.val_check_interval, "a positive integer")
+        require(self.limit_val_batches >= 0, "trainer.limit_val_batches", self.limit_val_batches, "0 or more")
+        require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", self.log_every_n_steps, "a positive integer")
+        require(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", self.accumulate_grad_batches, "a positive integer")
         if self.num_threads is not None:
-            _require(self.num_threads > 0, "trainer.num_threads", self.num_threads, "a positive integer or null")
+            require(self.num_threads > 0, "trainer.num_threads", self.num_threads, "a positive integer or null")
 
 
 @dataclass
@@ -64,11 +64,11 @@ class OptimizerConfig:
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
-        _require(self.lr > 0, "optimizer.lr", self.lr, "a positive number")
-        _require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "0 or more")
-        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas, "two numbers in [0, 1)")
-        _require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "0 or more")
-        _require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        require(self.lr > 0, "optimizer.lr", self.lr, "a positive number")
+        require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "0 or more")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas, "two numbers in [0, 1)")
+        require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "0 or more")
+        require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
 
 
 @dataclass
@@ -93,9 +93,9 @@ class DataConfig:
     """With ``skip``: stop once more than this fraction of a split is unreadable."""
 
     def __post_init__(self) -> None:
-        _require(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
-        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "0 or more")
-        _require(0 <= self.max_corrupt_fraction <= 1, "data.max_corrupt_fraction", self.max_corrupt_fraction, "a number in [0, 1]")
+        require(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
+        require(self.num_workers >= 0, "data.num_workers", self.num_workers, "0 or more")
+        require(0 <= self.max_corrupt_fraction <= 1, "data.max_corrupt_fraction", self.max_corrupt_fraction, "a number in [0, 1]")
 
 
 @dataclass
@@ -112,8 +112,8 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.every_n_steps is not None:
-            _require(self.every_n_steps > 0, "checkpoint.every_n_steps", self.every_n_steps, "a positive integer or null")
-        _require(self.keep_last > 0, "checkpoint.keep_last", self.keep_last, "a positive integer")
+            require(self.every_n_steps > 0, "checkpoint.every_n_steps", self.every_n_steps, "a positive integer or null")
+        require(self.keep_last > 0, "checkpoint.keep_last", self.keep_last, "a positive integer")
 
 
 @dataclass
@@ -129,7 +129,7 @@ class ParallelConfig:
 
     def __post_init__(self) -> None:
         for name in ("tensor", "pipeline", "context", "expert"):
-            _require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "a positive integer")
+            require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "a positive integer")
 
 
 @dataclass
@@ -141,7 +141,7 @@ class LauncherConfig:
     """Processes on this machine (``launcher=local launcher.nproc=N``)."""
 
     def __post_init__(self) -> None:
-        _require(self.nproc >= 1, "launcher.nproc", self.nproc, "a positive integer")
+        require(self.nproc >= 1, "launcher.nproc", self.nproc, "a positive integer")
 
     @property
     def world_size(self) -> int:
@@ -179,7 +179,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _require(ok: bool, key: str, value: object, expected: str) -> None:
+def require(ok: bool, key: str, value: object, expected: str) -> None:
     if not ok:
         from jevons.framework.errors import UsageError
 

@@ -92,6 +92,7 @@ class CausalSelfAttention(nn.Module):
         # One fused projection for Q, K and V, laid out head by head ([q, k, v] per
         # head), so Megatron's contiguous row split gives each rank whole heads.
         self.qkv = ColumnParallelLinear(shape.hidden_size, 3 * shape.hidden_size, init_method=normal_init(shape.init_std))
+        self.qkv.weight.fused_rows = (3, shape.head_dim)  # rows are (head, q|k|v, head_dim): three matrices
         self.proj = RowParallelLinear(
             shape.hidden_size, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
         )
@@ -112,6 +113,7 @@ class SwiGLU(nn.Module):
         self.gate_up = ColumnParallelLinear(
             shape.hidden_size, 2 * shape.ffn_hidden_size, init_method=normal_init(shape.init_std)
         )
+        self.gate_up.weight.fused_rows = (2, 1)  # rows are (unit, gate|up): two matrices
         self.down = RowParallelLinear(
             shape.ffn_hidden_size, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
         )

@@ -133,6 +133,26 @@ def test_expert_stacks_and_convs_are_orthogonalised_per_matrix() -> None:
     assert torch.allclose(conv.detach().reshape(8, 36), flat.detach(), atol=1e-6)
 
 
+def test_fused_projections_are_orthogonalised_per_part() -> None:
+    torch.manual_seed(4)
+    heads, head_dim, hidden = 2, 4, 8
+    q, k, v = (torch.randn(heads * head_dim, hidden) for _ in range(3))
+    grads = [torch.randn(heads * head_dim, hidden) for _ in range(3)]
+
+    def interleave(parts):  # (heads, q|k|v, head_dim) rows, as the llm model lays out its fused QKV
+        return torch.stack([p.reshape(heads, head_dim, hidden) for p in parts], dim=1).reshape(-1, hidden)
+
+    fused = torch.nn.Parameter(interleave([q, k, v]))
+    fused.fused_rows = (3, head_dim)
+    fused.grad = interleave(grads)
+    separate = [torch.nn.Parameter(t.clone()) for t in (q, k, v)]
+    for p, g in zip(separate, grads):
+        p.grad = g.clone()
+    _muon([(fused, MATRIX)]).step()
+    _muon([(p, MATRIX) for p in separate]).step()
+    assert torch.allclose(fused.detach(), interleave([p.detach() for p in separate]), atol=1e-6)
+
+
 def test_matches_torch_optim_muon_on_matrices() -> None:
     torch.manual_seed(2)
     ours = [torch.nn.Parameter(torch.randn(32, 16)), torch.nn.Parameter(torch.randn(16, 48))]

@@ -1,0 +1,178 @@
+"""``launcher=slurm``: write an sbatch script into the run directory and submit it.
+
+The job runs the very same ``train`` command (the same overrides, ``run.dir``
+pinned, ``checkpoint.resume=auto``) once per task through ``srun``, so a Slurm
+run and a local run are one program; inside the job step, this launcher just
+runs the training. Ranks and world size come from Slurm's variables
+(``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``); the master address is
+the first node's ``NodeAddr`` as Slurm knows it, resolved by ``scontrol`` on
+the host, because node names need not be in DNS and ``scontrol`` may be
+missing inside a container.
+
+Preemption: ``--signal=USR1@<launcher.signal_seconds>`` warns the tasks before
+the time limit; they save a checkpoint, leave a marker and stop, and the
+script (outside any container) requeues the job, array tasks included. Extra
+``#SBATCH`` lines, environment setup (modules, virtual environments) and
+``srun`` arguments (containers) are config, not code edits.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from jevons.framework.errors import UsageError
+
+if TYPE_CHECKING:
+    from jevons.framework.config.schema import Config
+    from jevons.framework.plugin_manager import PluginManager
+    from jevons.framework.run import RunResult
+
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+
+
+@dataclass
+class SlurmLauncherConfig:
+    name: str = "slurm"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    """GPUs per node; 0 for a CPU job (gloo)."""
+    tasks_per_node: Optional[int] = None
+    """Processes per node; null means one per GPU, or one on CPU."""
+    cpus_per_task: Optional[int] = None
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: str = "01:00:00"
+    """Slurm time limit: minutes, MM:SS, HH:MM:SS or D-HH:MM:SS."""
+    job_name: Optional[str] = None
+    """Null means ``jevons-<recipe>``."""
+    signal_seconds: int = 90
+    """Seconds before the time limit at which tasks get SIGUSR1, checkpoint and requeue."""
+    sbatch_args: list[str] = field(default_factory=list)
+    """Extra ``#SBATCH`` lines, e.g. ``[--qos=high, --constraint=h100]``."""
+    setup: list[str] = field(default_factory=list)
+    """Shell lines run before ``srun``: ``module load cuda``, ``source .venv/bin/activate``."""
+    srun_args: list[str] = field(default_factory=list)
+    """Extra ``srun`` arguments, e.g. ``[--container-image=nvcr.io/..., --container-mounts=/data:/data]``."""
+    python: Optional[str] = None
+    """The interpreter the tasks run; null means this one."""
+    dry_run: bool = False
+    """Print the script and submit nothing."""
+
+    def __post_init__(self) -> None:
+        from jevons.framework.config.schema import require
+
+        require(self.nodes >= 1, "launcher.nodes", self.nodes, "a positive integer")
+        require(self.gpus_per_node >= 0, "launcher.gpus_per_node", self.gpus_per_node, "0 or more")
+        if self.tasks_per_node is not None:
+            require(self.tasks_per_node >= 1, "launcher.tasks_per_node", self.tasks_per_node, "a positive integer or null")
+        require(self.signal_seconds > 0, "launcher.signal_seconds", self.signal_seconds, "a positive number of seconds")
+        require(bool(_TIME.match(self.time)), "launcher.time", self.time, "minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
+
+    @property
+    def tasks(self) -> int:
+        """Processes per node."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks
+
+
+def launch_slurm(manager: PluginManager, config: Config, overrides: Sequence[str]) -> RunResult | None:
+    from jevons.framework.preemption import under_slurm
+    from jevons.framework.run import run_training
+
+    if under_slurm():
+        return run_training(manager, config)
+    return submit(config, overrides)
+
+
+def submit(config: Config, overrides: Sequence[str]) -> None:
+    from jevons.framework.rundir import choose_run_dir, config_yaml
+
+    run_dir = choose_run_dir(config).resolve()
+    script = sbatch_script(config, overrides, run_dir)
+    if config.launcher.dry_run:
+        print(script, end="")
+        return None
+    slurm_dir = run_dir / "slurm"
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml(config))
+    path = slurm_dir / "job.sbatch"
+    path.write_text(script)
+    try:
+        result = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UsageError(
+            f"sbatch is not on PATH: cannot submit {path}. Run on a Slurm login node, or use launcher=local."
+        ) from None
+    if result.returncode != 0:
+        raise UsageError(f"sbatch refused {path}: {result.stderr.strip() or result.stdout.strip()}")
+    job_id = result.stdout.strip().split(";")[0]
+    print(f"submitted job {job_id}: {config.launcher.nodes} node(s) x {config.launcher.tasks} task(s)")
+    print(f"  script: {path}")
+    print(f"  log:    {slurm_dir / f'{job_id}.out'}")
+    print(f"  run:    {run_dir}")
+    return None
+
+
+def sbatch_script(config: Config, overrides: Sequence[str], run_dir: Path) -> str:
+    """The job script for ``config``; pinned by a test (``launcher.dry_run=true`` prints it)."""
+    slurm: SlurmLauncherConfig = config.launcher  # type: ignore[assignment]
+    directives = [
+        f"--job-name={slurm.job_name or f'jevons-{config.recipe}'}",
+        f"--nodes={slurm.nodes}",
+        f"--ntasks-per-node={slurm.tasks}",
+        *([f"--gpus-per-node={slurm.gpus_per_node}"] if slurm.gpus_per_node else []),
+        *([f"--cpus-per-task={slurm.cpus_per_task}"] if slurm.cpus_per_task else []),
+        *([f"--partition={slurm.partition}"] if slurm.partition else []),
+        *([f"--account={slurm.account}"] if slurm.account else []),
+        f"--time={slurm.time}",
+        f"--signal=USR1@{slurm.signal_seconds}",
+        "--requeue",
+        "--open-mode=append",
+        f"--output={run_dir}/slurm/%j.out",
+        *slurm.sbatch_args,
+    ]
+    kept = [o for o in overrides if not o.startswith(("run.dir=", "checkpoint.resume=", "launcher.dry_run="))]
+    command = [slurm.python or sys.executable, "-m", "jevons.framework.cli.train", *kept, f"run.dir={run_dir}", "checkpoint.resume=auto"]
+    srun = ["srun", "--kill-on-bad-exit=1", *slurm.srun_args]
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH {d}" for d in directives),
+        "",
+        "# Written by `train ... launcher=slurm`; the tasks run the same train command, resuming automatically.",
+        *slurm.setup,
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "# Slurm's address for the first node: node names need not resolve.",
+        'export MASTER_ADDR=$(scontrol show node "$head_node" | sed -n "s/.*NodeAddr=\\([^ ]*\\).*/\\1/p")',
+        'export MASTER_ADDR="${MASTER_ADDR:-$(hostname)}"',
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "export PYTHONSAFEPATH=1",
+        'echo "jevons: job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST, master $MASTER_ADDR:$MASTER_PORT"',
+        "status=0",
+        f"{shlex.join(srun)} \\",
+        f"    {shlex.join(command)} || status=$?",
+        "# The tasks leave this marker after saving a checkpoint on the time-limit warning.",
+        f'marker="{run_dir}/slurm/requeue-$SLURM_JOB_ID"',
+        'if [ -f "$marker" ]; then',
+        '    rm -f "$marker"',
+        '    job="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"',
+        '    job="${job:-$SLURM_JOB_ID}"',
+        '    if command -v scontrol >/dev/null; then',
+        '        echo "jevons: checkpoint saved before the time limit; requeueing job $job"',
+        '        scontrol requeue "$job"',
+        "    else",
+        '        echo "jevons: checkpoint saved, but scontrol is not on PATH: job $job was not requeued; submit the same command again to resume" >&2',
+        "    fi",
+        "fi",
+        'exit "$status"',
+        "",
+    ]
+    return "\n".join(lines)
