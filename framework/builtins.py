@@ -8,6 +8,7 @@ removes these.
 
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jevons.recipes.llm", "jevons.recipes.llm"),
+    ("jevons.recipes.diffusion", "jevons.recipes.diffusion"),
     ("jevons.kernels", "jevons.kernels"),
     ("muon", "jevons.plugins.muon"),
 )

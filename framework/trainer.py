@@ -123,5 +123,7 @@ def quiet_libraries() -> None:
         "Warning: tp_group is None, using default tp group.*",
         # Buffers are identical on every rank (rotary tables), so not broadcasting them is right.
         ".*`broadcast_buffers` is deprecated.*",
+        # Jevons starts its own processes (launcher=local or =slurm); srun being installed is not a hint.
+        ".*The `srun` command is available on your system but is not used.*",
     ):
         warnings.filterwarnings("ignore", message=message)

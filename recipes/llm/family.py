@@ -1,7 +1,8 @@
 """The ``llm`` family: a decoder-only transformer trained on next-token prediction.
 
-Data: CPython's own documentation prose (``pydoc_data.topics``), byte-level
-BPE-tokenised, generated on first use (``jevons data llm-prose``). A user's
+Data: CPython's own prose (documentation topics and standard-library
+docstrings), byte-level BPE-tokenised, generated on first use (``jevons data
+llm-prose``). A user's
 own corpus is a folder holding ``train.json``/``val.json`` shard indexes of
 ``tokens.npy`` documents plus the ``tokenizer.json`` that made them
 (``data.source=/path/to/folder``).

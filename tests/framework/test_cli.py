@@ -102,7 +102,7 @@ def test_jevons_data_builds_a_source_with_progress(command, tmp_path: Path) -> N
     result = command(["jevons", "data", "llm-prose", "--root", str(tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     built = Path(result.stdout.strip())
-    assert built == tmp_path / "llm-prose-v1"
+    assert built == tmp_path / "llm-prose-v2"
     assert {"train.json", "val.json", "tokenizer.json", "meta.json", "COMPLETE"} <= {p.name for p in built.iterdir()}
     assert "llm-prose: 100%" in result.stderr  # the progress bar
     missing = command(["jevons", "data", "llm-pros"], cwd=tmp_path)

@@ -1,0 +1,159 @@
+"""The ``diffusion`` family: image and video diffusion transformers (diffusers' Wan) trained by rectified flow.
+
+Images are one-frame videos. The model is :class:`~jevons.recipes.diffusion.model.DiffusionModel`:
+a diffusers ``WanTransformer3DModel`` plus a learned class conditioner. The
+default objective is rectified flow with condition dropout; the default
+generator samples with diffusers' ``FlowMatchEulerDiscreteScheduler`` and
+classifier-free guidance. Plugins find the transformer's self-attention
+modules (``blocks.N.attn1``, diffusers ``WanAttention``, whose processor they
+may swap) and feed-forward modules through ``attention_modules`` and
+``ffn_modules``.
+
+This module stays light (no torch at import).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+from jevons.framework.config.schema import DataConfig
+from jevons.framework.errors import UsageError
+from jevons.framework.family import DataSource, EvalContext, FamilyBase
+
+if TYPE_CHECKING:
+    import torch
+
+    from jevons.framework.config.schema import Config
+
+
+@dataclass
+class DiffusionModelConfig:
+    """A ``WanTransformer3DModel``; the defaults are the ~1M-parameter CPU model."""
+
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    """(frames, height, width) per token."""
+    num_heads: int = 4
+    head_dim: int = 32
+    num_layers: int = 4
+    ffn_dim: int = 256
+    text_dim: int = 64
+    """Width of the conditioning tokens (4096 for Wan 2.1's umT5)."""
+    freq_dim: int = 64
+    channels: int = 1
+    """Input and output channels: 1 for grayscale digit pixels, 16 for Wan's VAE latents."""
+    rope_max_seq_len: int = 64
+    pretrained: Optional[str] = None
+    """A local diffusers folder to load the transformer from (nothing is downloaded)."""
+    pretrained_subfolder: Optional[str] = None
+
+
+@dataclass
+class DiffusionDataConfig(DataConfig):
+    source: str = "digits-images"
+    resolution: int = 16
+    """Pixels per side the samples are resized to."""
+    frames: int = 1
+    """Frames per clip (1 for images); clips are subsampled in time to this many."""
+
+
+@dataclass
+class ConditioningConfig:
+    tokens: int = 4
+    """Conditioning tokens per digit label."""
+    dropout: float = 0.1
+    """Probability of training a sample unconditionally (for classifier-free guidance)."""
+
+
+@dataclass
+class SampleConfig:
+    steps: int = 20
+    guidance: float = 2.0
+    shift: float = 1.0
+    """Timestep shift of the flow-matching scheduler (Wan uses 5 at 480p; 1 is uniform)."""
+    grid_rows: int = 2
+    """Rows of the per-validation sample grid (ten columns: one per digit)."""
+    fd_samples: int = 1000
+    """Generated samples per quality measurement (Fréchet distance, accuracy); 0 turns it off."""
+    eval_batch: int = 250
+
+
+class DiffusionFamily(FamilyBase):
+    name = "diffusion"
+    recipe_dir = Path(__file__).parent / "configs"
+    config_sections = {
+        "model": DiffusionModelConfig,
+        "data": DiffusionDataConfig,
+        "conditioning": ConditioningConfig,
+        "sample": SampleConfig,
+    }
+    capabilities = frozenset({"attention_processors", "video", "diffusion"})
+
+    def validate(self, config: Config) -> None:
+        cfg, data = config.model, config.data
+        pf, ph, pw = cfg.patch_size
+        if data.resolution % ph or data.resolution % pw or data.frames % pf:
+            raise UsageError(
+                f"data.resolution={data.resolution} and data.frames={data.frames} must be multiples of "
+                f"model.patch_size={cfg.patch_size} (frames, height, width)."
+            )
+        if not 0 <= config.conditioning.dropout < 1:
+            raise UsageError(f"conditioning.dropout={config.conditioning.dropout} must be in [0, 1).")
+
+    def data_sources(self) -> Iterable[DataSource]:
+        from jevons.recipes.diffusion.data import IMAGES, VIDEOS
+
+        return (IMAGES, VIDEOS)
+
+    def data_dir(self, config: Config) -> Path:
+        from jevons.framework.data.cache import data_root, resolve_source
+
+        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
+
+    def images_dir(self, config: Config) -> Path:
+        """The digit images the quality classifier is trained on (built if missing)."""
+        from jevons.framework.data.cache import data_root, ensure_built
+        from jevons.recipes.diffusion.data import IMAGES
+
+        return ensure_built(IMAGES, data_root(config.data.root))
+
+    def build_model(self, config: Config) -> torch.nn.Module:
+        from jevons.recipes.diffusion.model import ClassConditioner, DiffusionModel, build_transformer
+
+        transformer = build_transformer(config.model)
+        return DiffusionModel(transformer, ClassConditioner(transformer.config.text_dim, config.conditioning.tokens))
+
+    def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
+        return [(f"transformer.blocks.{i}.attn1", block.attn1) for i, block in enumerate(model.transformer.blocks)]
+
+    def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
+        return [(f"transformer.blocks.{i}.ffn", i, block.ffn) for i, block in enumerate(model.transformer.blocks)]
+
+    def build_dataset(self, config: Config, split: str) -> Any:
+        from jevons.recipes.diffusion.data import DigitClips
+
+        return DigitClips.from_folder(self.data_dir(config), split, config.data)
+
+    def real_reference(self, config: Config, count: int) -> torch.Tensor:
+        """Up to ``count`` held-out samples ``(N, C, F, H, W)`` to compare generated ones with."""
+        import numpy as np
+        import torch
+
+        dataset = self.build_dataset(config, "val")
+        return torch.from_numpy(np.stack([dataset[i]["video"] for i in range(min(count, len(dataset)))]))
+
+    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+        from jevons.recipes.diffusion.objective import RectifiedFlowObjective
+
+        return RectifiedFlowObjective(config.conditioning.dropout)
+
+    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+        from jevons.recipes.diffusion.generate import FlowSampler
+
+        return FlowSampler(model, config.sample.steps, config.sample.guidance, config.sample.shift)
+
+    def evaluate(self, context: EvalContext) -> dict[str, float]:
+        from jevons.recipes.diffusion.evaluate import evaluate
+
+        return evaluate(context, self)
