@@ -47,17 +47,7 @@ class Built:
 
 def build(manager: PluginManager, family: Family, config: Config) -> Built:
     enabled = config.plugins
-    model = family.build_model(config)
-    replaced: dict[str, str] = {}
-    for name, module in family.attention_modules(model):
-        _replace(manager, enabled, "replace_attention", model, name, module, replaced, config=config)
-    for name, layer_index, module in family.ffn_modules(model):
-        _replace(manager, enabled, "replace_ffn", model, name, module, replaced, layer_index=layer_index, config=config)
-    manager.call_each("modify_model", enabled, model=model, config=config)
-
-    objective = manager.call_first("make_objective", enabled, model=model, config=config)
-    if objective is None:
-        objective = family.default_objective(model, config)
+    model, objective, replaced = build_model_and_objective(manager, family, config)
     answer = manager.call_first("make_optimizer", enabled, model=model, config=config)
     optimization = as_optimization(answer if answer is not None else default_optimizer(model, config), config)
 
@@ -75,6 +65,22 @@ def build(manager: PluginManager, family: Family, config: Config) -> Built:
     manager.call_each("register_callbacks", enabled, register=callbacks.append, config=config)
     _check_callbacks(manager, enabled, callbacks)
     return Built(model, objective, optimization, datasets, samplers, generator, callbacks, replaced)
+
+
+def build_model_and_objective(manager: PluginManager, family: Family, config: Config) -> tuple[torch.nn.Module, Objective, dict[str, str]]:
+    """The first steps of the build, shared with loading a run for inference."""
+    enabled = config.plugins
+    model = family.build_model(config)
+    replaced: dict[str, str] = {}
+    for name, module in family.attention_modules(model):
+        _replace(manager, enabled, "replace_attention", model, name, module, replaced, config=config)
+    for name, layer_index, module in family.ffn_modules(model):
+        _replace(manager, enabled, "replace_ffn", model, name, module, replaced, layer_index=layer_index, config=config)
+    manager.call_each("modify_model", enabled, model=model, config=config)
+    objective = manager.call_first("make_objective", enabled, model=model, config=config)
+    if objective is None:
+        objective = family.default_objective(model, config)
+    return model, objective, replaced
 
 
 def default_batch_sampler(dataset: Any, config: Config, stage: str) -> RandomBatchSampler:

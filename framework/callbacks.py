@@ -117,9 +117,12 @@ class PeriodicCheckpoint(pl.Callback):
 
 
 class Throughput(pl.Callback):
-    """Real tokens (or samples) per second through training steps, validation excluded."""
+    """Real tokens (or samples: the family's ``weight_unit``) per second through training steps,
+    validation excluded."""
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = "samples") -> None:
+        self.unit = unit
+        self._bar_label = {"tokens": "tok/s", "samples": "samples/s"}.get(unit, f"{unit}/s")
         self.total_weight = 0
         self.total_seconds = 0.0
         self._start = 0.0
@@ -135,8 +138,8 @@ class Throughput(pl.Callback):
         self.total_seconds += seconds
         self._recent = (self._recent + [(weight, seconds)])[-20:]
         recent = sum(w for w, _ in self._recent) / max(1e-9, sum(s for _, s in self._recent))
-        pl_module.log("tok/s", recent, prog_bar=True, logger=False)
-        pl_module.log("train/tokens_per_s", recent, prog_bar=False)
+        pl_module.log(self._bar_label, recent, prog_bar=True, logger=False)
+        pl_module.log(f"train/{self.unit}_per_s", recent, prog_bar=False)
 
     @property
     def mean(self) -> float:

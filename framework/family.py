@@ -85,6 +85,9 @@ class Family(Protocol):
     """What the family's model offers to plugins (``"attention_processors"``,
     ``"token_modalities"``...); plugins may require capabilities."""
 
+    weight_unit: str
+    """What an objective's ``weight`` counts (``"tokens"``, ``"samples"``): throughput is reported in it."""
+
     parallelism: frozenset[str]
     """Which of ``tensor``, ``sequence``, ``pipeline``, ``context``, ``expert`` its model
     implements (data parallelism always works); larger sizes of the others are refused."""
@@ -117,6 +120,9 @@ class Family(Protocol):
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         """Write samples for ``context.step`` and return extra validation metrics."""
 
+    def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
+        """``jevons sample run_dir=... key=value``: write samples of a loaded run; return the files."""
+
 
 class FamilyBase:
     """Defaults for the optional parts of :class:`Family`."""
@@ -129,6 +135,7 @@ class FamilyBase:
     config_sections: Mapping[str, type] = {}
     capabilities: frozenset[str] = frozenset()
     parallelism: frozenset[str] = frozenset()
+    weight_unit: str = "samples"
 
     def data_sources(self) -> Iterable[DataSource]:
         return ()
@@ -141,6 +148,12 @@ class FamilyBase:
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         return {}
+
+    def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
+        """``jevons sample``: write samples from a loaded run (``LoadedRun``) into ``out_dir``."""
+        from jevons.framework.errors import UsageError
+
+        raise UsageError(f"Family '{self.name}' does not implement `jevons sample`.")
 
 
 @dataclass(frozen=True)

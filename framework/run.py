@@ -98,7 +98,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             "time_s": round(time.perf_counter() - started, 2),
             "train_loss": train_loss,
             "val_loss": ours.evaluation.metrics.get("val/loss"),
-            "tokens_per_s": round(ours.throughput.mean, 1),
+            f"{ours.throughput.unit}_per_s": round(ours.throughput.mean, 1),
             "nonfinite_skipped": len(module.skipped_steps),
             "data_lost": _data_losses(built.datasets, module.data_lost),
             "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},

@@ -40,7 +40,7 @@ def make_trainer(
     ours = FrameworkCallbacks(
         state=ResumableState(built.batch_samplers["train"]),
         checkpoint=checkpoint,
-        throughput=Throughput(),
+        throughput=Throughput(getattr(family, "weight_unit", "samples")),
         evaluation=Evaluation(family, config, run_dir),
         preemption=Preemption(checkpoint, requeue_marker(run_dir)),
     )

@@ -18,7 +18,7 @@ elsewhere; the result has the input's dtype.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -35,6 +35,20 @@ def newton_schulz_reference(
     compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Approximately orthogonalise each trailing ``(m, n)`` matrix of ``G`` (plain PyTorch)."""
+    return iterate(G, steps, coefficients, eps, compute_dtype, gram=_gram, gram_update=_gram_update)
+
+
+def iterate(
+    G: torch.Tensor,
+    steps: int,
+    coefficients: tuple[float, float, float],
+    eps: float,
+    compute_dtype: Optional[torch.dtype],
+    gram: Callable[[torch.Tensor], torch.Tensor],
+    gram_update: Callable[[torch.Tensor, float, float], torch.Tensor],
+) -> torch.Tensor:
+    """The iteration, with its two symmetric products supplied: ``gram(X) = X X^T`` and
+    ``gram_update(A, b, c) = b A + c A A``. Implementations differ only in those."""
     if G.ndim < 2:
         raise ValueError(f"Newton-Schulz needs matrices, got a tensor of shape {tuple(G.shape)}")
     a, b, c = coefficients
@@ -42,14 +56,22 @@ def newton_schulz_reference(
     X = G.reshape(-1, *G.shape[-2:]).to(compute_dtype or compute_dtype_for(G.device))  # (batch, m, n)
     if tall:
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)  # spectral norm <= Frobenius norm <= 1
+    X = (X / (X.norm(dim=(-2, -1), keepdim=True) + eps)).contiguous()  # spectral norm <= Frobenius norm <= 1
     for _ in range(steps):
-        A = X @ X.mT  # (batch, m, m), m <= n: the small Gram matrix
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # b A + c A^2
+        A = gram(X)  # (batch, m, m), m <= n: the small Gram matrix
+        B = gram_update(A, b, c)  # b A + c A^2
         X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
     if tall:
         X = X.mT
     return X.reshape(G.shape).to(G.dtype)
+
+
+def _gram(X: torch.Tensor) -> torch.Tensor:
+    return X @ X.mT
+
+
+def _gram_update(A: torch.Tensor, b: float, c: float) -> torch.Tensor:
+    return torch.baddbmm(A, A, A, beta=b, alpha=c)
 
 
 def compute_dtype_for(device: torch.device) -> torch.dtype:

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jevons.kernels.newton_schulz import COEFFICIENTS, EPS, STEPS, compute_dtype_for
+from jevons.kernels.newton_schulz import COEFFICIENTS, EPS, STEPS, iterate
 
 
 @triton.jit
@@ -68,7 +68,10 @@ def _symmetric_product_kernel(
 
 
 def symmetric_product(Y: torch.Tensor, alpha: float = 1.0, C: Optional[torch.Tensor] = None, beta: float = 0.0) -> torch.Tensor:
-    """``alpha * Y @ Y^T + beta * C`` for ``Y`` of shape ``(batch, m, k)``; the result is ``(batch, m, m)``."""
+    """``alpha * Y @ Y^T + beta * C`` for ``Y`` of shape ``(batch, m, k)``; the result is ``(batch, m, m)``.
+
+    ``C`` must be symmetric: only its upper tiles are read.
+    """
     batch, m, k = Y.shape
     out = torch.empty((batch, m, m), device=Y.device, dtype=Y.dtype)
     block = 32 if m <= 256 else 64
@@ -93,18 +96,8 @@ def newton_schulz_triton(
     compute_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Same contract as :func:`~jevons.kernels.newton_schulz.newton_schulz_reference`."""
-    if G.ndim < 2:
-        raise ValueError(f"Newton-Schulz needs matrices, got a tensor of shape {tuple(G.shape)}")
-    a, b, c = coefficients
-    tall = G.size(-2) > G.size(-1)
-    X = G.reshape(-1, *G.shape[-2:]).to(compute_dtype or compute_dtype_for(G.device))  # (batch, m, n)
-    if tall:
-        X = X.mT
-    X = (X / (X.norm(dim=(-2, -1), keepdim=True) + eps)).contiguous()
-    for _ in range(steps):
-        A = symmetric_product(X)  # X X^T
-        B = symmetric_product(A, alpha=c, C=A, beta=b)  # c A A^T + b A, A symmetric
-        X = torch.baddbmm(X, B, X, beta=a)  # a X + B X
-    if tall:
-        X = X.mT
-    return X.reshape(G.shape).to(G.dtype)
+    return iterate(
+        G, steps, coefficients, eps, compute_dtype,
+        gram=symmetric_product,
+        gram_update=lambda A, b, c: symmetric_product(A, alpha=c, C=A, beta=b),  # A symmetric: A A = A A^T
+    )

@@ -15,6 +15,12 @@ SMOKE = {
         "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "generate.max_new_tokens=2",
         "trainer.progress_bar=false",
     ],
+    "diffusion": [
+        "recipe=image_tiny", "model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32",
+        "data.resolution=8", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3",
+        "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "sample.steps=2", "sample.grid_rows=1",
+        "sample.fd_samples=20", "sample.eval_batch=20", "trainer.progress_bar=false",
+    ],
 }
 
 _manager = PluginManager.load(autoload=False)

@@ -20,8 +20,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = commands.add_parser("data", help="build a built-in dataset (or list them)")
     data.add_argument("name", nargs="?", help="a data source; omit to list them")
     data.add_argument("--root", help="cache folder (default $JEVONS_DATA or ~/.cache/jevons)")
+    sample = commands.add_parser(
+        "sample", help="generate from a trained run: run_dir=PATH [checkpoint=PATH] [out=DIR] key=value ...",
+        description="Generate from a run's newest (or a given) checkpoint with its own generator. "
+        "Diffusion: steps=, guidance=, rows=, seed=. LLM: prompt=, max_new_tokens=, temperature=, top_k=, seed=.",
+    )
+    sample.add_argument("settings", nargs="*", metavar="key=value")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data}
+    handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data, "sample": _sample}
     if args.command is None:
         parser.print_help()
         return 2
@@ -95,6 +101,35 @@ def _data(args: argparse.Namespace) -> int:
         raise UsageError(f"Unknown data source '{args.name}'.{did_you_mean(args.name, sources)} Sources: {format_choices(sources)}.")
     path = ensure_built(sources[args.name][0], data_root(args.root), progress=True)
     print(path)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    options = {}
+    for setting in args.settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise UsageError(f"'{setting}' is not key=value; e.g. jevons sample run_dir=runs/image_tiny/20261129-120000 steps=8")
+        options[key] = value
+    if "run_dir" not in options:
+        raise UsageError("jevons sample needs run_dir=PATH (a run directory with checkpoints).")
+    run_dir = Path(options.pop("run_dir"))
+    checkpoint = options.pop("checkpoint", None)
+    out = Path(options.pop("out", run_dir / "samples" / "cli"))
+
+    from jevons.framework import distributed
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.framework.inference import load_run
+    from jevons.framework.trainer import quiet_libraries
+
+    quiet_libraries()
+    with distributed.initialized(ParallelConfig()):
+        run = load_run(run_dir, Path(checkpoint) if checkpoint else None)
+        paths = run.family.sample(run, out, options)
+    for path in paths:
+        print(path)
     return 0
 
 

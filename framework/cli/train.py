@@ -37,11 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def run() -> int:
-        from jevons.framework.preemption import REQUEUE_EXIT_CODE
         from jevons.framework.run import train
 
         result = train(args)
         if result is not None and result.summary.get("stopped") == "requeue":
+            from jevons.framework.preemption import REQUEUE_EXIT_CODE  # torch is loaded by now
+
             return REQUEUE_EXIT_CODE  # the job script requeues the job
         return 0
 

@@ -51,7 +51,18 @@ def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
     sections = {section: reg.value for section, reg in manager.config_sections.items()}
     raw = _compose(manager, family.config_sections, sections, LAUNCHER_SCHEMAS, overrides)
     raw["recipe"] = name
+    return validate_config(manager, raw)
 
+
+def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
+    """Type-check a composed config (plain data), check plugins and layout, run ``configure``.
+
+    Also what loads a run's saved ``config.yaml`` (:func:`load_run_config`).
+    """
+    from jevons.launch import LAUNCHER_SCHEMAS
+
+    family = manager.family(str(raw.get("family", "")))
+    sections = {section: reg.value for section, reg in manager.config_sections.items()}
     launcher_name = raw.get("launcher", {}).get("name", "local")
     if launcher_name not in LAUNCHER_SCHEMAS:
         raise UsageError(f"launcher.name={launcher_name!r}: unknown launcher. Launchers: {format_choices(LAUNCHER_SCHEMAS)}.")
@@ -71,13 +82,28 @@ def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
             raise PluginError(manager.config_sections[section].plugin, "register_config", error) from None
     schema = run_schema(family.config_sections, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name])
     config = to_dataclass(schema, raw, "")
-    if config.family != family.name:
-        raise UsageError(f"family={config.family!r}: recipe '{name}' belongs to family '{family.name}'.")
+    recipe = manager.recipes.get(config.recipe)
+    if recipe is not None and recipe.family != family.name:
+        raise UsageError(f"family={config.family!r}: recipe '{config.recipe}' belongs to family '{recipe.family}'.")
     check_model_parallel(config.parallel, config.launcher.world_size)
     check_family_parallelism(config.parallel, family)
     family.validate(config)
     manager.call_each("configure", enabled, config=config)
     return config
+
+
+def load_run_config(manager: PluginManager, run_dir: Any) -> Config:
+    """A run's resolved ``config.yaml``, validated against what is installed now."""
+    import yaml
+    from pathlib import Path
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a run directory: it has no config.yaml.")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} is not a Jevons config.")
+    return validate_config(manager, raw)
 
 
 def check_family_parallelism(parallel: Any, family: Any) -> None:

@@ -157,3 +157,20 @@ class DiffusionFamily(FamilyBase):
         from jevons.recipes.diffusion.evaluate import evaluate
 
         return evaluate(context, self)
+
+    def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
+        """Options: ``steps``, ``guidance``, ``rows`` (of ten digits), ``seed``."""
+        from jevons.recipes.diffusion.evaluate import class_labels, grid, save_grid, to_uint8
+
+        known = {"steps", "guidance", "rows", "seed"}
+        unknown = set(options) - known
+        if unknown:
+            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family diffusion; options: {', '.join(sorted(known))}.")
+        config, data = run.config, run.config.data
+        steps = int(options.get("steps", config.sample.steps))
+        guidance = float(options.get("guidance", config.sample.guidance))
+        labels = class_labels(10 * int(options.get("rows", 2)))
+        shape = (config.model.channels, data.frames, data.resolution, data.resolution)
+        videos = run.generator(labels, shape, steps=steps, guidance=guidance, seed=int(options.get("seed", 0)))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return [save_grid(grid(to_uint8(videos), 10), out_dir / f"step_{run.step:08d}_{steps}steps_g{guidance:g}")]

@@ -67,6 +67,7 @@ class LLMFamily(FamilyBase):
     config_sections = {"model": LLMModelConfig, "data": LLMDataConfig, "generate": LLMGenerateConfig}
     capabilities = frozenset({"transformer", "token_sequences"})
     parallelism = frozenset({"tensor"})
+    weight_unit = "tokens"
 
     def validate(self, config: Config) -> None:
         from jevons.framework.errors import UsageError
@@ -142,6 +143,29 @@ class LLMFamily(FamilyBase):
         from jevons.recipes.llm.evaluate import evaluate
 
         return evaluate(context, self.data_dir(context.config))
+
+    def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
+        """Options: ``prompt``, ``max_new_tokens``, ``temperature``, ``top_k``, ``seed``."""
+        from jevons.framework.errors import UsageError
+
+        known = {"prompt", "max_new_tokens", "temperature", "top_k", "seed"}
+        unknown = set(options) - known
+        if unknown:
+            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family llm; options: {', '.join(sorted(known))}.")
+        cfg = run.config.generate
+        prompts = [options["prompt"]] if "prompt" in options else cfg.prompts
+        texts = run.generator(
+            prompts,
+            max_new_tokens=int(options.get("max_new_tokens", cfg.max_new_tokens)),
+            temperature=float(options.get("temperature", cfg.temperature)),
+            top_k=int(options.get("top_k", cfg.top_k)),
+            seed=int(options.get("seed", 0)),
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"step_{run.step:08d}.txt"
+        path.write_text("\n\n---\n\n".join(texts) + "\n")
+        print("\n\n---\n\n".join(texts))
+        return [path]
 
 
 def _divisors(n: int) -> list[int]:
