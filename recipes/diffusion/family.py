@@ -89,6 +89,7 @@ class DiffusionFamily(FamilyBase):
         "sample": SampleConfig,
     }
     capabilities = frozenset({"attention_processors", "video", "diffusion"})
+    parallelism = frozenset({"tensor"})
 
     def validate(self, config: Config) -> None:
         cfg, data = config.model, config.data
@@ -97,6 +98,12 @@ class DiffusionFamily(FamilyBase):
             raise UsageError(
                 f"data.resolution={data.resolution} and data.frames={data.frames} must be multiples of "
                 f"model.patch_size={cfg.patch_size} (frames, height, width)."
+            )
+        tp = config.parallel.tensor
+        if cfg.num_heads % tp or cfg.ffn_dim % tp:
+            raise UsageError(
+                f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads} and model.ffn_dim={cfg.ffn_dim}: "
+                f"tensor parallelism splits whole heads and feed-forward units across ranks."
             )
         if not 0 <= config.conditioning.dropout < 1:
             raise UsageError(f"conditioning.dropout={config.conditioning.dropout} must be in [0, 1).")
@@ -120,8 +127,9 @@ class DiffusionFamily(FamilyBase):
 
     def build_model(self, config: Config) -> torch.nn.Module:
         from jevons.recipes.diffusion.model import ClassConditioner, DiffusionModel, build_transformer
+        from jevons.recipes.diffusion.tensor_parallel import apply_tensor_parallel
 
-        transformer = build_transformer(config.model)
+        transformer = apply_tensor_parallel(build_transformer(config.model))
         return DiffusionModel(transformer, ClassConditioner(transformer.config.text_dim, config.conditioning.tokens))
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:

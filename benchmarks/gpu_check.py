@@ -1,0 +1,153 @@
+"""Every GPU-only check and timing, in one script for the minutes a GPU is lent (DESIGN.md, "Benchmarks").
+
+    python benchmarks/gpu_check.py [--only newton_schulz|train_llm|train_diffusion|megatron]
+
+Parts:
+
+* ``newton_schulz``: the Triton kernel against the PyTorch reference (max
+  error) and both timed, bf16, on Muon's shapes (llm_125m's matrices, an
+  expert stack). The Triton kernel earns a dispatch priority above the
+  reference only if it wins here.
+* ``train_llm``, ``train_diffusion``: a short real ``train`` of each family's
+  tiny recipe on CUDA (bf16-mixed), losses finite and falling.
+* ``megatron``: Megatron-Core's CUDA-only paths the CPU cannot run here:
+  its fused tensor-parallel layers on CUDA (one process), and whether
+  ``sequence_parallel`` layer construction works; pipeline, context and expert
+  parallelism need several GPUs and are refused by Jevons' families, which do
+  not implement them.
+
+On a machine without CUDA every part reports "skipped: no CUDA" and the script
+exits 0, so it can be run anywhere; CI never runs it. Results go to
+``benchmarks/results/gpu_check.json``. Must finish in under 4 minutes on one
+H200. The device image has torch, Lightning, pluggy, einops and Triton but
+not diffusers, megatron-core, webdataset or hydra: carry them as wheels (see
+``/work/.library/device/README.md``; ``pip download --no-deps --only-binary=:all:
+--python-version 3.12 ... diffusers==0.42.1 megatron-core==0.16.1 hydra-core
+omegaconf antlr4-python3-runtime webdataset braceexpand accelerate safetensors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS, commit, machine
+
+PARTS = ("newton_schulz", "train_llm", "train_diffusion", "megatron")
+
+
+def _time(fn, repeat: int = 20) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeat
+
+
+def newton_schulz() -> dict:
+    import torch
+
+    from jevons.kernels.newton_schulz import newton_schulz_reference
+    from jevons.kernels.newton_schulz_triton import newton_schulz_triton
+
+    shapes = {"768x768": (768, 768), "2304x768": (2304, 768), "768x3072": (768, 3072), "experts 8x1024x4096": (8, 1024, 4096)}
+    out = {}
+    for name, shape in shapes.items():
+        G = torch.randn(*shape, device="cuda")
+        reference = newton_schulz_reference(G, compute_dtype=torch.bfloat16)
+        triton = newton_schulz_triton(G, compute_dtype=torch.bfloat16)
+        t_ref = _time(lambda: newton_schulz_reference(G, compute_dtype=torch.bfloat16))
+        t_tri = _time(lambda: newton_schulz_triton(G, compute_dtype=torch.bfloat16))
+        out[name] = {
+            "max_abs_error": float((reference.float() - triton.float()).abs().max()),
+            "reference_ms": 1000 * t_ref,
+            "triton_ms": 1000 * t_tri,
+            "speedup": t_ref / t_tri,
+        }
+    return out
+
+
+def _train(overrides: list[str]) -> dict:
+    import csv
+
+    with tempfile.TemporaryDirectory() as runs:
+        command = [sys.executable, "-m", "jevons.framework.cli.train", *overrides, "trainer.accelerator=gpu",
+                   "trainer.precision=bf16-mixed", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
+                   f"run.dir={runs}/run"]
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            return {"ok": False, "error": result.stderr[-2000:]}
+        with open(Path(runs) / "run" / "metrics.csv") as handle:
+            losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    return {"ok": all(l == l for l in losses) and losses[-1] < losses[0], "first_loss": losses[0],
+            "last_loss": losses[-1], "seconds": seconds}
+
+
+def train_llm() -> dict:
+    return _train(["recipe=llm_tiny", "trainer.max_steps=60", "trainer.limit_val_batches=2"])
+
+
+def train_diffusion() -> dict:
+    return _train(["recipe=image_tiny", "trainer.max_steps=60", "trainer.limit_val_batches=1", "sample.fd_samples=0"])
+
+
+def megatron() -> dict:
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29555")
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    config = ModelParallelConfig(tensor_model_parallel_size=1, params_dtype=torch.bfloat16)
+    layer = tensor_parallel.ColumnParallelLinear(
+        1024, 4096, config=config, init_method=torch.nn.init.xavier_normal_, bias=True, gather_output=True
+    ).cuda()
+    x = torch.randn(512, 4, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y, _ = layer(x)
+    y.float().square().mean().backward()
+    result = {"column_parallel_cuda_forward_backward": bool(torch.isfinite(x.grad).all())}
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=PARTS)
+    args = parser.parse_args()
+    import torch
+
+    parts = [args.only] if args.only else list(PARTS)
+    results: dict = {"machine": machine(), "commit": commit()}
+    for part in parts:
+        if not torch.cuda.is_available():
+            results[part] = "skipped: no CUDA"
+        else:
+            started = time.perf_counter()
+            results[part] = globals()[part]()
+            results[part + "_seconds"] = time.perf_counter() - started
+        print(part, json.dumps(results[part], indent=1), flush=True)
+    if torch.cuda.is_available():
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "gpu_check.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
