@@ -52,6 +52,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
     from jevons.framework.build import build
     from jevons.framework.data.loader import make_dataloader
     from jevons.framework.module import JevonsModule
+    from jevons.framework.summary import run_summary
     from jevons.framework.trainer import make_trainer, quiet_libraries, validation_due
     from jevons.kernels import dispatch
 
@@ -84,56 +85,18 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
         if resume_from is not None:
             print(f"jevons: resuming from {resume_from}", flush=True)
         trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(resume_from) if resume_from else None)
-        train_loss = _metric(trainer, "train/loss")  # validate() below replaces the callback metrics
+        metric = trainer.callback_metrics.get("train/loss")  # validate() below replaces the callback metrics
+        train_loss = float(metric) if metric is not None else None
         if validation_due(trainer, ours, config):
             trainer.validate(module, loaders["val"], verbose=False)
 
-        summary = {
-            "recipe": config.recipe,
-            "family": config.family,
-            "plugins": ", ".join(config.plugins) or "none",
-            "steps": trainer.global_step,
-            "resumed_from_step": _step_or_none(resume_from),
-            "stopped": ours.preemption.stopped or "no",
-            "time_s": round(time.perf_counter() - started, 2),
-            "train_loss": train_loss,
-            "val_loss": ours.evaluation.metrics.get("val/loss"),
-            f"{ours.throughput.unit}_per_s": round(ours.throughput.mean, 1),
-            "nonfinite_skipped": len(module.skipped_steps),
-            "data_lost": _data_losses(built.datasets, module.data_lost),
-            "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},
-            "artifacts": {
-                "run_dir": str(run_dir),
-                "metrics": str(run_dir / "metrics.csv"),
-                "checkpoint": str(ours.checkpoint.root / f"step_{ours.checkpoint.last_saved_step:08d}")
-                if ours.checkpoint.last_saved_step >= 0
-                else "none",
-                "samples": ", ".join(str(p) for p in ours.evaluation.artifacts) or "none",
-            },
-        }
+        summary = run_summary(
+            config, trainer, ours, module, built.datasets, run_dir, resume_from, train_loss, time.perf_counter() - started
+        )
         if distributed.is_rank_zero():
             rundir.write_summary(run_dir, summary)
             print(rundir.format_summary(summary), flush=True)
     return RunResult(run_dir, summary)
-
-
-def _data_losses(datasets: dict[str, Any], lost_while_reading: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per split: samples lost at the shard scan and while reading, with the first few named."""
-    report: dict[str, Any] = {}
-    for split, dataset in datasets.items():
-        losses = [*getattr(dataset, "lost", []), *lost_while_reading.get(split, {}).values()]
-        if losses:
-            reasons: dict[str, int] = {}
-            for loss in losses:
-                reason = loss.reason.split(":")[0].split(" (")[0]
-                reasons[reason] = reasons.get(reason, 0) + 1
-            report[split] = {"lost": len(losses), **reasons, "first": [str(loss) for loss in losses[:5]]}
-    return report or "none"
-
-
-def _metric(trainer: Any, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    return float(value) if value is not None else None
 
 
 def _step_or_none(path: Path | None) -> int | None:
