@@ -4,7 +4,7 @@
    steps x 16 x 128 tokens) over a learning-rate sweep (at least 4 rates each,
    widened until each optimizer's best rate is strictly inside) and 3 seeds,
    with the recipe's warm-up + cosine schedule. Validation loss on the whole
-   validation split every 25 steps. AdamW's target is the mean final
+   validation split every 50 steps. AdamW's target is the mean final
    validation loss of its best rate; Muon's tokens are where each seed's
    curve at Muon's best rate first reaches it (linear interpolation between
    evaluations), averaged over seeds. ``tokens_to_adamw_loss_ratio`` is that
@@ -199,7 +199,7 @@ def main() -> None:
     if args.quick:
         lrs, seeds, steps, eval_every, extend, timing = [2e-3, 4e-3], [0], 40, 10, False, (2, 15)
     else:
-        lrs, seeds, steps, eval_every, extend, timing = [1e-3, 2e-3, 4e-3, 8e-3], [0, 1, 2], 500, 25, True, (4, 60)
+        lrs, seeds, steps, eval_every, extend, timing = [2e-3, 4e-3, 8e-3, 16e-3], [0, 1, 2], 500, 50, True, (4, 60)
 
     results = {name: sweep(name, lrs, seeds, steps, eval_every, extend) for name in ("adamw", "muon")}
     best = {name: min(runs, key=lambda lr: _mean_final(runs[lr])) for name, runs in results.items()}

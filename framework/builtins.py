@@ -11,5 +11,6 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jevons.recipes.diffusion", "jevons.recipes.diffusion"),
     ("jevons.kernels", "jevons.kernels"),
     ("muon", "jevons.plugins.muon"),
+    ("padding_aware_sampling", "jevons.plugins.padding_aware_sampling"),
 )
 """``(plugin name, module)`` pairs, in registration order."""

@@ -23,6 +23,14 @@ SMOKE = {
     ],
 }
 
+# Per plugin and family, what its section needs at smoke size.
+PLUGIN_SMOKE = {
+    "padding_aware_sampling": {
+        "llm": ["padding_aware_sampling.max_tokens=132", "padding_aware_sampling.num_buckets=4"],
+        "diffusion": ["padding_aware_sampling.max_tokens=4", "padding_aware_sampling.num_buckets=1"],
+    },
+}
+
 _manager = PluginManager.load(autoload=False)
 PAIRS = [
     (plugin, family)
@@ -39,7 +47,8 @@ def test_every_family_has_a_smoke_setting() -> None:
 
 @pytest.mark.parametrize("plugin, family", PAIRS, ids=[f"{p}-{f}" for p, f in PAIRS])
 def test_plugin_trains_with_family(train, run_root, plugin: str, family: str) -> None:
-    result = train([*SMOKE[family], f"plugins=[{plugin}]", f"run.root={run_root}"])
+    extra = PLUGIN_SMOKE.get(plugin, {}).get(family, [])
+    result = train([*SMOKE[family], f"plugins=[{plugin}]", *extra, f"run.root={run_root}"])
     assert result.summary["steps"] == 3
     assert result.summary["plugins"] == plugin
     assert result.summary["train_loss"] is not None and result.summary["val_loss"] is not None

@@ -1,0 +1,240 @@
+"""``padding_aware_sampling``: length-bucketed batches filled to a budget that counts padding.
+
+Seed: "Training and Inference Efficiency of Encoder-Decoder Speech Models"
+(Canary-1B): random mini-batches spent more than half the compute on padding;
+2-D bucketing by input and output length with per-bucket batch sizes made
+batches 5x larger. Anchors: Lhotse's ``DynamicBucketingSampler`` (buckets of
+equal total duration estimated from a sample of lengths, ``max_duration``,
+a quadratic term for attention) and NeMo's 2-D bucketing.
+
+How batches are made (:class:`BucketingBatchSampler`):
+
+1. **Buckets** from every sample's lengths (all known up front): 1-D, by the
+   first length, into ``num_buckets`` buckets of equal total cost; 2-D, by
+   input length into ``num_buckets`` equal-cost buckets, then each by output
+   length into ``output_buckets`` equal-count sub-buckets.
+2. **Batches** per bucket and epoch: the bucket is shuffled (seed and epoch),
+   cut into pools of ``pool_batches`` batches' worth, each pool sorted by
+   input length and cut greedily so that ``n * max_len (+ quadratic * n * max_len^2)``
+   stays within ``max_tokens`` (padding counted), at most ``max_batch_size``
+   (or the bucket's measured cap) samples, and, in 2-D, ``n * max_out_len``
+   within ``max_output_tokens``. Buckets are visited in length order and a
+   bucket's last batch, if less than half full, is completed from the next.
+3. **Rounds**: a bucket's batches are grouped ``world_size`` at a time (the
+   largest split in two until they divide evenly), the rounds of all buckets
+   are shuffled together, and at each step rank ``r`` takes batch ``r`` of the
+   round: every sample once per epoch, every rank the same number of steps,
+   all ranks in one bucket at a time (similar shapes, no rank waiting on a
+   long batch).
+
+The sampler owns the data-parallel split and its position: ``resume(epoch,
+position)`` continues an epoch with neither repeats nor gaps. Works for any
+family whose dataset exposes ``lengths`` (tokens, frames; input and output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Optional
+
+from jevons.framework.errors import UsageError
+from jevons.framework.plugin import PluginInfo, hookimpl
+
+PLUGIN_INFO = PluginInfo(description="2-D length bucketing with token-budget batches (Canary efficiency paper)")
+
+
+@dataclass
+class PaddingAwareSamplingConfig:
+    max_tokens: float = 4096
+    """Budget per batch per rank, in the dataset's first length unit (tokens, frames), padding counted."""
+    dims: Literal[1, 2] = 1
+    """Bucket by the first length only, or by input and output length (needs two lengths per sample)."""
+    num_buckets: int = 30
+    """Buckets of equal total cost along the first length."""
+    output_buckets: int = 6
+    """With dims=2: sub-buckets along the second length within each bucket (more: less output
+    padding, smaller sub-buckets, more partly filled batches)."""
+    max_output_tokens: Optional[float] = None
+    """With dims=2: budget on the second length (padding counted); null: no limit."""
+    quadratic: float = 0.0
+    """Extra cost per sample of ``quadratic * max_len^2`` (attention), as Lhotse's quadratic_duration."""
+    max_batch_size: Optional[int] = None
+    """A cap on samples per batch; per-bucket caps from the memory probe override it."""
+    pool_batches: int = 16
+    """Batches' worth of a bucket sorted together before cutting: larger pads less, shuffles less."""
+
+
+@hookimpl
+def register_config(register):
+    register("padding_aware_sampling", PaddingAwareSamplingConfig)
+
+
+@hookimpl
+def configure(config):
+    cfg = config.padding_aware_sampling
+    if cfg.max_tokens <= 0:
+        raise UsageError(f"padding_aware_sampling.max_tokens={cfg.max_tokens} must be positive.")
+    if cfg.num_buckets < 1 or cfg.output_buckets < 1 or cfg.pool_batches < 1:
+        raise UsageError("padding_aware_sampling.num_buckets, output_buckets and pool_batches must be at least 1.")
+
+
+@hookimpl
+def make_batch_sampler(dataset, config, stage):
+    from jevons.framework.distributed import data_parallel_rank_and_size
+
+    cfg = config.padding_aware_sampling
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is None:
+        raise UsageError(f"padding_aware_sampling needs a dataset with lengths; {type(dataset).__name__} has none.")
+    rank, world = data_parallel_rank_and_size()
+    return BucketingBatchSampler(lengths, cfg, seed=config.seed, rank=rank, world_size=world, shuffle=stage == "train")
+
+
+class BucketingBatchSampler:
+    """Budgeted batches from length buckets; the same list on every rank; resumable mid-epoch."""
+
+    def __init__(
+        self, lengths: Any, cfg: PaddingAwareSamplingConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+        shuffle: bool = True, bucket_caps: Optional[dict[int, int]] = None,
+    ) -> None:
+        import numpy as np
+
+        self.lengths = np.asarray(lengths, dtype=np.float64).reshape(len(lengths), -1)
+        if cfg.dims == 2 and self.lengths.shape[1] < 2:
+            raise UsageError("padding_aware_sampling.dims=2 needs two lengths per sample (input and output); the dataset has one.")
+        longest = self.lengths[:, 0].max()
+        if longest + cfg.quadratic * longest**2 > cfg.max_tokens:
+            raise UsageError(
+                f"a sample of length {longest:g} costs more than padding_aware_sampling.max_tokens={cfg.max_tokens:g} "
+                f"on its own (quadratic={cfg.quadratic:g}): raise the budget or filter long samples."
+            )
+        self.cfg = cfg
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.bucket_caps = bucket_caps or {}
+        self.buckets = assign_buckets(self.lengths, cfg, world_size)
+        self.epoch = 0
+        self._start = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def rounds(self, epoch: int) -> list[list[list[int]]]:
+        """The epoch's steps: each a round of ``world_size`` batches from one bucket, same on every rank."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, epoch])
+        rounds: list[list[list[int]]] = []
+        carried = np.empty(0, dtype=np.int64)
+        buckets = np.unique(self.buckets)  # in order of length: a bucket's leftovers join the next one
+        for position, bucket in enumerate(buckets):
+            members = np.flatnonzero(self.buckets == bucket)
+            if self.shuffle:
+                members = rng.permutation(members)
+            batches = self._cut(np.concatenate([carried, members]), int(bucket))
+            carried = np.empty(0, dtype=np.int64)
+            if position + 1 < len(buckets) and len(batches) > 1 and self._fill(batches[-1]) < 0.5:
+                carried = np.asarray(batches.pop(), dtype=np.int64)  # a half-empty batch: fill it from the next bucket
+            batches = _split_to_multiple(batches, self.world_size)
+            rounds += [batches[i : i + self.world_size] for i in range(0, len(batches), self.world_size)]
+        if self.shuffle:
+            rounds = [rounds[i] for i in rng.permutation(len(rounds))]
+        self._cache = (epoch, rounds)
+        return rounds
+
+    def _fill(self, batch: list[int]) -> float:
+        return float(self.lengths[batch, 0].sum()) / self.cfg.max_tokens
+
+    def _cut(self, members: Any, bucket: int) -> list[list[int]]:
+        """Greedy budgeted batches from one bucket, sorting pools of ``pool_batches`` batches' worth."""
+        import numpy as np
+
+        cfg = self.cfg
+        cap = self.bucket_caps.get(bucket, cfg.max_batch_size)
+        typical = max(1, int(cfg.max_tokens // max(1.0, float(np.median(self.lengths[members, 0])))))
+        pool = max(1, typical * cfg.pool_batches)
+        out: list[list[int]] = []
+        for start in range(0, len(members), pool):
+            chunk = members[start : start + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk, 0], kind="stable")]  # output is bounded by the sub-bucket
+            batch: list[int] = []
+            longest = longest_out = 0.0
+            for index in chunk:
+                length = self.lengths[index, 0]
+                out_length = self.lengths[index, 1] if cfg.dims == 2 else 0.0
+                new_longest, new_out = max(longest, length), max(longest_out, out_length)
+                size = len(batch) + 1
+                fits = size * new_longest + cfg.quadratic * size * new_longest**2 <= cfg.max_tokens
+                fits = fits and (cfg.max_output_tokens is None or size * new_out <= cfg.max_output_tokens)
+                fits = fits and (cap is None or size <= cap)
+                if batch and not fits:
+                    out.append(batch)
+                    batch, new_longest, new_out = [], length, out_length
+                batch.append(int(index))
+                longest, longest_out = new_longest, new_out
+            if batch:
+                out.append(batch)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.rounds(self.epoch))
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._start = 0
+        self.epoch = epoch
+
+    def resume(self, epoch: int, position: int) -> None:
+        self.epoch, self._start = epoch, position
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rounds = self.rounds(self.epoch)
+        start, self._start = self._start, 0
+        for step in range(start, len(rounds)):
+            yield rounds[step][self.rank]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+
+
+def _split_to_multiple(batches: list[list[int]], world_size: int) -> list[list[int]]:
+    """Split the largest batches in two until their number is a multiple of ``world_size``."""
+    batches = list(batches)
+    while len(batches) % world_size:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        if len(batches[largest]) < 2:
+            raise ValueError(f"a bucket of {sum(map(len, batches))} samples cannot feed {world_size} ranks")
+        half = len(batches[largest]) // 2
+        batches[largest : largest + 1] = [batches[largest][:half], batches[largest][half:]]
+    return batches
+
+
+def assign_buckets(lengths: Any, cfg: PaddingAwareSamplingConfig, world_size: int = 1) -> Any:
+    """A bucket number per sample: equal total cost along the first length; 2-D adds equal-count
+    sub-buckets along the second within each."""
+    import numpy as np
+
+    first = lengths[:, 0]
+    cost = first + cfg.quadratic * first**2
+    order = np.argsort(first, kind="stable")
+    cumulative = np.cumsum(cost[order])
+    edges = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, cfg.num_buckets) / cfg.num_buckets)
+    buckets = np.empty(len(first), dtype=np.int64)
+    parts = [part for part in np.split(order, edges) if len(part)]
+    while len(parts) > 1 and min(len(p) for p in parts) < world_size:  # too few to give every rank a batch
+        small = min(range(len(parts)), key=lambda i: len(parts[i]))
+        neighbour = small - 1 if small > 0 else small + 1
+        parts[min(small, neighbour)] = np.concatenate([parts[min(small, neighbour)], parts[max(small, neighbour)]])
+        del parts[max(small, neighbour)]
+    for number, members in enumerate(parts):
+        buckets[members] = number * cfg.output_buckets
+    if cfg.dims == 2:
+        for number in np.unique(buckets):
+            members = np.flatnonzero(buckets == number)
+            ranked = members[np.argsort(lengths[members, 1], kind="stable")]
+            pieces = min(cfg.output_buckets, max(1, len(ranked) // max(1, world_size)))
+            for sub, part in enumerate(np.array_split(ranked, pieces)):
+                buckets[part] = number + sub
+    return buckets
