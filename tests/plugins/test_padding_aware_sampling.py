@@ -101,3 +101,28 @@ def test_the_plugin_trains_the_llm_family(train, tiny) -> None:
     result = train(tiny("plugins=[padding_aware_sampling]", "padding_aware_sampling.max_tokens=264",
                         "padding_aware_sampling.num_buckets=4", "trainer.max_steps=3"))
     assert result.summary["steps"] == 3 and result.summary["train_loss"] is not None
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    count=st.integers(min_value=8, max_value=400),
+    world_size=st.integers(min_value=1, max_value=4),
+    dims=st.sampled_from([1, 2]),
+    buckets=st.integers(min_value=1, max_value=12),
+    seed=st.integers(min_value=0, max_value=10_000),
+)
+def test_property_every_sample_once_and_within_budget(count, world_size, dims, buckets, seed) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = np.stack([rng.integers(1, 50, count), rng.integers(1, 30, count)], axis=1).astype(float)
+    cfg = PaddingAwareSamplingConfig(max_tokens=120, dims=dims, num_buckets=buckets, output_buckets=2)
+    ranks = [BucketingBatchSampler(lengths, cfg, seed=seed, rank=r, world_size=world_size) for r in range(world_size)]
+    epochs = [_epoch(s, 0) for s in ranks]
+    assert len({len(e) for e in epochs}) == 1
+    seen = sorted(i for e in epochs for batch in e for i in batch)
+    assert seen == list(range(count))
+    for batch in (b for e in epochs for b in e):
+        assert len(batch) * lengths[batch, 0].max() <= 120
