@@ -12,5 +12,6 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jevons.kernels", "jevons.kernels"),
     ("muon", "jevons.plugins.muon"),
     ("padding_aware_sampling", "jevons.plugins.padding_aware_sampling"),
+    ("lowres_cascade", "jevons.plugins.lowres_cascade"),
 )
 """``(plugin name, module)`` pairs, in registration order."""

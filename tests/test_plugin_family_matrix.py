@@ -25,6 +25,7 @@ SMOKE = {
 
 # Per plugin and family, what its section needs at smoke size.
 PLUGIN_SMOKE = {
+    "lowres_cascade": {"diffusion": ["lowres_cascade.stages=[{res:4,steps:2},{res:8,steps:2}]"]},
     "padding_aware_sampling": {
         "llm": ["padding_aware_sampling.max_tokens=132", "padding_aware_sampling.num_buckets=4"],
         "diffusion": ["padding_aware_sampling.max_tokens=4", "padding_aware_sampling.num_buckets=1"],

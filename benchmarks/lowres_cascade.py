@@ -1,0 +1,108 @@
+"""LowDiff cascade vs a single-resolution model with the same training budget: throughput at equal quality.
+
+Budget: both models see 3,000 steps x 32 images (the same steps x batch).
+The single-resolution model is the committed image teacher
+(``benchmarks/teachers/image-16px``, image_tiny for 3,000 steps); the cascade
+(image_lowdiff_tiny: 8 px then 16 px, one set of weights) is trained here for
+the same 3,000 x 32. Each is sampled for 1,000 class-conditional images and
+scored with the diffusion family's digit-feature Fréchet distance.
+
+The single-resolution model is swept over Euler step counts; the cheapest
+count whose distance is at most the cascade's is "equal quality", and
+``throughput_ratio_at_equal_quality`` is the cascade's images per second over
+the single model's at that count (sampling only, timed separately from the
+metric). ``quality_ratio_vs_single_res`` is the cascade's distance over the
+single model's at its full 50 steps. The step allocations tried are in the
+JSON.
+
+    python benchmarks/lowres_cascade.py [--quick]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import parse_args, write_result
+
+TEACHER = Path(__file__).resolve().parent / "teachers" / "image-16px"
+TARGETS = {"throughput_ratio_at_equal_quality": ">=1.5", "quality_ratio_vs_single_res": "<=1.1"}
+
+
+def _sampling_rate(sampler, labels: torch.Tensor, shape, batch: int, **kwargs) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(labels), batch):
+        sampler(labels[i : i + batch], shape, seed=i, **kwargs)
+    return len(labels) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    steps, count, sweep = (60, 100, (4, 8, 20)) if args.quick else (3000, 1000, (4, 6, 8, 12, 16, 20, 30, 50))
+
+    from jevons.framework import distributed
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.framework.inference import load_run
+    from jevons.framework.plugin_manager import PluginManager
+    from jevons.framework.run import train
+    from jevons.recipes.diffusion.evaluate import class_labels, quality
+    from jevons.recipes.diffusion.generate import FlowSampler
+    from jevons.recipes.diffusion.model import DiffusionModel
+
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, ["recipe=image_tiny"])
+    family = manager.family("diffusion")
+    real = family.real_reference(config, 1000)
+    images = family.images_dir(config)
+    shape = (1, 1, 16, 16)
+    labels = class_labels(count)
+
+    with tempfile.TemporaryDirectory() as runs:
+        overrides = ["recipe=image_lowdiff_tiny", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+                     "sample.fd_samples=0", "optimizer.warmup_steps=100", f"run.root={runs}"]
+        trained = train(overrides, autoload=False)
+        with distributed.initialized(ParallelConfig()):
+            cascade = load_run(trained.run_dir, manager=manager)
+            stages = [(s.res, s.steps) for s in cascade.config.lowres_cascade.stages]
+            cascade_quality = quality(cascade.generator, shape, real, images, count, 250, seed=10_000)
+            cascade_rate = _sampling_rate(cascade.generator, labels, shape, 250)
+
+    teacher = DiffusionModel.from_pretrained(TEACHER, tokens=config.conditioning.tokens).eval()
+    single = {}
+    for n in sweep:
+        sampler = FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift)
+        single[n] = quality(sampler, shape, real, images, count, 250, seed=10_000)
+        single[n]["images_per_s"] = _sampling_rate(sampler, labels, shape, 250)
+        print(f"single-res {n} steps: FD {single[n]['fd']:.2f}, accuracy {single[n]['accuracy']:.3f}, "
+              f"{single[n]['images_per_s']:.1f} images/s", flush=True)
+    print(f"cascade {stages}: FD {cascade_quality['fd']:.2f}, accuracy {cascade_quality['accuracy']:.3f}, "
+          f"{cascade_rate:.1f} images/s", flush=True)
+
+    matching = [n for n in sorted(single) if single[n]["fd"] <= cascade_quality["fd"]]
+    equal = matching[0] if matching else max(single)
+    full = max(single)
+    figures = {
+        "throughput_ratio_at_equal_quality": cascade_rate / single[equal]["images_per_s"],
+        "quality_ratio_vs_single_res": cascade_quality["fd"] / single[full]["fd"],
+        "equal_quality_single_res_steps": equal,
+        "single_res_has_equal_quality": float(bool(matching)),
+        "cascade_fd": cascade_quality["fd"],
+        "cascade_accuracy": cascade_quality["accuracy"],
+        "cascade_images_per_s": cascade_rate,
+        "single_res_fd_full_steps": single[full]["fd"],
+        "single_res_accuracy_full_steps": single[full]["accuracy"],
+        "throughput_ratio_vs_single_res_full_steps": cascade_rate / single[full]["images_per_s"],
+    }
+    rows = [[f"single 16 px x {n}", f"{s['fd']:.2f}", f"{s['accuracy']:.3f}", f"{s['images_per_s']:.1f}"] for n, s in single.items()]
+    rows.append([f"cascade {' + '.join(f'{r} px x {k}' for r, k in stages)}", f"{cascade_quality['fd']:.2f}",
+                 f"{cascade_quality['accuracy']:.3f}", f"{cascade_rate:.1f}"])
+    details = {"training_budget": f"{steps} steps x 32 images each", "samples": count, "cascade_stages": stages,
+               "tables": {"Quality and sampling throughput": {"columns": ["model", "Fréchet distance", "accuracy", "images/s"], "rows": rows}}}
+    write_result("lowres_cascade", args.quick, figures, TARGETS, details)
+
+
+if __name__ == "__main__":
+    main()

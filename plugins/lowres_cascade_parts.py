@@ -1,0 +1,126 @@
+"""The cascade's objective and sampler (see :mod:`jevons.plugins.lowres_cascade` for the method).
+
+Tensors are videos ``(B, C, F, H, W)``; images have ``F = 1``. Resizing is
+spatial only: frames are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from jevons.framework.objective import Objective, ObjectiveOutput
+from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.objective import add_noise
+
+
+def resize(videos: torch.Tensor, size: int) -> torch.Tensor:
+    """Spatial bilinear resize of ``(B, C, F, H, W)`` to ``size x size`` (antialiased when shrinking)."""
+    batch, channels, frames, height, width = videos.shape
+    if height == size and width == size:
+        return videos
+    flat = videos.transpose(1, 2).reshape(batch * frames, channels, height, width)
+    out = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=False, antialias=size < height)
+    return out.reshape(batch, frames, channels, size, size).transpose(1, 2)
+
+
+def low_resolution_condition(clean: torch.Tensor, stage: int, resolutions: Sequence[int]) -> torch.Tensor:
+    """The stage's condition from the sample itself: down to the previous stage's size, then up again.
+    Nothing finer than ``resolutions[stage - 1]`` survives, so the target cannot leak through it."""
+    target = resolutions[stage]
+    if stage == 0:
+        return torch.zeros_like(resize(clean, target))
+    return resize(resize(clean, resolutions[stage - 1]), target)
+
+
+def velocity(model: torch.nn.Module, noisy: torch.Tensor, condition: torch.Tensor, sigma: torch.Tensor,
+             labels: torch.Tensor, stage: int) -> torch.Tensor:
+    """The cascade model's velocity: condition as extra input channels, the stage as an extra token."""
+    tokens = model.conditioner(labels)  # (B, L, D)
+    stage_token = model.stage_tokens.weight[stage].expand(labels.shape[0], 1, -1)  # (B, 1, D)
+    hidden = torch.cat([tokens, stage_token], dim=1)
+    return model.transformer(torch.cat([noisy, condition], dim=1), sigma * 1000.0, hidden, return_dict=False)[0]
+
+
+class CascadeObjective(Objective):
+    """Rectified flow at a random stage per sample, conditioned on the sample's own lower resolution."""
+
+    def __init__(self, resolutions: Sequence[int], weights: Sequence[float], condition_noise: float, condition_dropout: float) -> None:
+        super().__init__()
+        self.resolutions = list(resolutions)
+        self.register_buffer("weights", torch.tensor(list(weights) or [1.0] * len(resolutions)), persistent=False)
+        self.condition_noise = condition_noise
+        self.condition_dropout = condition_dropout
+
+    def forward(self, model: torch.nn.Module, batch: dict) -> ObjectiveOutput:  # type: ignore[override]
+        clean, labels = batch["video"], batch["labels"]  # full resolution (B, C, F, H, W), (B, 2)
+        count = clean.shape[0]
+        stages = torch.multinomial(self.weights, count, replacement=True)
+        if self.training and self.condition_dropout > 0:
+            dropped = torch.rand(count) < self.condition_dropout
+            labels = torch.where(dropped[:, None], torch.full_like(labels, NO_DIGIT), labels)
+        total = clean.new_zeros(())
+        metrics = {}
+        for stage in range(len(self.resolutions)):
+            chosen = (stages == stage).nonzero().flatten()
+            if len(chosen) == 0:
+                continue
+            target = resize(clean[chosen], self.resolutions[stage])
+            condition = low_resolution_condition(clean[chosen], stage, self.resolutions)
+            if stage > 0:
+                strength = torch.rand(len(chosen)).view(-1, 1, 1, 1, 1) * self.condition_noise
+                condition = condition + strength * torch.randn_like(condition)
+            sigma = torch.sigmoid(torch.randn(len(chosen)))
+            noise = torch.randn_like(target)
+            predicted = velocity(model, add_noise(target, noise, sigma), condition, sigma, labels[chosen], stage)
+            per_sample = (predicted.float() - (noise - target).float()).pow(2).flatten(1).mean(dim=1)  # (n,)
+            total = total + per_sample.sum()
+            metrics[f"loss_stage{stage}"] = per_sample.mean().detach()
+        return ObjectiveOutput(loss=total / count, weight=count, metrics=metrics)
+
+
+class CascadeSampler:
+    """``sampler(labels, shape)``: stage by stage, each conditioned on the last, the final at ``shape``."""
+
+    def __init__(self, model: torch.nn.Module, stages: Sequence[tuple[int, int]], guidance: float, shift: float,
+                 condition_noise: float) -> None:
+        self.model = model
+        self.stages = list(stages)
+        self.guidance = guidance
+        self.shift = shift
+        self.condition_noise = condition_noise
+
+    @torch.no_grad()
+    def __call__(self, labels: torch.Tensor, shape: Sequence[int], steps: Optional[int] = None,
+                 guidance: Optional[float] = None, seed: int = 0, stage_steps: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """``shape`` is the final ``(C, F, H, W)``; ``stage_steps`` overrides the steps per stage, and
+        ``steps`` the first (low-resolution) stage's alone."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        guidance = self.guidance if guidance is None else guidance
+        plan = list(stage_steps) if stage_steps else [s for _, s in self.stages]
+        if steps is not None:
+            plan[0] = steps
+        generator = torch.Generator().manual_seed(seed)
+        channels, frames = shape[0], shape[1]
+        unconditional = torch.full_like(labels, NO_DIGIT)
+        previous = None
+        for stage, ((res, _), count) in enumerate(zip(self.stages, plan)):
+            x = torch.randn((labels.shape[0], channels, frames, res, res), generator=generator)
+            if previous is None:
+                condition = torch.zeros_like(x)
+            else:
+                condition = resize(previous, res)
+                condition = condition + self.condition_noise * torch.randn(condition.shape, generator=generator)
+            scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.shift)
+            scheduler.set_timesteps(count)
+            for t in scheduler.timesteps:
+                sigma = (t / 1000.0).expand(labels.shape[0])
+                both = velocity(self.model, torch.cat([x, x]), torch.cat([condition, condition]), torch.cat([sigma, sigma]),
+                                torch.cat([labels, unconditional]), stage)
+                conditional, free = both.chunk(2)
+                x = scheduler.step(free + guidance * (conditional - free), t, x).prev_sample
+            previous = x.clamp(-1.0, 1.0)
+        return previous
