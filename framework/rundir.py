@@ -94,16 +94,22 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The end-of-run table: one metric per row."""
+    """The end-of-run table: one metric per row, then what each plugin reported."""
+    from jevons.framework.attribution import format_figures
+
     rows: list[tuple[str, str]] = []
     for key, value in summary.items():
+        if key == "plugin_figures":
+            continue
         if isinstance(value, dict):
             rows.extend((f"{key}.{k}", _fmt(v)) for k, v in value.items())
         else:
             rows.append((key, _fmt(value)))
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
-    return "\n".join([line, *(f"{k.ljust(width)}  {v}" for k, v in rows), line])
+    table = "\n".join([line, *(f"{k.ljust(width)}  {v}" for k, v in rows), line])
+    figures = format_figures(summary.get("plugin_figures") or {})
+    return f"{table}\nWhat each plugin did in this run:\n{figures}" if figures else table
 
 
 def _fmt(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from jevons.framework.attribution import collect
 from jevons.framework.checkpoint import checkpoint_name, step_of
 from jevons.framework.config.schema import Config
 
@@ -35,6 +36,7 @@ def run_summary(
         "nonfinite_skipped": len(module.skipped_steps),
         "data_lost": data_losses(datasets, module.data_lost),
         "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},
+        "plugin_figures": collect(trainer.callbacks),
         "artifacts": {
             "run_dir": str(run_dir),
             "metrics": str(run_dir / "metrics.csv"),

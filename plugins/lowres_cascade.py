@@ -98,6 +98,13 @@ def make_objective(model, config):
 
 
 @hookimpl
+def register_callbacks(register, config):
+    from jevons.plugins.lowres_cascade_parts import CascadeReport
+
+    register(CascadeReport())
+
+
+@hookimpl
 def make_generator(model, config):
     from jevons.plugins.lowres_cascade_parts import CascadeSampler
 

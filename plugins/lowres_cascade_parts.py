@@ -6,11 +6,15 @@ spatial only: frames are kept.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from jevons.framework.attribution import Figure
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.recipes.diffusion.data import NO_DIGIT
 from jevons.recipes.diffusion.objective import add_noise
@@ -91,6 +95,7 @@ class CascadeSampler:
         self.guidance = guidance
         self.shift = shift
         self.condition_noise = condition_noise
+        self.calls: list[SamplingCall] = []  # for the run's report
 
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, shape: Sequence[int], steps: Optional[int] = None,
@@ -103,6 +108,7 @@ class CascadeSampler:
         plan = list(stage_steps) if stage_steps else [s for _, s in self.stages]
         if steps is not None:
             plan[0] = steps
+        started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed)
         channels, frames = shape[0], shape[1]
         unconditional = torch.full_like(labels, NO_DIGIT)
@@ -123,4 +129,43 @@ class CascadeSampler:
                 conditional, free = both.chunk(2)
                 x = scheduler.step(free + guidance * (conditional - free), t, x).prev_sample
             previous = x.clamp(-1.0, 1.0)
+        resolutions = [res for res, _ in self.stages]
+        self.calls.append(SamplingCall(labels.shape[0], resolutions, plan, time.perf_counter() - started))
         return previous
+
+
+@dataclass(frozen=True)
+class SamplingCall:
+    """One call of the sampler: ``steps[i]`` network evaluations (conditional and free in one batch) at ``resolutions[i]``."""
+
+    samples: int
+    resolutions: list[int]
+    steps: list[int]
+    seconds: float
+
+
+class CascadeReport(pl.Callback):
+    """Sampling steps per stage and sampling time of the cascade's generator during the run's evaluations."""
+
+    plugin = "lowres_cascade"
+
+    def __init__(self) -> None:
+        self.sampler: Optional[CascadeSampler] = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        generator = getattr(pl_module, "generator", None)
+        self.sampler = generator if isinstance(generator, CascadeSampler) else None
+
+    def report(self) -> dict[str, Figure]:
+        calls = self.sampler.calls if self.sampler is not None else []
+        if not calls:
+            return {"sampling": "the cascade sampled nothing in this run"}
+        last = calls[-1]
+        # Cost of a network evaluation grows with its tokens: (res / final res)^2 of a full-resolution one.
+        final = last.resolutions[-1]
+        relative = sum(steps * (res / final) ** 2 for res, steps in zip(last.resolutions, last.steps))
+        figures: dict[str, Figure] = {f"steps_at_{res}px": steps for res, steps in zip(last.resolutions, last.steps)}
+        figures["full_resolution_equivalent_steps"] = round(relative, 3)
+        figures["sampling_calls"] = len(calls)
+        figures["sampling_s_per_sample"] = round(sum(c.seconds for c in calls) / sum(c.samples for c in calls), 5)
+        return figures

@@ -195,6 +195,13 @@ def make_optimizer(model, config):
     return Muon(groups, newton_schulz=newton_schulz, seam=seam)
 
 
+@hookimpl
+def register_callbacks(register, config):
+    from jevons.plugins.muon_optimizer import MuonReport
+
+    register(MuonReport())
+
+
 def _print_split(muon: list[Assignment], adamw: list[Assignment]) -> None:
     from jevons.framework.distributed import is_rank_zero
 

@@ -31,11 +31,15 @@ orthogonalised, and the local shard kept.
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Optional
 
+import pytorch_lightning as pl
 import torch
 from torch.optim.adamw import adamw as functional_adamw
+
+from jevons.framework.attribution import Figure, TrainStepTimer
 
 MATRIX, FLATTEN, STACK = "matrix", "flatten", "stack"
 """How a Muon parameter becomes matrices: as is (2-D), conv kernels flattened, or a stack of experts."""
@@ -136,6 +140,9 @@ class Muon(torch.optim.Optimizer):
                         raise ValueError(f"Muon needs matrices; a parameter of shape {tuple(p.shape)} is not one")
         self.newton_schulz = newton_schulz
         self.seam = seam or TensorParallelSeam()
+        # Time spent in updates (the closure's forward and backward excluded), for the run's report.
+        self.update_seconds = 0.0
+        self.updates = 0
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
@@ -143,10 +150,13 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        started = time.perf_counter()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if params:
                 (self._muon_step if group["use_muon"] else self._adamw_step)(group, params)
+        self.update_seconds += time.perf_counter() - started
+        self.updates += 1
         return loss
 
     def _muon_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
@@ -244,3 +254,31 @@ def parameter_groups(
         if params:
             groups.append(dict(params=params, use_muon=False, lr=lr, weight_decay=decay, betas=betas, eps=eps))
     return groups
+
+
+class MuonReport(TrainStepTimer, pl.Callback):
+    """What Muon did in a run: the parameters it took and the time its updates cost."""
+
+    plugin = "muon"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.optimizer: Optional[Muon] = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.optimizer = next((o for o in trainer.optimizers if isinstance(o, Muon)), None)
+
+    def report(self) -> dict[str, Figure]:
+        if self.optimizer is None or not self.optimizer.updates:
+            return {"optimizer": "no Muon step was taken"}
+        opt = self.optimizer
+        counts = {True: 0, False: 0}
+        for group in opt.param_groups:
+            counts[bool(group["use_muon"])] += sum(p.numel() for p in group["params"])
+        update_ms = 1e3 * opt.update_seconds / opt.updates
+        return {
+            "muon_params_fraction": round(counts[True] / max(1, counts[True] + counts[False]), 4),
+            "optimizer_steps": opt.updates,
+            "optimizer_step_ms": round(update_ms, 3),
+            "optimizer_share_of_train_step": round(opt.update_seconds / self.seconds, 4) if self.seconds else 0.0,
+        }

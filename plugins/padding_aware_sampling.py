@@ -37,6 +37,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Optional
 
+import pytorch_lightning as pl
+
+from jevons.framework.attribution import Figure, TrainStepTimer
+
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
 
@@ -76,6 +80,11 @@ def configure(config):
         raise UsageError(f"padding_aware_sampling.max_tokens={cfg.max_tokens} must be positive.")
     if cfg.num_buckets < 1 or cfg.output_buckets < 1 or cfg.pool_batches < 1:
         raise UsageError("padding_aware_sampling.num_buckets, output_buckets and pool_batches must be at least 1.")
+
+
+@hookimpl
+def register_callbacks(register, config):
+    register(PaddingReport())
 
 
 @hookimpl
@@ -192,6 +201,14 @@ class BucketingBatchSampler:
         for step in range(start, len(rounds)):
             yield rounds[step][self.rank]
 
+    def padding_of(self, batch: list[int]) -> tuple[float, float, float, float]:
+        """Real and padded (``len(batch) * longest``) totals of the first length, then of the second (0 in 1-D)."""
+        lengths = self.lengths[batch]
+        first = (float(lengths[:, 0].sum()), float(len(batch) * lengths[:, 0].max()))
+        if lengths.shape[1] < 2:
+            return (*first, 0.0, 0.0)
+        return (*first, float(lengths[:, 1].sum()), float(len(batch) * lengths[:, 1].max()))
+
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed, "epoch": self.epoch}
 
@@ -238,3 +255,40 @@ def assign_buckets(lengths: Any, cfg: PaddingAwareSamplingConfig, world_size: in
             for sub, part in enumerate(np.array_split(ranked, pieces)):
                 buckets[part] = number + sub
     return buckets
+
+
+class PaddingReport(TrainStepTimer, pl.Callback):
+    """Padding in the training batches this run consumed, and real (unpadded) length units per second."""
+
+    plugin = "padding_aware_sampling"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampler: Optional[BucketingBatchSampler] = None
+        self.totals = [0.0, 0.0, 0.0, 0.0]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
+        self.sampler = sampler if isinstance(sampler, BucketingBatchSampler) else None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        super().on_train_batch_end()
+        indices = getattr(batch, "indices", None)  # the samples this batch holds, after any that failed to load
+        if self.sampler is not None and indices:
+            for i, value in enumerate(self.sampler.padding_of(indices)):
+                self.totals[i] += value
+
+    def report(self) -> dict[str, Figure]:
+        if self.sampler is None or not self.totals[1]:
+            return {"batches": "no batch came from the bucketing sampler"}
+        real, padded, real_out, padded_out = self.totals
+        figures: dict[str, Figure] = {
+            "padding_fraction": round(1 - real / padded, 4),
+            "padded_positions": int(padded - real),
+            "real_length_units_per_s": round(real / self.seconds, 1) if self.seconds else 0.0,
+            "mean_real_per_batch": round(real / self.steps, 1),
+        }
+        if padded_out:
+            figures["output_padding_fraction"] = round(1 - real_out / padded_out, 4)
+        return figures

@@ -53,3 +53,5 @@ def test_plugin_trains_with_family(train, run_root, plugin: str, family: str) ->
     assert result.summary["steps"] == 3
     assert result.summary["plugins"] == plugin
     assert result.summary["train_loss"] is not None and result.summary["val_loss"] is not None
+    figures = result.summary["plugin_figures"][plugin]  # every built-in plugin says what it did, in numbers
+    assert any(isinstance(v, (int, float)) for v in figures.values()), figures

@@ -1,0 +1,69 @@
+"""Per-plugin attribution: what each plugin changed in a run and what that cost or saved, measured in the run.
+
+Composer records that an algorithm ran; Jevons reports what it bought. A
+plugin takes part by registering (through ``register_callbacks``) a Lightning
+callback that also satisfies :class:`PluginReport`: it measures during
+training (its own timers, its own counters) and ``report()`` returns flat
+figures at the end. The summary prints them as a table and writes them to
+``summary.json`` under ``plugin_figures``; ``jevons compare`` lines them up
+across runs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Protocol, Union, runtime_checkable
+
+Figure = Union[float, int, str]
+
+
+@runtime_checkable
+class PluginReport(Protocol):
+    """A callback that reports figures for one plugin."""
+
+    plugin: str
+
+    def report(self) -> dict[str, Figure]:
+        """Flat ``name -> value``; names say the unit (``_ms``, ``_s``, ``_fraction``, ``_per_s``)."""
+        ...
+
+
+def collect(callbacks: Iterable[Any]) -> dict[str, dict[str, Figure]]:
+    """Every reporting callback's figures, by plugin; one plugin's several reporters are merged."""
+    figures: dict[str, dict[str, Figure]] = {}
+    for callback in callbacks:
+        if isinstance(callback, PluginReport):
+            figures.setdefault(callback.plugin, {}).update(callback.report())
+    return figures
+
+
+def format_figures(figures: dict[str, dict[str, Figure]]) -> str:
+    """A ``plugin | figure | value`` table; empty when no plugin reported."""
+    rows = [(plugin, name, _fmt(value)) for plugin, named in figures.items() for name, value in named.items()]
+    if not rows:
+        return ""
+    header = ("plugin", "figure", "value")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Figure) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class TrainStepTimer:
+    """Wall time of training steps (forward, backward, optimizer; validation excluded), for shares."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.steps = 0
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.steps += 1
