@@ -140,10 +140,18 @@ class Throughput(pl.Callback):
         recent = sum(w for w, _ in self._recent) / max(1e-9, sum(s for _, s in self._recent))
         pl_module.log(self._bar_label, recent, prog_bar=True, logger=False)
         pl_module.log(f"train/{self.unit}_per_s", recent, prog_bar=False)
+        pl_module.log("time/train_s", self.total_seconds, prog_bar=False)  # the x axis of loss-over-time plots
 
     @property
     def mean(self) -> float:
         return self.total_weight / self.total_seconds if self.total_seconds else 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        # Kept in checkpoints so a resumed run's time axis and mean continue instead of restarting.
+        return {"total_weight": self.total_weight, "total_seconds": self.total_seconds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total_weight, self.total_seconds = state["total_weight"], state["total_seconds"]
 
 
 class Evaluation(pl.Callback):

@@ -26,8 +26,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Diffusion: steps=, guidance=, rows=, seed=. LLM: prompt=, max_new_tokens=, temperature=, top_k=, seed=.",
     )
     sample.add_argument("settings", nargs="*", metavar="key=value")
+    compare = commands.add_parser("compare", help="finished runs side by side: a table and loss curves (PNG)")
+    compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--target", type=float, help="validation loss for steps/time-to-target (default: the highest final one)")
+    compare.add_argument("--out", help="PNG path (default: compare.png in the current directory)")
+    plot = commands.add_parser("plot", help="one run's loss and metric curves as a PNG")
+    plot.add_argument("run", metavar="RUN_DIR")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data, "sample": _sample}
+    handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data, "sample": _sample,
+                "compare": _compare, "plot": _plot}
     if args.command is None:
         parser.print_help()
         return 2
@@ -130,6 +138,29 @@ def _sample(args: argparse.Namespace) -> int:
         paths = run.family.sample(run, out, options)
     for path in paths:
         print(path)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jevons.framework.reports import comparison_rows, format_table, load_run, plot_losses
+
+    runs = [load_run(Path(path)) for path in args.runs]
+    header, rows, target = comparison_rows(runs, args.target)
+    print(format_table(header, rows))
+    out = plot_losses(runs, Path(args.out or "compare.png"), title=f"loss (target {target:.4g})")
+    print(f"\nloss curves: {out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jevons.framework.reports import load_run, plot_run
+
+    run = load_run(Path(args.run))
+    print(plot_run(run, Path(args.out) if args.out else run.path / "curves.png"))
     return 0
 
 
