@@ -123,6 +123,10 @@ class Family(Protocol):
     def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
         """``jevons sample run_dir=... key=value``: write samples of a loaded run; return the files."""
 
+    def export(self, run: Any, out_dir: Path) -> list[Path]:
+        """``jevons export run_dir=...``: write a loaded run's model in its ecosystem's format (a
+        folder another library loads); return the files."""
+
 
 class FamilyBase:
     """Defaults for the optional parts of :class:`Family`."""
@@ -154,6 +158,12 @@ class FamilyBase:
         from jevons.framework.errors import UsageError
 
         raise UsageError(f"Family '{self.name}' does not implement `jevons sample`.")
+
+    def export(self, run: Any, out_dir: Path) -> list[Path]:
+        """``jevons export``: write a loaded run's model for another library to load."""
+        from jevons.framework.errors import UsageError
+
+        raise UsageError(f"Family '{self.name}' does not implement `jevons export`.")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Diffusion: steps=, guidance=, rows=, seed=. LLM: prompt=, max_new_tokens=, temperature=, top_k=, seed=.",
     )
     sample.add_argument("settings", nargs="*", metavar="key=value")
+    export = commands.add_parser(
+        "export", help="write a trained run's model for another library: run_dir=PATH [checkpoint=PATH] [out=DIR]",
+        description="llm: a Hugging Face Llama folder (transformers loads it); diffusion: a diffusers transformer folder.",
+    )
+    export.add_argument("settings", nargs="*", metavar="key=value")
     compare = commands.add_parser("compare", help="finished runs side by side: a table and loss curves (PNG)")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--target", type=float, help="validation loss for steps/time-to-target (default: the highest final one)")
@@ -35,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data, "sample": _sample,
-                "compare": _compare, "plot": _plot}
+                "compare": _compare, "plot": _plot, "export": _export}
     if args.command is None:
         parser.print_help()
         return 2
@@ -112,31 +117,59 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def _settings(command: str, settings: Sequence[str]) -> dict[str, str]:
     options = {}
-    for setting in args.settings:
+    for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep:
-            raise UsageError(f"'{setting}' is not key=value; e.g. jevons sample run_dir=runs/image_tiny/20261129-120000 steps=8")
+            raise UsageError(f"'{setting}' is not key=value; e.g. jevons {command} run_dir=runs/image_tiny/20261129-120000")
         options[key] = value
     if "run_dir" not in options:
-        raise UsageError("jevons sample needs run_dir=PATH (a run directory with checkpoints).")
-    run_dir = Path(options.pop("run_dir"))
-    checkpoint = options.pop("checkpoint", None)
-    out = Path(options.pop("out", run_dir / "samples" / "cli"))
+        raise UsageError(f"jevons {command} needs run_dir=PATH (a run directory with checkpoints).")
+    return options
+
+
+def _with_loaded_run(options: dict[str, str], act) -> list:  # type: ignore[no-untyped-def]
+    """Load the run (newest or given checkpoint) at TP=1 in this one process and call ``act(run)``."""
+    from pathlib import Path
 
     from jevons.framework import distributed
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
     from jevons.framework.trainer import quiet_libraries
 
+    checkpoint = options.pop("checkpoint", None)
     quiet_libraries()
     with distributed.initialized(ParallelConfig()):
-        run = load_run(run_dir, Path(checkpoint) if checkpoint else None)
-        paths = run.family.sample(run, out, options)
-    for path in paths:
+        run = load_run(Path(options.pop("run_dir")), Path(checkpoint) if checkpoint else None)
+        return act(run)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    options = _settings("sample", args.settings)
+    out = Path(options.pop("out", Path(options["run_dir"]) / "samples" / "cli"))
+    for path in _with_loaded_run(options, lambda run: run.family.sample(run, out, options)):
+        print(path)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    options = _settings("export", args.settings)
+    out = options.pop("out", None)
+    unknown = set(options) - {"run_dir", "checkpoint"}
+    if unknown:
+        raise UsageError(f"Unknown export option(s) {', '.join(sorted(unknown))}; options: run_dir, checkpoint, out.")
+
+    run_dir = Path(options["run_dir"])
+
+    def export(run):  # type: ignore[no-untyped-def]
+        return run.family.export(run, Path(out) if out else run_dir / "export" / f"step_{run.step:08d}")
+
+    for path in _with_loaded_run(options, export):
         print(path)
     return 0
 

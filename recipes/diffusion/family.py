@@ -182,3 +182,16 @@ class DiffusionFamily(FamilyBase):
         videos = run.generator(labels, shape, steps=steps, guidance=guidance, seed=int(options.get("seed", 0)))
         out_dir.mkdir(parents=True, exist_ok=True)
         return [save_grid(grid(to_uint8(videos), 10), out_dir / f"step_{run.step:08d}_{steps}steps_g{guidance:g}")]
+
+    def export(self, run: Any, out_dir: Path) -> list[Path]:
+        """A diffusers ``WanTransformer3DModel`` folder (``transformer/``) and the class table, staged then renamed."""
+        import shutil
+
+        out_dir = Path(out_dir)
+        if out_dir.exists():
+            raise UsageError(f"{out_dir} exists; choose another out= or remove it.")
+        staging = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        run.model.save_pretrained(staging)
+        staging.rename(out_dir)
+        return sorted(p for p in out_dir.rglob("*") if p.is_file())

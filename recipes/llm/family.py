@@ -167,6 +167,12 @@ class LLMFamily(FamilyBase):
         print("\n\n---\n\n".join(texts))
         return [path]
 
+    def export(self, run: Any, out_dir: Path) -> list[Path]:
+        """A Hugging Face Llama folder (``LlamaForCausalLM.from_pretrained`` loads it) with the tokenizer."""
+        from jevons.recipes.llm.export import export_llama
+
+        return export_llama(run.model, self.data_dir(run.config) / "tokenizer.json", out_dir)
+
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from jevons.framework.config.compose import compose_config
+from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
 from jevons.recipes.diffusion.data import NO_DIGIT, DigitClips
 from jevons.recipes.diffusion.family import DiffusionDataConfig, DiffusionFamily
@@ -118,6 +119,20 @@ def test_save_pretrained_then_from_pretrained_gives_equal_outputs(model, tmp_pat
     x, sigma, labels = torch.randn(2, 1, 1, 16, 16), torch.tensor([0.3, 0.8]), torch.tensor([[2, NO_DIGIT], [7, 1]])
     with torch.no_grad():
         assert torch.equal(model(x, sigma, labels), loaded(x, sigma, labels))
+
+
+def test_family_export_is_a_diffusers_folder_written_whole(model, family, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    files = family.export(SimpleNamespace(model=model), tmp_path / "export")
+    assert {p.name for p in files} >= {"config.json", "conditioner.safetensors"}
+    assert not (tmp_path / "export.partial").exists()
+    from diffusers import WanTransformer3DModel
+
+    transformer = WanTransformer3DModel.from_pretrained(tmp_path / "export" / "transformer")
+    assert torch.equal(transformer.patch_embedding.weight, model.transformer.patch_embedding.weight)
+    with pytest.raises(UsageError, match="exists; choose another out="):
+        family.export(SimpleNamespace(model=model), tmp_path / "export")
 
 
 def test_quality_metric_and_classifier(manager, family) -> None:

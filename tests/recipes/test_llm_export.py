@@ -1,0 +1,85 @@
+"""The llm export is a Hugging Face Llama folder: transformers loads it and its logits are Jevons' logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")  # in the test extra, so CI runs this
+
+RUN = [
+    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.max_seq_len=32",
+    "data.seq_len=32", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=1", "generate.max_new_tokens=2", "trainer.progress_bar=false",
+]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from jevons.framework.run import train
+
+    return train([*RUN, f"run.root={tmp_path_factory.mktemp('runs')}"], autoload=False).run_dir
+
+
+def _ours(run_dir: Path, ids: torch.Tensor) -> torch.Tensor:
+    from jevons.framework import distributed
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.framework.inference import load_run
+
+    with distributed.initialized(ParallelConfig()):
+        run = load_run(run_dir)
+        with torch.no_grad():
+            return run.model(ids)
+
+
+def test_transformers_loads_the_export_and_its_logits_match(command, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    result = command(["jevons", "export", f"run_dir={run_dir}", f"out={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(model).__name__ == "LlamaForCausalLM"
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    texts = ["The with statement is used to wrap the execution", "Return the number of items in a container."]
+    from jevons.recipes.llm.data import load_tokenizer
+
+    ours_tokenizer = load_tokenizer(out)
+    encoded = [tokenizer(t)["input_ids"][:16] for t in texts]
+    assert encoded == [ours_tokenizer.encode(t).ids[:16] for t in texts]  # the same ids either way
+    ids = torch.tensor(encoded)
+    with torch.no_grad():
+        theirs = model(ids).logits
+    ours = _ours(run_dir, ids)
+    assert theirs.shape == ours.shape
+    assert (theirs - ours).abs().max().item() < 1e-4
+    # Generation through transformers runs too (greedy, a few tokens).
+    assert model.generate(ids[:1], max_new_tokens=3, do_sample=False).shape == (1, 19)
+
+
+def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
+    from jevons.framework import distributed
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.recipes.llm.export import export_llama
+    from jevons.recipes.llm.model import DecoderLM, TransformerShape
+
+    shape = TransformerShape(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16,
+                             tie_embeddings=True)
+    tokenizer = tmp_path / "tokenizer.json"
+    tokenizer.write_text("{}")
+    with distributed.initialized(ParallelConfig()):
+        torch.manual_seed(0)
+        ours = DecoderLM(shape).eval()
+        export_llama(ours, tokenizer, tmp_path / "hf")
+        ids = torch.randint(0, 128, (2, 16))
+        with torch.no_grad():
+            expected = ours(ids)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is True
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert (model(ids).logits - expected).abs().max().item() < 1e-4
+    with pytest.raises(FileExistsError, match="exists"):
+        export_llama(ours, tokenizer, tmp_path / "hf")  # never over an existing export
