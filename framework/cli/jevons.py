@@ -31,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="llm: a Hugging Face Llama folder (transformers loads it); diffusion: a diffusers transformer folder.",
     )
     export.add_argument("settings", nargs="*", metavar="key=value")
+    new_plugin = commands.add_parser("new-plugin", help="write a ready third-party plugin package (entry point, hook, test)")
+    new_plugin.add_argument("name", help="the plugin's name: lowercase letters, digits, underscores")
+    new_plugin.add_argument("--dir", default=".", help="folder to create jevons-NAME/ in (default: here)")
     compare = commands.add_parser("compare", help="finished runs side by side: a table and loss curves (PNG)")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
     compare.add_argument("--target", type=float, help="validation loss for steps/time-to-target (default: the highest final one)")
@@ -40,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data, "sample": _sample,
-                "compare": _compare, "plot": _plot, "export": _export}
+                "compare": _compare, "plot": _plot, "export": _export,
+                "new-plugin": _new_plugin}
     if args.command is None:
         parser.print_help()
         return 2
@@ -171,6 +175,20 @@ def _export(args: argparse.Namespace) -> int:
 
     for path in _with_loaded_run(options, export):
         print(path)
+    return 0
+
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jevons.framework.cli.new_plugin import write_plugin_package
+
+    files = write_plugin_package(args.name, Path(args.dir))
+    root = files[0].parent
+    print(f"wrote {root}:")
+    for path in files:
+        print(f"  {path.relative_to(root)}")
+    print(f"next: pip install -e {root}  &&  train recipe=llm_tiny plugins=[{args.name}]")
     return 0
 
 
