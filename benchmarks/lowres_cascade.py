@@ -15,11 +15,17 @@ metric). ``quality_ratio_vs_single_res`` is the cascade's distance over the
 single model's at its full 50 steps. The step allocations tried are in the
 JSON.
 
+Training the cascade takes most of the time and is not timed, so it can run
+apart from the measurement (e.g. while the machine is busy):
+
     python benchmarks/lowres_cascade.py [--quick]
+    python benchmarks/lowres_cascade.py --train-only            # prints the run directory
+    python benchmarks/lowres_cascade.py --cascade-run RUN_DIR   # measure a trained cascade
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +45,11 @@ def _sampling_rate(sampler, labels: torch.Tensor, shape, batch: int, **kwargs) -
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
+    def options(parser) -> None:
+        parser.add_argument("--train-only", action="store_true", help="train the cascade, print its run directory, stop")
+        parser.add_argument("--cascade-run", help="a finished cascade run of this benchmark's budget to measure")
+
+    args = parse_args(__doc__.splitlines()[0], options)
     steps, count, sweep = (60, 100, (4, 8, 20)) if args.quick else (3000, 1000, (4, 6, 8, 12, 16, 20, 30, 50))
 
     from jevons.framework import distributed
@@ -61,11 +71,21 @@ def main() -> None:
     labels = class_labels(count)
 
     with tempfile.TemporaryDirectory() as runs:
-        overrides = ["recipe=image_lowdiff_tiny", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-                     "sample.fd_samples=0", "optimizer.warmup_steps=100", f"run.root={runs}"]
-        trained = train(overrides, autoload=False)
+        if args.cascade_run:
+            run_dir = Path(args.cascade_run)
+        else:
+            overrides = ["recipe=image_lowdiff_tiny", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+                         "sample.fd_samples=0", "optimizer.warmup_steps=100",
+                         f"run.root={TEACHER.parent / 'runs' if args.train_only else runs}"]
+            run_dir = train(overrides, autoload=False).run_dir
+            if args.train_only:
+                print(f"cascade run: {run_dir}")
+                return
+        cascade_summary = json.loads((run_dir / "summary.json").read_text())
+        if cascade_summary["steps"] != steps:
+            raise SystemExit(f"{run_dir} trained {cascade_summary['steps']} steps; this benchmark's budget is {steps}")
         with distributed.initialized(ParallelConfig()):
-            cascade = load_run(trained.run_dir, manager=manager)
+            cascade = load_run(run_dir, manager=manager)
             stages = [(s.res, s.steps) for s in cascade.config.lowres_cascade.stages]
             cascade_quality = quality(cascade.generator, shape, real, images, count, 250, seed=10_000)
             cascade_rate = _sampling_rate(cascade.generator, labels, shape, 250)
@@ -100,6 +120,7 @@ def main() -> None:
     rows.append([f"cascade {' + '.join(f'{r} px x {k}' for r, k in stages)}", f"{cascade_quality['fd']:.2f}",
                  f"{cascade_quality['accuracy']:.3f}", f"{cascade_rate:.1f}"])
     details = {"training_budget": f"{steps} steps x 32 images each", "samples": count, "cascade_stages": stages,
+               "cascade_training": {k: cascade_summary.get(k) for k in ("steps", "train_loss", "val_loss", "time_s")},
                "tables": {"Quality and sampling throughput": {"columns": ["model", "Fréchet distance", "accuracy", "images/s"], "rows": rows}}}
     write_result("lowres_cascade", args.quick, figures, TARGETS, details)
 
