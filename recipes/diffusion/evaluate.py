@@ -50,12 +50,13 @@ def class_labels(count: int) -> torch.Tensor:
 
 
 def quality(sampler: Any, shape: tuple[int, ...], real: torch.Tensor, images_dir: Path, count: int, batch: int,
-            steps: int | None = None, seed: int = 0) -> dict[str, float]:
-    """FD and accuracy (and temporal consistency for clips) of ``count`` class-conditional samples."""
+            steps: int | None = None, seed: int = 0, **sampler_options: Any) -> dict[str, float]:
+    """FD and accuracy (and temporal consistency for clips) of ``count`` class-conditional samples;
+    ``sampler_options`` go to every sampler call (e.g. a cascade's ``stage_steps``)."""
     net = classifier(images_dir)
     labels = class_labels(count)
     samples = torch.cat([
-        sampler(labels[i : i + batch], shape, steps=steps, seed=seed + i) for i in range(0, count, batch)
+        sampler(labels[i : i + batch], shape, steps=steps, seed=seed + i, **sampler_options) for i in range(0, count, batch)
     ])
     generated_features, logits = features_and_predictions(net, samples)
     real_features, _ = features_and_predictions(net, real)
