@@ -1,4 +1,5 @@
-"""``jevons``: what is installed (recipes, plugins, hooks) and built-in data."""
+"""``jevons``: what is installed (recipes, plugins, hooks), built-in data, and finished runs (sample, export,
+compare, plot); ``jevons new-plugin`` starts a plugin package."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from jevons.framework.errors import UsageError, did_you_mean, format_choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jevons", description="Inspect a Jevons installation and its data.")
+    parser = argparse.ArgumentParser(prog="jevons", description="Inspect a Jevons installation, its data and finished runs.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("recipes", help="list recipes and their families")
     commands.add_parser("plugins", help="list plugins and the plugin x family matrix")

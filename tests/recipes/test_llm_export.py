@@ -83,3 +83,10 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
         assert (model(ids).logits - expected).abs().max().item() < 1e-4
     with pytest.raises(FileExistsError, match="exists"):
         export_llama(ours, tokenizer, tmp_path / "hf")  # never over an existing export
+
+
+def test_export_mistakes_are_refused_before_anything_loads(command, tmp_path: Path) -> None:
+    result = command(["jevons", "export", f"run_dir={tmp_path}", "format=onnx"], cwd=tmp_path)
+    assert result.returncode == 2 and "Unknown export option(s) format; options: run_dir, checkpoint, out." in result.stderr
+    result = command(["jevons", "export", "out=x"], cwd=tmp_path)
+    assert result.returncode == 2 and "jevons export needs run_dir=PATH" in result.stderr
