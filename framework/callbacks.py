@@ -137,6 +137,10 @@ class Throughput(pl.Callback):
         self.total_weight += weight
         self.total_seconds += seconds
         self._recent = (self._recent + [(weight, seconds)])[-20:]
+        # Lightning's log() costs ~1 ms on CPU (measured: 3% of an llm_tiny step for three calls), and
+        # loggers only record every log_every_n_steps: log on those steps alone.
+        if not getattr(trainer._logger_connector, "should_update_logs", True):
+            return
         recent = sum(w for w, _ in self._recent) / max(1e-9, sum(s for _, s in self._recent))
         pl_module.log(self._bar_label, recent, prog_bar=True, logger=False)
         pl_module.log(f"train/{self.unit}_per_s", recent, prog_bar=False)
