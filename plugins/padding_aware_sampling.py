@@ -137,16 +137,37 @@ class BucketingBatchSampler:
             members = np.flatnonzero(self.buckets == bucket)
             if self.shuffle:
                 members = rng.permutation(members)
-            batches = self._cut(np.concatenate([carried, members]), int(bucket))
+            pool = np.concatenate([carried, members])
+            batches = self._cut(pool, int(bucket))
             carried = np.empty(0, dtype=np.int64)
-            if position + 1 < len(buckets) and len(batches) > 1 and self._fill(batches[-1]) < 0.5:
+            last = position + 1 == len(buckets)
+            if not last and len(batches) > 1 and self._fill(batches[-1]) < 0.5:
                 carried = np.asarray(batches.pop(), dtype=np.int64)  # a half-empty batch: fill it from the next bucket
-            batches = _split_to_multiple(batches, self.world_size)
+            try:
+                batches = _split_to_multiple(batches, self.world_size)
+            except ValueError:  # too few samples (or batches) to give every rank one
+                if not last:
+                    carried = pool  # all of it joins the next bucket
+                    continue
+                batches = self._merge_into_previous(rounds, [i for b in batches for i in b], int(bucket))
             rounds += [batches[i : i + self.world_size] for i in range(0, len(batches), self.world_size)]
         if self.shuffle:
             rounds = [rounds[i] for i in rng.permutation(len(rounds))]
         self._cache = (epoch, rounds)
         return rounds
+
+    def _merge_into_previous(self, rounds: list[list[list[int]]], leftover: list[int], bucket: int) -> list[list[int]]:
+        """The last bucket cannot feed every rank: re-cut it with the samples of the rounds before it."""
+        import numpy as np
+
+        samples = list(leftover)
+        while rounds:
+            samples = [i for batch in rounds.pop() for i in batch] + samples
+            try:
+                return _split_to_multiple(self._cut(np.asarray(samples, dtype=np.int64), bucket), self.world_size)
+            except ValueError:
+                continue
+        raise ValueError(f"{len(samples)} samples cannot make batches for {self.world_size} ranks within the budget")
 
     def _fill(self, batch: list[int]) -> float:
         return float(self.lengths[batch, 0].sum()) / self.cfg.max_tokens

@@ -107,6 +107,16 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
+def test_few_samples_per_rank_in_the_last_sub_bucket_still_feed_every_rank() -> None:
+    # Found by the property test: 8 samples, 4 ranks, 2-D, one bucket split into two sub-buckets.
+    rng = np.random.default_rng(0)
+    lengths = np.stack([rng.integers(1, 50, 8), rng.integers(1, 30, 8)], axis=1).astype(float)
+    cfg = PaddingAwareSamplingConfig(max_tokens=120, dims=2, num_buckets=1, output_buckets=2)
+    epochs = [_epoch(BucketingBatchSampler(lengths, cfg, seed=0, rank=r, world_size=4), 0) for r in range(4)]
+    assert len({len(e) for e in epochs}) == 1
+    assert sorted(i for e in epochs for batch in e for i in batch) == list(range(8))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     count=st.integers(min_value=8, max_value=400),
