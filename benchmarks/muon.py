@@ -39,6 +39,7 @@ from typing import Any
 from common import median, parse_args, write_result
 
 from jevons.framework.config.schema import ParallelConfig
+from jevons.framework.reports import first_reach
 
 SHORT_FRACTION = 0.55  # the issue's target ratio
 TARGETS = {"tokens_to_adamw_loss_ratio": "<=0.55", "step_time_ratio_vs_torch_muon": "<=1.0"}
@@ -123,19 +124,6 @@ def train_step_times(best: dict[str, float], rounds: int, steps: int) -> dict[st
         for name in names:
             times[name] += train_curve(name, best[name], 0, steps, steps, [])["step_s"][5:]
     return {name: median(values) for name, values in times.items()}
-
-
-def tokens_to_reach(curve: list[tuple[int, int, float]], target: float) -> float | None:
-    """First token count where the validation loss reaches ``target``, interpolated between evaluations."""
-    previous = None
-    for _, tokens, loss in curve:
-        if loss <= target:
-            if previous is None:
-                return float(tokens)
-            (t0, l0) = previous
-            return t0 + (tokens - t0) * (l0 - target) / (l0 - loss)
-        previous = (tokens, loss)
-    return None
 
 
 def sweep(optimizer: str, lrs: list[float], seeds: list[int], steps: int, eval_every: int, extend: bool) -> dict[float, list[dict]]:
@@ -247,7 +235,8 @@ def main() -> None:
     best = {name: min(runs, key=lambda lr: _mean_final(runs[lr])) for name, runs in results.items()}
     target = _mean_final(results["adamw"][best["adamw"]])
     budget = statistics.mean(r["curve"][-1][1] for r in results["adamw"][best["adamw"]])
-    reached = [tokens_to_reach(r["curve"], target) for r in results["muon"][best["muon"]]]
+    # Interpolated between evaluations, as `jevons compare` reads steps to a target.
+    reached = [first_reach([(tokens, loss) for _, tokens, loss in r["curve"]], target) for r in results["muon"][best["muon"]]]
     tokens_muon = statistics.mean(t if t is not None else math.inf for t in reached)
     short_runs = short_schedule(best["muon"], seeds, steps, eval_every)
     step_ratio, ours_s, theirs_s = step_time_vs_torch_muon(6, 30)

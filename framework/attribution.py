@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Protocol, Union, runtime_checkable
 
+from jevons.framework.text_table import format_table, format_value
+
 Figure = Union[float, int, str]
 
 
@@ -39,18 +41,8 @@ def collect(callbacks: Iterable[Any]) -> dict[str, dict[str, Figure]]:
 
 def format_figures(figures: dict[str, dict[str, Figure]]) -> str:
     """A ``plugin | figure | value`` table; empty when no plugin reported."""
-    rows = [(plugin, name, _fmt(value)) for plugin, named in figures.items() for name, value in named.items()]
-    if not rows:
-        return ""
-    header = ("plugin", "figure", "value")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
-def _fmt(value: Figure) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    rows = [(plugin, name, format_value(value)) for plugin, named in figures.items() for name, value in named.items()]
+    return format_table(("plugin", "figure", "value"), rows) if rows else ""
 
 
 class TrainStepTimer:

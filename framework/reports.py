@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from jevons.framework.errors import UsageError
+from jevons.framework.text_table import format_value
 
 
 @dataclass
@@ -94,7 +95,7 @@ def comparison_rows(runs: Sequence[RunRecord], target: Optional[float] = None) -
 
     def add(name: str, values: Sequence[Any]) -> None:
         if any(v is not None for v in values):
-            rows.append([name, *[_fmt(v) for v in values]])
+            rows.append([name, *[format_value(v) for v in values]])
 
     for key in ("recipe", "plugins", "steps", "train_loss", "val_loss", "time_s"):
         add(key, [r.summary.get(key) for r in runs])
@@ -111,21 +112,6 @@ def comparison_rows(runs: Sequence[RunRecord], target: Optional[float] = None) -
         for name in names:
             add(f"{plugin}.{name}", [(r.summary.get("plugin_figures") or {}).get(plugin, {}).get(name) for r in runs])
     return header, rows, target
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
 
 
 def plot_losses(runs: Sequence[RunRecord], out: Path, title: str = "") -> Path:

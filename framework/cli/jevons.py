@@ -10,6 +10,7 @@ from typing import Sequence
 
 from jevons.framework.cli.common import guarded
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
+from jevons.framework.text_table import format_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,18 +59,10 @@ def _manager():  # type: ignore[no-untyped-def]
     return PluginManager.load()
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
-
-
 def _recipes(args: argparse.Namespace) -> int:
     manager = _manager()
     rows = [(r.name, r.family, r.plugin, str(r.path)) for r in sorted(manager.recipes.values(), key=lambda r: r.name)]
-    print(_table(("recipe", "family", "from plugin", "file"), rows))
+    print(format_table(("recipe", "family", "from plugin", "file"), rows))
     return 0
 
 
@@ -78,7 +71,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
     manager = _manager()
     rows = [(n, manager.versions[n], ", ".join(manager.hooks_of(n)), manager.info(n).description) for n in manager.names()]
-    print(_table(("plugin", "version", "hooks", "description"), rows))
+    print(format_table(("plugin", "version", "hooks", "description"), rows))
     families = sorted(manager.families)
     runnable = manager.run_plugins()
     print("\nPlugin x family (yes: supported; otherwise why not):")
@@ -88,7 +81,7 @@ def _plugins(args: argparse.Namespace) -> int:
     matrix = [
         [name] + [unsupported_reason(manager.info(name), manager.family(f)) or "yes" for f in families] for name in runnable
     ]
-    print(_table(["plugin", *families], matrix))
+    print(format_table(["plugin", *families], matrix))
     return 0
 
 
@@ -103,7 +96,7 @@ def _hooks(args: argparse.Namespace) -> int:
         doc = (inspect.getdoc(spec) or "").splitlines()[0]
         implementers = [p for p in manager.names() if name in manager.hooks_of(p)]
         rows.append((f"{name}{inspect.signature(spec)}".replace("'", ""), ", ".join(implementers) or "-", doc))
-    print(_table(("hook", "implemented by", "what it does"), rows))
+    print(format_table(("hook", "implemented by", "what it does"), rows))
     return 0
 
 
@@ -113,7 +106,7 @@ def _data(args: argparse.Namespace) -> int:
     manager = _manager()
     sources = {s.name: (s, f) for f, reg in sorted(manager.families.items()) for s in reg.value.data_sources()}
     if not args.name:
-        print(_table(("source", "family", "description"), [(n, f, s.description) for n, (s, f) in sorted(sources.items())]))
+        print(format_table(("source", "family", "description"), [(n, f, s.description) for n, (s, f) in sorted(sources.items())]))
         return 0
     if args.name not in sources:
         raise UsageError(f"Unknown data source '{args.name}'.{did_you_mean(args.name, sources)} Sources: {format_choices(sources)}.")
@@ -196,7 +189,7 @@ def _new_plugin(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jevons.framework.reports import comparison_rows, format_table, load_run, plot_losses
+    from jevons.framework.reports import comparison_rows, load_run, plot_losses
 
     runs = [load_run(Path(path)) for path in args.runs]
     header, rows, target = comparison_rows(runs, args.target)
