@@ -9,6 +9,7 @@ removes these.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jevons.recipes.llm", "jevons.recipes.llm"),
     ("jevons.recipes.diffusion", "jevons.recipes.diffusion"),
+    ("jevons.recipes.speech", "jevons.recipes.speech"),
     ("jevons.kernels", "jevons.kernels"),
     ("muon", "jevons.plugins.muon"),
     ("padding_aware_sampling", "jevons.plugins.padding_aware_sampling"),

@@ -49,6 +49,25 @@ def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def speech_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small espeak-ng corpus (60 training, 20 validation sentences) for ``data.source=``.
+
+    espeak-ng is a Debian package: it is installed here when missing and run as root (as in CI).
+    """
+    import shutil
+
+    if shutil.which("espeak-ng") is None and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "espeak-ng"], check=True, capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    from jevons.recipes.speech.data import build_speech
+
+    folder = tmp_path_factory.mktemp("speech-corpus")
+    build_speech(folder, progress=False, max_sentences={"train": 60, "val": 20})
+    return folder
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

@@ -21,7 +21,15 @@ SMOKE = {
         "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "sample.steps=2", "sample.grid_rows=1",
         "sample.fd_samples=20", "sample.eval_batch=20", "trainer.progress_bar=false",
     ],
+    "speech": [
+        "recipe=speech_tiny", "data.num_mels=40", "model.hidden_size=32", "model.num_heads=2", "model.encoder_layers=1",
+        "model.decoder_layers=1", "model.ffn_hidden_size=64", "model.subsampling_channels=8", "data.batch_size=4",
+        "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+        "decode.eval_utterances=4", "trainer.progress_bar=false",
+    ],
 }
+# Families whose data a session fixture builds: the fixture's folder becomes data.source.
+DATA_FIXTURE = {"speech": "speech_corpus"}
 
 # Per plugin and family, what its section needs at smoke size.
 PLUGIN_SMOKE = {
@@ -29,6 +37,8 @@ PLUGIN_SMOKE = {
     "padding_aware_sampling": {
         "llm": ["padding_aware_sampling.max_tokens=132", "padding_aware_sampling.num_buckets=4"],
         "diffusion": ["padding_aware_sampling.max_tokens=4", "padding_aware_sampling.num_buckets=1"],
+        "speech": ["padding_aware_sampling.dims=2", "padding_aware_sampling.max_tokens=1600",
+                   "padding_aware_sampling.num_buckets=2", "padding_aware_sampling.output_buckets=2"],
     },
 }
 
@@ -47,8 +57,10 @@ def test_every_family_has_a_smoke_setting() -> None:
 
 
 @pytest.mark.parametrize("plugin, family", PAIRS, ids=[f"{p}-{f}" for p, f in PAIRS])
-def test_plugin_trains_with_family(train, run_root, plugin: str, family: str) -> None:
+def test_plugin_trains_with_family(train, run_root, request, plugin: str, family: str) -> None:
     extra = PLUGIN_SMOKE.get(plugin, {}).get(family, [])
+    if family in DATA_FIXTURE:
+        extra = [f"data.source={request.getfixturevalue(DATA_FIXTURE[family])}", *extra]
     result = train([*SMOKE[family], f"plugins=[{plugin}]", *extra, f"run.root={run_root}"])
     assert result.summary["steps"] == 3
     assert result.summary["plugins"] == plugin

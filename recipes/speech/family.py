@@ -1,0 +1,169 @@
+"""The ``speech`` family: attention encoder-decoder speech recognition with a CTC auxiliary loss.
+
+Data: CPython's prose spoken by espeak-ng (``jevons data speech``,
+:mod:`jevons.recipes.speech.data`); a user's corpus is a folder of
+``train.json``/``val.json`` shard indexes whose samples hold ``wav`` (16 kHz
+16-bit mono) and ``txt``, with lengths ``[frames, characters + 1]``.
+Model: :mod:`jevons.recipes.speech.model`; objective: hybrid CTC/attention
+with label smoothing; generator: greedy, beam and CTC decoding; validation
+reports CER and WER.
+
+This module stays light (no torch at import): the family object is created
+while plugins load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Literal
+
+from jevons.framework.config.schema import DataConfig
+from jevons.framework.errors import UsageError
+from jevons.framework.family import DataSource, EvalContext, FamilyBase
+
+if TYPE_CHECKING:
+    import torch
+
+    from jevons.framework.config.schema import Config
+
+
+@dataclass
+class SpeechModelConfig:
+    hidden_size: int = 144
+    num_heads: int = 4
+    encoder_layers: int = 4
+    decoder_layers: int = 2
+    ffn_hidden_size: int = 576
+    subsampling_channels: int = 32
+    dropout: float = 0.0
+    """Off in the tiny recipe: a few epochs of synthetic speech do not overfit, and dropout's random
+    masks were 16% of a CPU training step."""
+
+
+@dataclass
+class SpeechDataConfig(DataConfig):
+    source: str = "speech"
+    num_mels: int = 80
+
+
+@dataclass
+class SpeechLossConfig:
+    ctc_weight: float = 0.3
+    """Share of the CTC loss in ``(1 - w) * attention + w * ctc``."""
+    label_smoothing: float = 0.1
+
+
+@dataclass
+class SpeechDecodeConfig:
+    """How validation and ``jevons sample`` transcribe."""
+
+    eval_methods: list[str] = field(default_factory=lambda: ["beam", "greedy", "ctc"])
+    """Each is scored (``val/cer_<method>``); the first is ``val/cer`` and ``val/wer``. Among greedy, beam, ctc."""
+    eval_utterances: int = 100
+    """Validation utterances transcribed per validation."""
+    batch_size: int = 50
+    beam_size: int = 4
+    ctc_weight: float = 0.3
+    """Share of the CTC prefix score in beam search (joint CTC/attention decoding); 0: the decoder alone."""
+    length_penalty: float = 0.0
+    """Beam hypotheses are ranked by score / length ** length_penalty."""
+    samples_written: int = 10
+    """Reference/hypothesis pairs written to ``samples/`` per method."""
+
+
+class SpeechFamily(FamilyBase):
+    name = "speech"
+    recipe_dir = Path(__file__).parent / "configs"
+    config_sections = {"model": SpeechModelConfig, "data": SpeechDataConfig, "loss": SpeechLossConfig,
+                       "decode": SpeechDecodeConfig}
+    capabilities = frozenset({"transformer", "encoder_decoder", "audio"})
+    weight_unit = "tokens"
+
+    def validate(self, config: Config) -> None:
+        cfg = config.model
+        if cfg.hidden_size % cfg.num_heads:
+            raise UsageError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}.")
+        for key in ("loss.ctc_weight", "decode.ctc_weight"):
+            section, name = key.split(".")
+            value = getattr(getattr(config, section), name)
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"{key}={value} must be between 0 and 1.")
+        methods: tuple[Literal["greedy", "beam", "ctc"], ...] = ("greedy", "beam", "ctc")
+        unknown = [m for m in config.decode.eval_methods if m not in methods]
+        if unknown or not config.decode.eval_methods:
+            raise UsageError(f"decode.eval_methods={list(config.decode.eval_methods)} must be a non-empty list among {list(methods)}.")
+
+    def data_sources(self) -> Iterable[DataSource]:
+        from jevons.recipes.speech.data import SPEECH_SOURCE
+
+        return (SPEECH_SOURCE,)
+
+    def data_dir(self, config: Config) -> Path:
+        from jevons.framework.data.cache import data_root, resolve_source
+
+        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
+
+    def build_model(self, config: Config) -> torch.nn.Module:
+        from jevons.recipes.speech.model import ASRShape, SpeechRecognizer
+
+        cfg = config.model
+        return SpeechRecognizer(ASRShape(
+            num_mels=config.data.num_mels, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
+            encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers, ffn_hidden_size=cfg.ffn_hidden_size,
+            subsampling_channels=cfg.subsampling_channels, dropout=cfg.dropout,
+        ))
+
+    def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
+        encoder = [(f"encoder.{i}.attn", layer.attn) for i, layer in enumerate(model.encoder)]
+        return encoder + [(f"decoder.{i}.attn", layer.attn) for i, layer in enumerate(model.decoder)]
+
+    def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
+        encoder = [(f"encoder.{i}.ffn", i, layer.ffn) for i, layer in enumerate(model.encoder)]
+        offset = len(encoder)
+        return encoder + [(f"decoder.{i}.ffn", offset + i, layer.ffn) for i, layer in enumerate(model.decoder)]
+
+    def build_dataset(self, config: Config, split: str) -> Any:
+        from jevons.recipes.speech.data import Utterances
+
+        return Utterances.from_folder(self.data_dir(config), split, config.data)
+
+    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+        from jevons.recipes.speech.objective import HybridCTCAttentionObjective
+
+        return HybridCTCAttentionObjective(config.loss.ctc_weight, config.loss.label_smoothing)
+
+    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+        from jevons.recipes.speech.decode import Transcriber
+
+        cfg = config.decode
+        return Transcriber(model, beam_size=cfg.beam_size, ctc_weight=cfg.ctc_weight, length_penalty=cfg.length_penalty)
+
+    def evaluate(self, context: EvalContext) -> dict[str, float]:
+        from jevons.recipes.speech.evaluate import evaluate
+
+        return evaluate(context, self.build_dataset(context.config, "val"))
+
+    def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
+        """Transcribe validation utterances. Options: ``count``, ``method`` (greedy, beam, ctc), ``beam_size``."""
+        from jevons.recipes.speech.evaluate import error_rates, transcribe
+
+        known = {"count", "method", "beam_size"}
+        unknown = set(options) - known
+        if unknown:
+            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family speech; options: {', '.join(sorted(known))}.")
+        method = options.get("method", run.config.decode.eval_methods[0])
+        if method not in ("greedy", "beam", "ctc"):
+            raise UsageError(f"method={method!r} is not a decoding method; expected greedy, beam or ctc.")
+        dataset = self.build_dataset(run.config, "val")
+        references, hypotheses = transcribe(run.generator, dataset, int(options.get("count", 20)),
+                                            run.config.decode.batch_size, method,
+                                            int(options.get("beam_size", run.config.decode.beam_size)))
+        rates = error_rates(references, hypotheses)
+        lines = [f"# {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"]
+        lines += [f"ref: {r}\nhyp: {h}\n" for r, h in zip(references, hypotheses)]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"step_{run.step:08d}_{method}.txt"
+        path.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return [path]
