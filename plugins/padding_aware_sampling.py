@@ -62,6 +62,11 @@ class PaddingAwareSamplingConfig:
     """A cap on samples per batch; per-bucket caps from the memory probe override it."""
     pool_batches: int = 16
     """Batches' worth of a bucket sorted together before cutting: larger pads less, shuffles less."""
+    memory_probe: bool = False
+    """Before training, find each bucket's largest batch that fits ``memory_limit_gb`` by running real
+    steps (NeMo's OOMptimizer); caps are written to the run directory and kept in checkpoints."""
+    memory_limit_gb: Optional[float] = None
+    """The probe's limit; null: the accelerator's total memory (the probe needs one on CPU)."""
 
 
 @hookimpl
@@ -76,6 +81,8 @@ def configure(config):
         raise UsageError(f"padding_aware_sampling.max_tokens={cfg.max_tokens} must be positive.")
     if cfg.num_buckets < 1 or cfg.output_buckets < 1 or cfg.pool_batches < 1:
         raise UsageError("padding_aware_sampling.num_buckets, output_buckets and pool_batches must be at least 1.")
+    if cfg.memory_limit_gb is not None and cfg.memory_limit_gb <= 0:
+        raise UsageError(f"padding_aware_sampling.memory_limit_gb={cfg.memory_limit_gb} must be positive.")
 
 
 @hookimpl
@@ -83,6 +90,19 @@ def register_callbacks(register, config):
     from jevons.plugins.padding_aware_sampling_report import PaddingReport  # imports Lightning: not at load time
 
     register(PaddingReport())
+    cfg = config.padding_aware_sampling
+    if cfg.memory_probe:
+        import torch
+
+        from jevons.plugins.padding_aware_sampling_probe import MemoryProbe
+
+        limit = cfg.memory_limit_gb
+        if limit is None:
+            if not torch.cuda.is_available():
+                raise UsageError("padding_aware_sampling.memory_probe=true on the CPU needs "
+                                 "padding_aware_sampling.memory_limit_gb (there is no device memory to fill).")
+            limit = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
+        register(MemoryProbe(limit))
 
 
 @hookimpl
@@ -118,6 +138,8 @@ class BucketingBatchSampler:
         self.cfg = cfg
         self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
         self.bucket_caps = bucket_caps or {}
+        self.caps_probed = False
+        """Whether the memory probe has set the caps (a resumed run then does not probe again)."""
         self.buckets = assign_buckets(self.lengths, cfg, world_size)
         self.epoch = 0
         self._start = 0
@@ -228,11 +250,22 @@ class BucketingBatchSampler:
             return (*first, 0.0, 0.0)
         return (*first, float(lengths[:, 1].sum()), float(len(batch) * lengths[:, 1].max()))
 
+    def set_bucket_caps(self, caps: dict[int, int]) -> None:
+        """Per-bucket batch-size caps (the memory probe's); batches are cut anew from here on."""
+        self.bucket_caps = {int(bucket): int(cap) for bucket, cap in caps.items()}
+        self.caps_probed = True
+        self._cache = None
+
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "epoch": self.epoch}
+        state: dict[str, Any] = {"seed": self.seed, "epoch": self.epoch}
+        if self.caps_probed:
+            state["bucket_caps"] = [[b, n] for b, n in sorted(self.bucket_caps.items())]
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
+        if "bucket_caps" in state:
+            self.set_bucket_caps(dict(state["bucket_caps"]))
 
 
 def _split_to_multiple(batches: list[list[int]], world_size: int) -> list[list[int]]:
