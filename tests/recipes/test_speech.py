@@ -248,3 +248,19 @@ def test_a_short_run_lowers_the_loss_and_reports_error_rates(train, run_root, sp
 
     with pytest.raises(UsageError, match="method="):
         run.family.sample(run, run_root / "sampled", {"method": "sampling"})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("parallel.tensor=2", "parallel.tensor"),
+    ("decode.eval_methods=[greedy,sampling]", "decode.eval_methods"),
+    ("loss.ctc_weight=1.5", "loss.ctc_weight=1.5 must be between 0 and 1"),
+    ("decode.ctc_weight=-0.1", "decode.ctc_weight=-0.1 must be between 0 and 1"),
+    ("model.num_heads=5", "multiple of model.num_heads=5"),
+])
+def test_bad_speech_settings_are_refused_before_anything_runs(override: str, message: str) -> None:
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.errors import UsageError
+    from jevons.framework.plugin_manager import PluginManager
+
+    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        compose_config(PluginManager.load(autoload=False), ["recipe=speech_tiny", override])
