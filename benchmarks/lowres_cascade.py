@@ -15,6 +15,10 @@ metric). ``quality_ratio_vs_single_res`` is the cascade's distance over the
 single model's at its full 50 steps. The step allocations tried are in the
 JSON.
 
+Throughput is timed after every quality measurement, in interleaved rounds
+(each round samples 250 images with every arm in turn; the median of five
+rounds per arm), so a slow spell on a shared machine falls on all arms alike.
+
 Training the cascade takes most of the time and is not timed, so it can run
 apart from the measurement (e.g. while the machine is busy):
 
@@ -39,11 +43,17 @@ ALLOCATIONS = [(20, 6), (12, 4), (8, 4), (8, 2), (4, 2)]
 TARGETS = {"throughput_ratio_at_equal_quality": ">=1.5", "quality_ratio_vs_single_res": "<=1.1"}
 
 
-def _sampling_rate(sampler, labels: torch.Tensor, shape, batch: int, **kwargs) -> float:
-    started = time.perf_counter()
-    for i in range(0, len(labels), batch):
-        sampler(labels[i : i + batch], shape, seed=i, **kwargs)
-    return len(labels) / (time.perf_counter() - started)
+def _interleaved_rates(arms: dict, labels: torch.Tensor, shape, rounds: int) -> dict:
+    """Images per second of each ``arm: (sampler, kwargs)``, the median over ``rounds`` interleaved rounds."""
+    from common import median
+
+    seconds: dict = {name: [] for name in arms}
+    for number in range(rounds):
+        for name, (sampler, kwargs) in arms.items():
+            started = time.perf_counter()
+            sampler(labels, shape, seed=number, **kwargs)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: len(labels) / median(values) for name, values in seconds.items()}
 
 
 def main() -> None:
@@ -96,18 +106,22 @@ def main() -> None:
             tried = {}
             for plan in allocations:
                 tried[plan] = quality(cascade.generator, shape, real, images, count, 250, seed=10_000, stage_steps=plan)
-                tried[plan]["images_per_s"] = _sampling_rate(cascade.generator, labels, shape, 250, stage_steps=plan)
-                print(f"cascade {plan}: FD {tried[plan]['fd']:.2f}, accuracy {tried[plan]['accuracy']:.3f}, "
-                      f"{tried[plan]['images_per_s']:.1f} images/s", flush=True)
+                print(f"cascade {plan}: FD {tried[plan]['fd']:.2f}, accuracy {tried[plan]['accuracy']:.3f}", flush=True)
 
-    teacher = DiffusionModel.from_pretrained(TEACHER, tokens=config.conditioning.tokens).eval()
-    single = {}
-    for n in sweep:
-        sampler = FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift)
-        single[n] = quality(sampler, shape, real, images, count, 250, seed=10_000)
-        single[n]["images_per_s"] = _sampling_rate(sampler, labels, shape, 250)
-        print(f"single-res {n} steps: FD {single[n]['fd']:.2f}, accuracy {single[n]['accuracy']:.3f}, "
-              f"{single[n]['images_per_s']:.1f} images/s", flush=True)
+            teacher = DiffusionModel.from_pretrained(TEACHER, tokens=config.conditioning.tokens).eval()
+            single = {}
+            for n in sweep:
+                sampler = FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift)
+                single[n] = quality(sampler, shape, real, images, count, 250, seed=10_000)
+                print(f"single-res {n} steps: FD {single[n]['fd']:.2f}, accuracy {single[n]['accuracy']:.3f}", flush=True)
+
+            arms = {("cascade", plan): (cascade.generator, {"stage_steps": plan}) for plan in tried}
+            arms.update({("single", n): (FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift), {})
+                         for n in single})
+            rates = _interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
+            for (kind, key), rate in rates.items():
+                (tried if kind == "cascade" else single)[key]["images_per_s"] = rate
+                print(f"{kind} {key}: {rate:.1f} images/s", flush=True)
 
     def equal_quality(fd: float) -> int | None:
         """The cheapest single-resolution step count at least as good (a lower distance) as ``fd``."""
