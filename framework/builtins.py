@@ -14,5 +14,6 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("muon", "jevons.plugins.muon"),
     ("padding_aware_sampling", "jevons.plugins.padding_aware_sampling"),
     ("lowres_cascade", "jevons.plugins.lowres_cascade"),
+    ("block_sparse_attention", "jevons.plugins.block_sparse_attention"),
 )
 """``(plugin name, module)`` pairs, in registration order."""

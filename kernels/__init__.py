@@ -33,9 +33,28 @@ def _cuda_with_triton() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 
 
+def _block_sparse(name: str) -> Callable[[], Callable[..., Any]]:
+    def load() -> Callable[..., Any]:
+        from jevons.kernels import block_sparse_attention
+
+        return getattr(block_sparse_attention, f"block_sparse_attention_{name}")
+
+    return load
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @hookimpl
 def register_kernels(register):
     register("newton_schulz", "reference", _newton_schulz_reference, priority=0)
     # Below the reference until benchmarks/gpu_check.py shows it faster on a GPU;
     # `kernels.newton_schulz=triton` selects it explicitly.
     register("newton_schulz", "triton", _newton_schulz_triton, priority=-10, available=_cuda_with_triton)
+    # Training needs a backward: FlexAttention has one on CUDA only; the gather path runs everywhere.
+    register("block_sparse_attention", "reference", _block_sparse("reference"), priority=0)
+    register("block_sparse_attention", "gather", _block_sparse("gather"), priority=10)
+    register("block_sparse_attention", "flex", _block_sparse("flex"), priority=20, available=_cuda)

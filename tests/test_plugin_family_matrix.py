@@ -33,6 +33,7 @@ DATA_FIXTURE = {"speech": "speech_corpus"}
 
 # Per plugin and family, what its section needs at smoke size.
 PLUGIN_SMOKE = {
+    "block_sparse_attention": {"diffusion": ["block_sparse_attention.block_size=4", "block_sparse_attention.max_density=0.5"]},
     "lowres_cascade": {"diffusion": ["lowres_cascade.stages=[{res:4,steps:2},{res:8,steps:2}]"]},
     "padding_aware_sampling": {
         "llm": ["padding_aware_sampling.max_tokens=132", "padding_aware_sampling.num_buckets=4"],

@@ -1,0 +1,85 @@
+"""``block_sparse_attention``: adaptive block-sparse self-attention for video diffusion transformers.
+
+Seed: Video-BLADE's Adaptive Block-Sparse Attention (ASA; Gu et al., 2025,
+"BLADE: Block-Sparse Attention Meets Step Distillation for Efficient Video
+Generation"): block masks built on the fly from pooled queries and keys, so
+each query block attends to the few key blocks that carry its attention mass.
+Designs learned from: FastVideo's Video Sparse Attention and Sliding Tile
+Attention (tokens tiled into spatio-temporal cubes), PyTorch FlexAttention
+block masks.
+
+The plugin answers ``replace_attention`` for the diffusion family's
+self-attention modules (``attn1``) with an attention processor
+(:mod:`jevons.plugins.block_sparse_attention_processor`); cross-attention to
+the conditioning tokens stays dense. The mask (:mod:`..._mask`) keeps, per
+query block, the fewest key blocks covering ``coverage`` of the pooled
+attention mass, within ``[min_density, max_density]``, diagonal included.
+The attention itself is the ``block_sparse_attention`` kernel op
+(:mod:`jevons.kernels.block_sparse_attention`): a gather path on the CPU,
+FlexAttention on CUDA, the dense reference for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from jevons.framework.errors import UsageError
+from jevons.framework.plugin import PluginInfo, hookimpl
+
+PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Adaptive block-sparse self-attention (Video-BLADE ASA)")
+
+
+@dataclass
+class BlockSparseAttentionConfig:
+    block_size: int = 64
+    """Tokens per block (a 4 x 4 x 4 tile of latent patches at 64)."""
+    coverage: float = 0.95
+    """Each query block keeps the fewest key blocks whose pooled attention mass reaches this."""
+    min_density: float = 0.0625
+    """At least this fraction of key blocks per query block."""
+    max_density: float = 0.25
+    """At most this fraction of key blocks per query block."""
+    tile: Optional[list[int]] = None
+    """(frames, height, width) of a tile of ``block_size`` tokens; null: near-cubic."""
+
+
+@hookimpl
+def register_config(register):
+    register("block_sparse_attention", BlockSparseAttentionConfig)
+
+
+@hookimpl
+def configure(config):
+    cfg: BlockSparseAttentionConfig = config.block_sparse_attention
+    if cfg.block_size < 1:
+        raise UsageError(f"block_sparse_attention.block_size={cfg.block_size} must be positive.")
+    if not 0.0 < cfg.coverage <= 1.0:
+        raise UsageError(f"block_sparse_attention.coverage={cfg.coverage} must be in (0, 1].")
+    if not 0.0 <= cfg.min_density <= cfg.max_density <= 1.0:
+        raise UsageError(f"block_sparse_attention densities must satisfy 0 <= min_density ({cfg.min_density}) "
+                         f"<= max_density ({cfg.max_density}) <= 1.")
+    if cfg.tile is not None:
+        product = 1
+        for side in cfg.tile:
+            product *= side
+        if len(cfg.tile) != 3 or product != cfg.block_size:
+            raise UsageError(f"block_sparse_attention.tile={list(cfg.tile)} must be three sides whose product is "
+                             f"block_size={cfg.block_size}.")
+
+
+@hookimpl
+def replace_attention(module, name, config):
+    from jevons.plugins.block_sparse_attention_processor import BlockSparseWanProcessor
+
+    cfg: BlockSparseAttentionConfig = config.block_sparse_attention
+    frames = max(1, config.data.frames // config.model.patch_size[0])
+    return BlockSparseWanProcessor(cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames,
+                                   tuple(cfg.tile) if cfg.tile else None)
+
+
+@hookimpl
+def register_callbacks(register, config):
+    from jevons.plugins.block_sparse_attention_processor import SparsityReport
+
+    register(SparsityReport())

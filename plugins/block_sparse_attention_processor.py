@@ -1,0 +1,123 @@
+"""The diffusers attention processor of ``block_sparse_attention`` for Wan self-attention, and its report.
+
+It computes queries, keys and values exactly as diffusers' ``WanAttnProcessor``
+(projections, RMS norms, rotary embedding), then reorders the video tokens
+into tiles, builds the adaptive block mask (no gradient) and runs the
+``block_sparse_attention`` kernel op chosen by dispatch, and restores the
+token order. Cross-attention to the conditioning tokens is untouched (it is a
+different module, ``attn2``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from jevons.framework.attribution import Figure
+from jevons.kernels import dispatch
+from jevons.plugins.block_sparse_attention_mask import adaptive_block_mask, tile_for_block, tile_order
+
+
+@dataclass
+class SparsityStats:
+    calls: int = 0
+    kept_blocks: float = 0.0
+    total_blocks: float = 0.0
+    mask_seconds: float = 0.0
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Wan's rotary embedding on interleaved pairs of channels."""
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
+
+
+class BlockSparseWanProcessor:
+    """Self-attention over ``frames`` latent frames of square token grids, block-sparse."""
+
+    def __init__(self, block_size: int, coverage: float, min_density: float, max_density: float, frames: int,
+                 tile: Optional[tuple[int, int, int]] = None) -> None:
+        self.block_size, self.coverage = block_size, coverage
+        self.min_density, self.max_density = min_density, max_density
+        self.frames, self.tile = frames, tile
+        self.stats = SparsityStats()
+        self._orders: dict[int, Optional[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def order_for(self, length: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Tile order and its inverse for ``length`` tokens, or None when they are not frames of square grids."""
+        if length not in self._orders:
+            side = math.isqrt(length // self.frames) if length % self.frames == 0 else 0
+            if side * side * self.frames != length:
+                self._orders[length] = None
+            else:
+                grid = (self.frames, side, side)
+                order = tile_order(grid, self.tile or tile_for_block(grid, self.block_size))
+                self._orders[length] = (order, order.argsort())
+        return self._orders[length]
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
+                 attention_mask: Optional[torch.Tensor] = None,
+                 rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("block_sparse_attention replaces self-attention only (no encoder states, no mask).")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, S, H, D)
+        if rotary_emb is not None:
+            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+        q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, S, D)
+        order = self.order_for(q.shape[2])
+        if order is not None:
+            forward, _ = (o.to(q.device) for o in order)
+            q, k, v = q[:, :, forward], k[:, :, forward], v[:, :, forward]
+        started = time.perf_counter()
+        mask = adaptive_block_mask(q, k, self.block_size, self.coverage, self.min_density, self.max_density)
+        self.stats.mask_seconds += time.perf_counter() - started
+        self.stats.calls += 1
+        self.stats.kept_blocks += float(mask.sum())
+        self.stats.total_blocks += mask.numel()
+        out = dispatch.get("block_sparse_attention")(q, k, v, mask, self.block_size)
+        if order is not None:
+            out = out[:, :, order[1].to(out.device)]
+        out = out.transpose(1, 2).flatten(2).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class SparsityReport(pl.Callback):
+    """Mean kept-block density and mask-build time of every block-sparse processor, over training steps."""
+
+    plugin = "block_sparse_attention"
+
+    def __init__(self) -> None:
+        self.processors: list[BlockSparseWanProcessor] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.processors = [m.processor for m in pl_module.modules()
+                           if isinstance(getattr(m, "processor", None), BlockSparseWanProcessor)]
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if trainer.is_global_zero and self.processors and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            kept = sum(p.stats.kept_blocks for p in self.processors)
+            total = sum(p.stats.total_blocks for p in self.processors)
+            if total:
+                pl_module.log("train/attention_density", kept / total)
+
+    def report(self) -> dict[str, Figure]:
+        calls = sum(p.stats.calls for p in self.processors)
+        if not calls:
+            return {"attention_calls": "no block-sparse attention call was made"}
+        total = sum(p.stats.total_blocks for p in self.processors)
+        return {
+            "mean_density": round(sum(p.stats.kept_blocks for p in self.processors) / total, 4),
+            "attention_calls": calls,
+            "mask_build_ms_per_call": round(1000 * sum(p.stats.mask_seconds for p in self.processors) / calls, 3),
+            "kernel": dispatch.choose("block_sparse_attention").name,
+        }
