@@ -1,6 +1,6 @@
 """Every GPU-only check and timing, in one script for the minutes a GPU is lent (DESIGN.md, "Benchmarks").
 
-    python benchmarks/gpu_check.py [--only newton_schulz|train_llm|train_diffusion|megatron]
+    python benchmarks/gpu_check.py [--only newton_schulz|block_sparse_attention|train_llm|train_diffusion|megatron]
 
 Parts:
 
@@ -8,6 +8,11 @@ Parts:
   error) and both timed, bf16, on Muon's shapes (llm_125m's matrices, an
   expert stack). The Triton kernel earns a dispatch priority above the
   reference only if it wins here.
+* ``block_sparse_attention``: the Triton forward kernel and FlexAttention
+  against the reference (max error), and timed against each other and dense
+  SDPA at S = 8192, 12.5% and 6.25% density, blocks of 64 and 128, bf16;
+  FlexAttention's forward+backward (the CUDA training path) against dense.
+  The Triton kernel earns a priority above FlexAttention only if it wins.
 * ``train_llm``, ``train_diffusion``: a short real ``train`` of each family's
   tiny recipe on CUDA (bf16-mixed), losses finite and falling.
 * ``megatron``: Megatron-Core's CUDA-only paths the CPU cannot run here:
@@ -38,7 +43,7 @@ from pathlib import Path
 
 from common import RESULTS, commit, machine
 
-PARTS = ("newton_schulz", "train_llm", "train_diffusion", "megatron")
+PARTS = ("newton_schulz", "block_sparse_attention", "train_llm", "train_diffusion", "megatron")
 
 
 def _time(fn, repeat: int = 20) -> float:
@@ -74,6 +79,39 @@ def newton_schulz() -> dict:
             "triton_ms": 1000 * t_tri,
             "speedup": t_ref / t_tri,
         }
+    return out
+
+
+def block_sparse_attention() -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from jevons.kernels.block_sparse_attention import block_sparse_attention_flex, block_sparse_attention_reference
+    from jevons.kernels.block_sparse_attention_triton import block_sparse_attention_forward_triton
+    from jevons.plugins.block_sparse_attention_mask import adaptive_block_mask
+
+    out = {}
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 12, 8192, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    for block in (64, 128):
+        for density in (0.125, 0.0625):
+            mask = adaptive_block_mask(q, k, block, 1.0, density, density)
+            reference = block_sparse_attention_reference(q[:, :2].float(), k[:, :2].float(), v[:, :2].float(), mask[:, :2], block)
+            triton = block_sparse_attention_forward_triton(q, k, v, mask, block)
+            flex = block_sparse_attention_flex(q, k, v, mask, block)
+            t_dense = _time(lambda: F.scaled_dot_product_attention(q, k, v))
+            t_triton = _time(lambda: block_sparse_attention_forward_triton(q, k, v, mask, block))
+            t_flex = _time(lambda: block_sparse_attention_flex(q, k, v, mask, block))
+            grads = [x.clone().requires_grad_() for x in (q, k, v)]
+            t_flex_train = _time(lambda: block_sparse_attention_flex(*grads, mask, block).sum().backward(), repeat=5)
+            t_dense_train = _time(lambda: F.scaled_dot_product_attention(*grads).sum().backward(), repeat=5)
+            out[f"s8192_d{density:g}_b{block}"] = {
+                "triton_max_abs_error": float((triton[:, :2].float() - reference).abs().max()),
+                "flex_max_abs_error": float((flex[:, :2].float() - reference).abs().max()),
+                "dense_fwd_ms": 1000 * t_dense, "triton_fwd_ms": 1000 * t_triton, "flex_fwd_ms": 1000 * t_flex,
+                "triton_fwd_ratio_vs_flex": t_flex / t_triton,
+                "flex_fwdbwd_speedup_vs_sdpa": t_dense_train / t_flex_train,
+            }
     return out
 
 

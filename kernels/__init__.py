@@ -42,6 +42,12 @@ def _block_sparse(name: str) -> Callable[[], Callable[..., Any]]:
     return load
 
 
+def _block_sparse_triton() -> Callable[..., Any]:
+    from jevons.kernels.block_sparse_attention_triton import block_sparse_attention_triton
+
+    return block_sparse_attention_triton
+
+
 def _cuda() -> bool:
     import torch
 
@@ -58,3 +64,5 @@ def register_kernels(register):
     register("block_sparse_attention", "reference", _block_sparse("reference"), priority=0)
     register("block_sparse_attention", "gather", _block_sparse("gather"), priority=10)
     register("block_sparse_attention", "flex", _block_sparse("flex"), priority=20, available=_cuda)
+    # Below FlexAttention until benchmarks/gpu_check.py shows its forward faster on a GPU.
+    register("block_sparse_attention", "triton", _block_sparse_triton, priority=15, available=_cuda_with_triton)
