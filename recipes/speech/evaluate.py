@@ -18,15 +18,20 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
     return {"cer": float(jiwer.cer(references, hypotheses)), "wer": float(jiwer.wer(references, hypotheses))}
 
 
-def transcribe(generator: Any, dataset: Any, count: int, batch_size: int, method: str, beam_size: int = 4) -> tuple[list[str], list[str]]:
-    """References and hypotheses for the first ``count`` readable utterances of ``dataset``."""
+def readable(dataset: Any, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` utterances of ``dataset`` that decode (features computed once, for every method)."""
     from jevons.framework.data.reader import Corrupt
 
-    samples = [s for s in (dataset[i] for i in range(min(count, len(dataset)))) if not isinstance(s, Corrupt)]
+    return [s for s in (dataset[i] for i in range(min(count, len(dataset)))) if not isinstance(s, Corrupt)]
+
+
+def transcribe(generator: Any, collate: Any, samples: list[dict[str, Any]], batch_size: int, method: str,
+               beam_size: int = 4) -> tuple[list[str], list[str]]:
+    """References and hypotheses of ``samples``, decoded ``batch_size`` at a time with ``method``."""
+    device = next(generator.model.parameters()).device
     references, hypotheses = [], []
     for start in range(0, len(samples), batch_size):
-        batch = dataset.collate(samples[start : start + batch_size])
-        device = next(generator.model.parameters()).device
+        batch = collate(samples[start : start + batch_size])
         hypotheses += generator(batch["features"].to(device), batch["feature_lengths"].to(device), method=method,
                                 beam_size=beam_size)
         references += batch["texts"]
@@ -37,10 +42,11 @@ def evaluate(context: EvalContext, dataset: Any) -> dict[str, float]:
     cfg = context.config.decode
     metrics: dict[str, float] = {}
     written: list[str] = []
+    samples = readable(dataset, cfg.eval_utterances)
     with torch.no_grad():
         for method in cfg.eval_methods:
-            references, hypotheses = transcribe(context.generator, dataset, cfg.eval_utterances, cfg.batch_size,
-                                                method, cfg.beam_size)
+            references, hypotheses = transcribe(context.generator, dataset.collate, samples, cfg.batch_size, method,
+                                                cfg.beam_size)
             rates = error_rates(references, hypotheses)
             metrics.update({f"val/{name}_{method}": value for name, value in rates.items()})
             written += [f"## {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"]

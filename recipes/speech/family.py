@@ -146,7 +146,7 @@ class SpeechFamily(FamilyBase):
 
     def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
         """Transcribe validation utterances. Options: ``count``, ``method`` (greedy, beam, ctc), ``beam_size``."""
-        from jevons.recipes.speech.evaluate import error_rates, transcribe
+        from jevons.recipes.speech.evaluate import error_rates, readable, transcribe
 
         known = {"count", "method", "beam_size"}
         unknown = set(options) - known
@@ -156,9 +156,9 @@ class SpeechFamily(FamilyBase):
         if method not in ("greedy", "beam", "ctc"):
             raise UsageError(f"method={method!r} is not a decoding method; expected greedy, beam or ctc.")
         dataset = self.build_dataset(run.config, "val")
-        references, hypotheses = transcribe(run.generator, dataset, int(options.get("count", 20)),
-                                            run.config.decode.batch_size, method,
-                                            int(options.get("beam_size", run.config.decode.beam_size)))
+        samples = readable(dataset, int(options.get("count", 20)))
+        references, hypotheses = transcribe(run.generator, dataset.collate, samples, run.config.decode.batch_size,
+                                            method, int(options.get("beam_size", run.config.decode.beam_size)))
         rates = error_rates(references, hypotheses)
         lines = [f"# {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"]
         lines += [f"ref: {r}\nhyp: {h}\n" for r, h in zip(references, hypotheses)]
