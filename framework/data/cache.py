@@ -33,7 +33,7 @@ def resolve_source(source: str, root: Path, sources: Mapping[str, DataSource], p
     if source in sources:
         return ensure_built(sources[source], root, progress)
     path = Path(source).expanduser()
-    if path.is_dir():
+    if source.strip() and path.is_dir():  # Path("") is the current directory: an empty source is a mistake
         return path
     raise UsageError(
         f"data.source={source!r} is neither a built-in data source nor a folder of shard indexes."

@@ -54,6 +54,14 @@ def test_index_problems_are_usage_errors(tmp_path: Path) -> None:
         read_index(path)
 
 
+@pytest.mark.parametrize("source", ["", "  ", "no-such-source"])
+def test_a_source_that_names_nothing_is_refused_with_the_choices(source: str, tmp_path: Path) -> None:
+    from jevons.framework.data.cache import resolve_source
+
+    with pytest.raises(UsageError, match="neither a built-in data source nor a folder"):
+        resolve_source(source, tmp_path, {})
+
+
 def _epoch(sampler: RandomBatchSampler, epoch: int) -> list[list[int]]:
     sampler.set_epoch(epoch)
     return list(sampler)
