@@ -45,7 +45,9 @@ class DiffusionModelConfig:
     """Input and output channels: 1 for grayscale digit pixels, 16 for Wan's VAE latents."""
     rope_max_seq_len: int = 64
     pretrained: Optional[str] = None
-    """A local diffusers folder to load the transformer from (nothing is downloaded)."""
+    """A local diffusers folder to load the transformer from (nothing is downloaded); a Jevons export
+    (``jevons export``, ``benchmarks/teachers/*``, with ``pretrained_subfolder: transformer``) also
+    restores the class conditioner."""
     pretrained_subfolder: Optional[str] = None
 
 
@@ -130,7 +132,17 @@ class DiffusionFamily(FamilyBase):
         from jevons.recipes.diffusion.tensor_parallel import apply_tensor_parallel
 
         transformer = apply_tensor_parallel(build_transformer(config.model))
-        return DiffusionModel(transformer, ClassConditioner(transformer.config.text_dim, config.conditioning.tokens))
+        model = DiffusionModel(transformer, ClassConditioner(transformer.config.text_dim, config.conditioning.tokens))
+        table = Path(config.model.pretrained or "") / "conditioner.safetensors"
+        if config.model.pretrained and table.exists():  # a Jevons export: the class table comes with it
+            from safetensors.torch import load_file
+
+            weights = load_file(str(table))["table"]
+            if weights.shape != model.conditioner.table.weight.shape:
+                raise UsageError(f"{table} holds a class table of shape {tuple(weights.shape)}; this config's conditioner "
+                                 f"is {tuple(model.conditioner.table.weight.shape)} (conditioning.tokens, model.text_dim).")
+            model.conditioner.table.weight.data.copy_(weights)
+        return model
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
         return [(f"transformer.blocks.{i}.attn1", block.attn1) for i, block in enumerate(model.transformer.blocks)]

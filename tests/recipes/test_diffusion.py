@@ -121,6 +121,24 @@ def test_save_pretrained_then_from_pretrained_gives_equal_outputs(model, tmp_pat
         assert torch.equal(model(x, sigma, labels), loaded(x, sigma, labels))
 
 
+def test_a_config_pointing_at_an_export_rebuilds_the_same_model(manager, model, family, tmp_path: Path) -> None:
+    model.save_pretrained(tmp_path)
+    rebuilt = family.build_model(_config(manager, f"model.pretrained={tmp_path}", "model.pretrained_subfolder=transformer"))
+    x, sigma, labels = torch.randn(2, 1, 1, 16, 16), torch.tensor([0.3, 0.8]), torch.tensor([[2, NO_DIGIT], [7, 1]])
+    with torch.no_grad():
+        assert torch.equal(model(x, sigma, labels), rebuilt(x, sigma, labels))  # the class table came along
+    with pytest.raises(UsageError, match="class table of shape"):
+        family.build_model(_config(manager, f"model.pretrained={tmp_path}", "model.pretrained_subfolder=transformer",
+                                   "conditioning.tokens=2"))
+
+
+def test_video_sparse_tiny_is_the_4096_token_video_model_with_block_sparse_attention(manager) -> None:
+    config = compose_config(manager, ["recipe=video_sparse_tiny"])
+    assert config.plugins == ["block_sparse_attention"] and config.block_sparse_attention.max_density == 0.25
+    tokens = config.data.frames * (config.data.resolution // config.model.patch_size[1]) ** 2
+    assert tokens == 4096
+
+
 def test_family_export_is_a_diffusers_folder_written_whole(model, family, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
