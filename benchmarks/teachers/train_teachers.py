@@ -59,6 +59,9 @@ def main() -> None:
     where = ([f"run.dir={Path(args.runs) / teacher['folder']}", "checkpoint.resume=auto"] if teacher.get("resumable")
              else [f"run.root={args.runs}"])
     result = train([*teacher["overrides"], *where])
+    if result.summary["stopped"] != "no":  # a signal stopped it: nothing half-trained is exported
+        print(f"stopped at step {result.summary['steps']} ({result.summary['stopped']}); run the same command to resume")
+        return
     with distributed.initialized(ParallelConfig()):
         run = load_run(result.run_dir)
         out = HERE / teacher["folder"]
