@@ -57,6 +57,18 @@ def _wait(slurm: dict[str, str], job: str, states: set[str], timeout: float = 60
     raise AssertionError(f"job {job} never reached {states}: {_job(slurm, job)}")
 
 
+def _wait_nodes_idle(slurm: dict[str, str], timeout: float = 120) -> None:
+    """Until every node has finished cleaning up after the last job (no node COMPLETING or ALLOCATED)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env={**os.environ, **slurm}, capture_output=True,
+                                text=True).stdout.split()
+        if states and all(state == "idle" for state in states):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"nodes never became idle: {states}")
+
+
 def _losses(run_dir: Path) -> dict[int, float]:
     with open(run_dir / "metrics.csv") as handle:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
@@ -152,7 +164,11 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes_to_the_same_weights
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=USR1", job], env={**os.environ, **slurm}, check=True)
     _wait(slurm, job, {"PENDING"}, timeout=300)
-    # Slurm holds a requeued job for a while (BeginTime); release it now rather than wait in a test.
+    # Slurm holds a requeued job for a while (BeginTime); release it sooner rather than wait in a test, but
+    # not in the second the nodes revoked the first run's credential: a credential created in that same
+    # second is refused ("Job credential revoked", the job then FAILS without running; seen once in ~10 runs).
+    _wait_nodes_idle(slurm)
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env={**os.environ, **slurm}, check=True)
     info = _wait(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"})
     log = (run_dir / "slurm" / f"{job}.out").read_text()
