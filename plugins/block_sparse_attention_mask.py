@@ -34,16 +34,17 @@ def tile_order(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> torch.
 
 
 def tile_for_block(grid: tuple[int, int, int], block_size: int) -> tuple[int, int, int]:
-    """A near-cubic tile of ``block_size`` tokens (powers of two split over time, height, width)."""
+    """A near-cubic tile of up to ``block_size`` tokens: factors of two spread over width, height, time.
+
+    Stops when no factor of two is left (a block size that is not a power of two) or the grid is
+    covered; a block then spans parts of neighbouring tiles, still in tile order."""
     tile = [1, 1, 1]
     remaining = block_size
     axis = 2
-    while remaining > 1:
-        if tile[axis] * 2 <= grid[axis] and remaining % 2 == 0:
+    while remaining % 2 == 0 and any(tile[a] * 2 <= grid[a] for a in range(3)):
+        if tile[axis] * 2 <= grid[axis]:
             tile[axis] *= 2
             remaining //= 2
-        elif all(tile[a] * 2 > grid[a] for a in range(3)):
-            break
         axis = (axis - 1) % 3
     return tile[0], tile[1], tile[2]
 

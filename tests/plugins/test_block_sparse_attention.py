@@ -25,6 +25,8 @@ def test_tile_order_puts_each_tile_in_one_block() -> None:
         assert max(f[part]) - min(f[part]) == 1 and max(h[part]) - min(h[part]) == 3
     assert tile_for_block((16, 16, 16), 64) == (4, 4, 4)
     assert tile_for_block((1, 8, 8), 64) == (1, 8, 8)
+    assert tile_for_block((16, 16, 16), 48) == (2, 2, 4)  # not a power of two: the factors of two it has
+    assert tile_for_block((1, 2, 2), 64) == (1, 2, 2)  # a grid smaller than a block
 
 
 def test_adaptive_mask_keeps_the_diagonal_covers_the_mass_and_respects_the_clamps() -> None:
