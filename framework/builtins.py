@@ -10,10 +10,12 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("jevons.recipes.llm", "jevons.recipes.llm"),
     ("jevons.recipes.diffusion", "jevons.recipes.diffusion"),
     ("jevons.recipes.speech", "jevons.recipes.speech"),
+    ("jevons.recipes.mixed_modal", "jevons.recipes.mixed_modal"),
     ("jevons.kernels", "jevons.kernels"),
     ("muon", "jevons.plugins.muon"),
     ("padding_aware_sampling", "jevons.plugins.padding_aware_sampling"),
     ("lowres_cascade", "jevons.plugins.lowres_cascade"),
     ("block_sparse_attention", "jevons.plugins.block_sparse_attention"),
+    ("modality_experts", "jevons.plugins.modality_experts"),
 )
 """``(plugin name, module)`` pairs, in registration order."""

@@ -163,10 +163,10 @@ class DecoderLM(nn.Module):
         if self.head is not None:
             return self.head(x)  # (B, T, V / tp)
         # Tied: the vocab-sharded embedding matrix is the column-parallel head.
-        return F.linear(_copy_to_tp_region(x), self.embed.weight)
+        return F.linear(copy_to_tp_region(x), self.embed.weight)
 
 
-def _copy_to_tp_region(x: torch.Tensor) -> torch.Tensor:
+def copy_to_tp_region(x: torch.Tensor) -> torch.Tensor:
     """Identity forward, all-reduce of the gradient over TP ranks (Megatron's ``f``)."""
     from megatron.core.tensor_parallel import copy_to_tensor_model_parallel_region
 
