@@ -11,9 +11,9 @@ Three arms, one process, the same data order, seed, schedule and token budget
 
 Every ``EVAL_EVERY`` steps each arm's loss over the whole validation split
 (720 sequences; per modality too) is measured in evaluation mode, i.e. with
-the MoE arms routing through their auxiliary routers, token by token, as at
-inference; the batch-level expert-choice loss (not causal) is recorded beside
-it. The dense model's final loss (overall, text, image) is the target; an
+the MoE arms routing causally, token by token, as at inference (the default
+``threshold`` rule); the losses with MoMa's auxiliary routers and with
+batch-level expert choice (not causal) are recorded beside it. The dense model's final loss (overall, text, image) is the target; an
 arm's FLOPs to it are read off its curve (linear interpolation between
 evaluations) and divided by the dense model's FLOPs for the whole run.
 
@@ -144,7 +144,8 @@ def train_arm(name: str, overrides: list[str], steps: int, eval_every: int) -> d
                 if step % eval_every == 0 or step == steps:
                     point = {"step": step, "flops": flops, **_validate(model, objective, loaders["val"])}
                     if layers:
-                        point["loss_batch_expert_choice"] = _validate(model, objective, loaders["val"], "expert_choice")["loss"]
+                        for routing in ("auxiliary", "expert_choice"):
+                            point[f"loss_{routing}_routing"] = _validate(model, objective, loaders["val"], routing)["loss"]
                     curve.append(point)
                     print(f"{name} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in point.items() if k != "step"), flush=True)
                 if step == steps:
@@ -178,7 +179,8 @@ def main() -> None:
         figures[f"{arm}_final_val_loss_image"] = final["loss_image"]
     for arm in ("moma", "mixed_moe"):
         figures[f"{arm}_train_flops_ratio_vs_dense"] = runs[arm]["curve"][-1]["flops"] / budget
-        figures[f"{arm}_final_val_loss_batch_expert_choice"] = runs[arm]["curve"][-1]["loss_batch_expert_choice"]
+        for routing in ("auxiliary", "expert_choice"):
+            figures[f"{arm}_final_val_loss_{routing}_routing"] = runs[arm]["curve"][-1][f"loss_{routing}_routing"]
         figures[f"{arm}_wall_clock_ratio_vs_dense"] = runs[arm]["seconds"] / runs["dense"]["seconds"]
     details = {
         "steps": steps, "eval_every": eval_every, "batch_size": 32, "arms": ARMS,

@@ -46,9 +46,10 @@ class ModalityExpertsConfig:
     """Token choice only: experts per token."""
     load_balancing_coeff: float = 0.01
     """Token choice only: weight of the Switch load-balancing loss."""
-    inference_routing: Literal["auxiliary", "expert_choice"] = "auxiliary"
-    """Expert choice in evaluation: ``auxiliary`` routers (causal, MoMa's answer) or batch-level
-    expert choice (sees later tokens: for comparison only)."""
+    inference_routing: Literal["threshold", "auxiliary", "expert_choice"] = "threshold"
+    """Expert choice at inference, token by token: ``threshold`` (each expert's moving-average training
+    threshold on the router probability) or ``auxiliary`` routers (MoMa's); ``expert_choice`` keeps
+    batch-level choice (sees later tokens: a reference only)."""
     moe_ffn_hidden_size: Optional[int] = None
     """Hidden units per expert; null: the dense FFN's."""
     layer_freq: int = 1

@@ -19,12 +19,22 @@ learned router chooses:
 
 Expert choice looks at every token of the batch to choose, including tokens
 later in the same sequence, which autoregressive inference does not have.
-MoMa's answer, used here: an auxiliary router per group (a linear layer on
-the detached input, trained with binary cross-entropy to predict whether each
-expert chose the token) routes at inference, token by token: a token goes to
-every expert whose auxiliary logit is positive. ``inference_routing=
-expert_choice`` keeps batch-level expert choice in evaluation instead (not
-causal: for comparison only).
+Two causal answers, token by token, for evaluation and generation:
+
+* ``threshold`` (default): each expert's selection threshold in training —
+  the router probability of the last token it took — is tracked as a moving
+  average; at inference a token goes to every expert of its group whose
+  probability reaches that expert's threshold. It reproduces the training
+  selection up to batch-to-batch variation of the threshold, and needs no
+  extra network; measured here, its validation loss equals batch-level
+  expert choice's (benchmarks/modality_experts.py).
+* ``auxiliary`` (MoMa's answer): an auxiliary router per group (a linear
+  layer on the detached input, trained with binary cross-entropy to predict
+  whether each expert chose the token); a token goes to every expert whose
+  auxiliary logit is positive. Its mistakes cost more here (see the benchmark).
+
+``inference_routing=expert_choice`` keeps batch-level expert choice in
+evaluation (not causal: a reference only).
 
 Expert weights are 3-D stacks ``(experts, in, out)`` (``gate``, ``up``,
 ``down`` of a SwiGLU per expert), which the ``muon`` plugin orthogonalises
@@ -70,7 +80,7 @@ class ModalityExperts(nn.Module):
         capacity_factor: float = 1.0,
         top_k: int = 1,
         load_balancing_coeff: float = 0.01,
-        inference_routing: str = "auxiliary",
+        inference_routing: str = "threshold",
         init_std: float = 0.02,
         out_init_std: Optional[float] = None,
     ) -> None:
@@ -94,6 +104,8 @@ class ModalityExperts(nn.Module):
         for router in self.routers:
             nn.init.normal_(router.weight, std=init_std)
         self.aux_routers = nn.ModuleList(nn.Linear(hidden_size, n) for n in experts_per_group) if routing == EXPERT_CHOICE else None
+        # Each expert's selection threshold in training (the probability of the last token it took), averaged.
+        self.register_buffer("thresholds", torch.full((total,), -1.0))
         # Counters since the last reset: tokens routed and expert assignments, in training and in evaluation.
         self.register_buffer("expert_load", torch.zeros(total, dtype=torch.long), persistent=False)
         self.register_buffer("counts", torch.zeros(4, dtype=torch.long), persistent=False)  # train tokens, assignments; eval tokens, assignments
@@ -154,10 +166,20 @@ class ModalityExperts(nn.Module):
             expert = torch.arange(experts, device=tokens.device)[:, None].expand_as(token)
             if self.training:
                 self._train_auxiliary_router(group, tokens, token, context)
+                self._track_thresholds(group, weight[:, -1].detach())
             return Assignments(expert.reshape(-1), token.reshape(-1), weight.reshape(-1))
-        chosen = self.aux_routers[group](tokens) > 0  # (N, E): causal, token by token
+        if self.inference_routing == "threshold":
+            offset = self.offsets[group]
+            chosen = probs >= self.thresholds[offset : offset + experts]  # (N, E): causal, token by token
+        else:
+            chosen = self.aux_routers[group](tokens) > 0
         token, expert = torch.nonzero(chosen, as_tuple=True)
         return Assignments(expert, token, probs[token, expert])
+
+    @torch.no_grad()
+    def _track_thresholds(self, group: int, lowest_taken: torch.Tensor, momentum: float = 0.99) -> None:
+        view = self.thresholds[self.offsets[group] : self.offsets[group] + len(lowest_taken)]
+        view.copy_(torch.where(view < 0, lowest_taken, momentum * view + (1 - momentum) * lowest_taken))
 
     def _train_auxiliary_router(self, group: int, tokens: torch.Tensor, chosen: torch.Tensor, context: Any) -> None:
         target = torch.zeros(len(tokens), self.experts_per_group[group], device=tokens.device)

@@ -116,14 +116,27 @@ def _expert_took(moe: ModalityExperts, x: torch.Tensor, expert: int, token: int)
     return token in probs[:, expert].topk(capacity).indices.tolist()
 
 
-def test_auxiliary_routing_is_causal_at_inference() -> None:
-    moe = layer([2, 2]).eval()
+@pytest.mark.parametrize("routing", ["threshold", "auxiliary"])
+def test_inference_routing_is_causal(routing: str) -> None:
+    moe = layer([2, 2], inference_routing=routing)
     x = torch.randn(1, 12, HIDDEN)
     modality = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]])
+    moe.train()(torch.randn(4, 12, HIDDEN), context(modality.expand(4, -1)))  # sets the thresholds
+    moe.eval()
     later_changed = x.clone()
     later_changed[:, 6:] = torch.randn(1, 6, HIDDEN)
     with torch.no_grad():
         torch.testing.assert_close(moe(later_changed, context(modality))[:, :6], moe(x, context(modality))[:, :6])
+
+
+def test_threshold_routing_reproduces_the_expert_choice_of_the_batch_it_was_set_on() -> None:
+    moe = layer([3, 2], capacity_factor=1.0)
+    x = torch.randn(2, 16, HIDDEN)
+    modality = torch.randint(0, 2, (2, 16))
+    trained = moe.train()(x, context(modality))  # the first batch sets each threshold to its last chosen probability
+    with torch.no_grad():
+        torch.testing.assert_close(moe.eval()(x, context(modality)), trained.detach())
+    assert (moe.thresholds > 0).all()
 
 
 def test_auxiliary_router_learns_the_expert_choice() -> None:

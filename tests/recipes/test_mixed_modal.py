@@ -142,7 +142,28 @@ def test_tiny_recipe_trains_and_writes_images_and_captions(train, run_root: Path
     assert metrics["val/loss_image"] < 0.8 * np.log(256)  # well below a uniform guess over the codebook
     assert metrics["val/loss_text"] < 0.9 * np.log(61)  # and over the 56 words and 5 specials
     assert 0.0 <= metrics["val/caption_digit_accuracy"] <= 1.0
-    samples = Path(result.summary["artifacts"]["run_dir"]) / "samples"
+    samples = result.run_dir / "samples"
     assert (samples / "step_00000040_images.png").exists()
     text = (samples / "step_00000040_captions.txt").read_text()
     assert text.count("reference:") == 4
+
+    from PIL import Image
+
+    from jevons.framework.errors import UsageError
+    from jevons.framework.inference import load_run
+
+    with distributed.initialized(ParallelConfig()):
+        run = load_run(result.run_dir)
+        files = run.family.sample(run, run_root / "sampled", {"caption": "a thick seven", "count": "3"})
+        assert Image.open(files[0]).size == (3 * 17 * 4, 17 * 4)  # one row of 3 images, 16 px + 1 px gap, 4x
+        with pytest.raises(UsageError, match="purple"):
+            run.family.sample(run, run_root / "sampled", {"caption": "a purple seven"})
+
+
+def test_bad_mixed_modal_settings_are_refused(train, run_root: Path) -> None:
+    from jevons.framework.errors import UsageError
+
+    with pytest.raises(UsageError, match="model.max_seq_len=64 is shorter than the data's longest sequence"):
+        train(["recipe=mixed_modal_tiny", "model.max_seq_len=64", f"run.root={run_root}"])
+    with pytest.raises(UsageError, match="multiple of model.num_heads=5"):
+        train(["recipe=mixed_modal_tiny", "model.num_heads=5", f"run.root={run_root}"])
