@@ -6,7 +6,7 @@
     modify_model(model, config)
     objective  = make_objective(model, config)       or family.default_objective
     optimizer  = make_optimizer(model, config)       or AdamW + schedule
-    datasets   = family.build_dataset(config, "train"), family.build_dataset(config, "val")
+    datasets   = objective.dataset(split) or family.build_dataset(config, split), for "train" and "val"
     samplers   = make_batch_sampler(dataset, config, stage) per split, or the random sampler
     generator  = make_generator(model, config)       or family.default_generator
     callbacks  = register_callbacks(register, config)
@@ -51,7 +51,7 @@ def build(manager: PluginManager, family: Family, config: Config) -> Built:
     answer = manager.call_first("make_optimizer", enabled, model=model, config=config)
     optimization = as_optimization(answer if answer is not None else default_optimizer(model, config), config)
 
-    datasets = {split: family.build_dataset(config, split) for split in ("train", "val")}
+    datasets = {split: _dataset(objective, family, config, split) for split in ("train", "val")}
     samplers = {}
     for stage, dataset in datasets.items():
         sampler = manager.call_first("make_batch_sampler", enabled, dataset=dataset, config=config, stage=stage)
@@ -65,6 +65,12 @@ def build(manager: PluginManager, family: Family, config: Config) -> Built:
     manager.call_each("register_callbacks", enabled, register=callbacks.append, config=config)
     _check_callbacks(manager, enabled, callbacks)
     return Built(model, objective, optimization, datasets, samplers, generator, callbacks, replaced)
+
+
+def _dataset(objective: Objective, family: Family, config: Config, split: str) -> Any:
+    """The objective's own dataset (a data-free objective's noise seeds), else the family's."""
+    own = objective.dataset(split) if isinstance(objective, Objective) else None
+    return own if own is not None else family.build_dataset(config, split)
 
 
 def build_model_and_objective(manager: PluginManager, family: Family, config: Config) -> tuple[torch.nn.Module, Objective, dict[str, str]]:

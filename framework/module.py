@@ -130,6 +130,15 @@ class JevonsModule(pl.LightningModule):
                 p.grad = None
         self.log("train/nonfinite_skipped", float(len(self.skipped_steps)))
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = self.objective.checkpoint_state() if isinstance(self.objective, Objective) else {}
+        if state:
+            checkpoint["objective_state"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "objective_state" in checkpoint and isinstance(self.objective, Objective):
+            self.objective.load_checkpoint_state(checkpoint["objective_state"])
+
     def configure_optimizers(self) -> Any:
         scheduler = self.optimization.scheduler
         if scheduler is None:

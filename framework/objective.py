@@ -31,7 +31,25 @@ class ObjectiveOutput:
 
 
 class Objective(nn.Module):
-    """Base class: override :meth:`forward`."""
+    """Base class: override :meth:`forward`.
+
+    Optional overrides: :meth:`dataset`, for an objective that makes its own
+    training inputs (a data-free distillation objective reads noise seeds, not
+    the family's data), and :meth:`checkpoint_state` / :meth:`load_checkpoint_state`
+    for state outside its parameters (an auxiliary network's optimizer).
+    """
 
     def forward(self, model: nn.Module, batch: Any) -> ObjectiveOutput:  # type: ignore[override]
         raise NotImplementedError
+
+    def dataset(self, split: str) -> Any:
+        """This objective's own map-style dataset for ``split`` (with ``lengths`` and ``collate``), or None
+        for the family's. When it returns one, the family's dataset for that split is never built."""
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """State saved with each checkpoint beside the parameters: tensors, numbers, strings, lists, dicts."""
+        return {}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jevons.framework.plugin_manager import PluginManager, unsupported_reason
@@ -27,16 +29,31 @@ SMOKE = {
         "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
         "decode.eval_utterances=4", "trainer.progress_bar=false",
     ],
+    "mixed_modal": [
+        "recipe=mixed_modal_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "data.batch_size=4",
+        "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.limit_val_batches=1",
+        "generate.captions=[a thick seven]", "generate.images_per_caption=1", "generate.caption_images=2",
+        "trainer.progress_bar=false",
+    ],
 }
 # Families whose data a session fixture builds: the fixture's folder becomes data.source.
 DATA_FIXTURE = {"speech": "speech_corpus"}
 
 # Per plugin and family, what its section needs at smoke size.
+TEACHER = Path(__file__).resolve().parents[1] / "benchmarks" / "teachers" / "image-16px"
 PLUGIN_SMOKE = {
     "block_sparse_attention": {"diffusion": ["block_sparse_attention.block_size=4", "block_sparse_attention.max_density=0.5"]},
+    "modality_experts": {"mixed_modal": ["modality_experts.num_experts=[2,2]"]},
+    # The student is the committed image teacher's architecture (image_tiny), which it starts from.
+    "step_distillation": {"diffusion": [
+        "model.num_layers=4", "model.num_heads=4", "model.head_dim=32", "model.ffn_dim=256", "data.resolution=16",
+        f"model.pretrained={TEACHER}", "model.pretrained_subfolder=transformer", "step_distillation.teacher_steps=4",
+        "step_distillation.val_samples=4", "sample.fd_samples=0",
+    ]},
     "lowres_cascade": {"diffusion": ["lowres_cascade.stages=[{res:4,steps:2},{res:8,steps:2}]"]},
     "padding_aware_sampling": {
         "llm": ["padding_aware_sampling.max_tokens=132", "padding_aware_sampling.num_buckets=4"],
+        "mixed_modal": ["padding_aware_sampling.max_tokens=360", "padding_aware_sampling.num_buckets=2"],
         "diffusion": ["padding_aware_sampling.max_tokens=4", "padding_aware_sampling.num_buckets=1"],
         "speech": ["padding_aware_sampling.dims=2", "padding_aware_sampling.max_tokens=1600",
                    "padding_aware_sampling.num_buckets=2", "padding_aware_sampling.output_buckets=2"],

@@ -1,0 +1,130 @@
+"""Data-free 4-step students of the 16 px digit teacher: TDM and the BOSS baseline against the teacher's sampler.
+
+The teacher is the committed ``benchmarks/teachers/image-16px`` (image_tiny
+trained 3,000 steps), sampled with 50 guided Euler steps (guidance 2). Each
+student starts from it and is distilled by ``image_distill_tiny`` for
+``STEPS`` steps of 16 noise seeds (no data is read), then samples in 4
+unguided steps. Every arm draws the same 1,000 class-conditional samples
+(same labels and seeds) and is scored with the diffusion family's
+digit-feature Fréchet distance and classifier accuracy, as in every
+diffusion benchmark here; also:
+
+* ``teacher 4 steps``: the teacher itself in 4 guided steps, undistilled —
+  what cutting steps alone gives (on this metric, fewer Euler steps of this
+  teacher *lower* the distance: see the lowres_cascade benchmark);
+* the mean squared difference of each 4-step arm's samples to the 50-step
+  teacher's from the same noise (``mse_to_teacher50``);
+* within-class sample diversity relative to the teacher's (collapse check);
+* sampling throughput, interleaved rounds, median of five.
+
+    python benchmarks/step_distillation.py [--quick]
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import median, parse_args, write_result
+
+TEACHER = Path(__file__).resolve().parent / "teachers" / "image-16px"
+TARGETS = {"tdm_fd_ratio_4step_vs_teacher50": "<=1.1"}
+STEPS = 400
+
+
+def _rates(arms: dict, labels: torch.Tensor, shape: tuple, rounds: int) -> dict:
+    seconds: dict = {name: [] for name in arms}
+    for number in range(rounds):
+        for name, sampler in arms.items():
+            started = time.perf_counter()
+            sampler(labels, shape, seed=number)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: len(labels) / median(values) for name, values in seconds.items()}
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    steps, count = (10, 100) if args.quick else (STEPS, 1000)
+
+    from jevons.framework import distributed
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.framework.inference import load_run
+    from jevons.framework.plugin_manager import PluginManager
+    from jevons.framework.run import train
+    from jevons.plugins.step_distillation_guard import within_class_diversity
+    from jevons.recipes.diffusion.evaluate import class_labels, quality
+    from jevons.recipes.diffusion.generate import FlowSampler
+    from jevons.recipes.diffusion.model import DiffusionModel
+
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, ["recipe=image_tiny"])
+    family = manager.family("diffusion")
+    real = family.real_reference(config, 1000)
+    images = family.images_dir(config)
+    shape = (1, 1, 16, 16)
+    labels = class_labels(count)
+    guidance = config.sample.guidance
+
+    runs, trained = {}, {}
+    with tempfile.TemporaryDirectory() as root:
+        for method in ("tdm", "boss"):
+            started = time.perf_counter()
+            result = train(["recipe=image_distill_tiny", f"model.pretrained={TEACHER}", f"step_distillation.method={method}",
+                            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "data.batch_size=16",
+                            "sample.fd_samples=0", f"run.root={root}", "trainer.progress_bar=false"], autoload=False)
+            trained[method] = {"seconds": time.perf_counter() - started, "val_loss": result.summary["val_loss"],
+                               "figures": result.summary["plugin_figures"]["step_distillation"]}
+            runs[method] = result.run_dir
+            print(f"{method}: {steps} steps in {trained[method]['seconds']:.0f} s, val MSE to teacher {result.summary['val_loss']:.4f}",
+                  flush=True)
+
+        with distributed.initialized(ParallelConfig()):
+            teacher = DiffusionModel.from_pretrained(TEACHER, tokens=config.conditioning.tokens).eval()
+            arms = {
+                "teacher50": FlowSampler(teacher, steps=50, guidance=guidance, shift=config.sample.shift),
+                "teacher4": FlowSampler(teacher, steps=4, guidance=guidance, shift=config.sample.shift),
+            }
+            for method, run_dir in runs.items():
+                arms[method] = load_run(run_dir, manager=manager).generator
+            scores, samples = {}, {}
+            for name, sampler in arms.items():
+                scores[name] = quality(sampler, shape, real, images, count, 250, seed=10_000)
+                samples[name] = torch.cat([sampler(labels[i : i + 250], shape, seed=20_000 + i) for i in range(0, count, 250)])
+                print(f"{name}: FD {scores[name]['fd']:.2f}, accuracy {scores[name]['accuracy']:.3f}", flush=True)
+            for name in arms:
+                scores[name]["mse_to_teacher50"] = float((samples[name] - samples["teacher50"]).pow(2).mean())
+                scores[name]["diversity_ratio"] = (within_class_diversity(samples[name], labels)
+                                                   / within_class_diversity(samples["teacher50"], labels))
+            rates = _rates(arms, labels[:250], shape, 2 if args.quick else 5)
+
+    teacher50 = scores["teacher50"]
+    figures = {
+        "tdm_fd_ratio_4step_vs_teacher50": scores["tdm"]["fd"] / teacher50["fd"],
+        "boss_fd_ratio_4step_vs_teacher50": scores["boss"]["fd"] / teacher50["fd"],
+        "teacher4_fd_ratio_vs_teacher50": scores["teacher4"]["fd"] / teacher50["fd"],
+        "sampling_speedup_student4_vs_teacher50": rates["tdm"] / rates["teacher50"],
+    }
+    for name, score in scores.items():
+        figures[f"{name}_fd"] = score["fd"]
+        figures[f"{name}_accuracy"] = score["accuracy"]
+        figures[f"{name}_diversity_ratio"] = score["diversity_ratio"]
+        figures[f"{name}_mse_to_teacher50"] = score["mse_to_teacher50"]
+        figures[f"{name}_images_per_s"] = rates[name]
+    rows = [[name, f"{s['fd']:.2f}", f"{s['fd'] / teacher50['fd']:.3f}", f"{s['accuracy']:.3f}", f"{s['mse_to_teacher50']:.4f}",
+             f"{s['diversity_ratio']:.3f}", f"{rates[name]:.1f}"] for name, s in scores.items()]
+    details = {
+        "distillation": f"{steps} steps x 16 noise seeds, image_distill_tiny (lr 1e-4, constant)", "samples": count,
+        "training": trained,
+        "tables": {"4-step students against the teacher": {
+            "columns": ["arm", "Fréchet distance", "FD / teacher 50", "accuracy", "MSE to teacher 50 (same noise)",
+                        "diversity / teacher 50", "images/s"],
+            "rows": rows}},
+    }
+    write_result("step_distillation", args.quick, figures, TARGETS, details)
+
+
+if __name__ == "__main__":
+    main()

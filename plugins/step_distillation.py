@@ -1,0 +1,157 @@
+"""``step_distillation``: data-free few-step distillation of a diffusion teacher (TDM, or the BOSS baseline).
+
+Seed: Video-BLADE (Gu et al., 2025): the student learns K-step sampling from
+a frozen dense teacher by Trajectory Distribution Matching (Luo et al., 2025)
+with no real data, and with its sparse attention on *during* distillation
+when ``block_sparse_attention`` is enabled too (BLADE). Neither plugin names
+the other: sparse attention replaces the student's attention processors, and
+the teacher is loaded here from its own folder with dense attention.
+
+* ``method=tdm`` (:class:`TDMObjective`): distribution matching on the
+  student's own trajectory segments, with a fake-score network the objective
+  owns and optimises (``fake_updates`` updates per student step).
+* ``method=boss`` (:class:`BOSSObjective`): the simpler data-free baseline —
+  Bellman-optimal K-step schedule from the teacher's trajectories, then the
+  student straightened onto the teacher's chords. Chosen over progressive
+  distillation because it needs one stage, not log2(50/K) rounds, and it
+  learns the schedule the student samples on.
+
+The student samples in K Euler steps on its schedule (``model.student_sigmas``,
+saved with the model) without guidance: ``jevons sample`` uses it. Inputs are
+noise seeds only (:class:`NoiseSeeds`); the family's dataset is never built
+for training. A collapse guard checks sample diversity and the Fréchet
+distance at every validation (``collapse_guard``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from jevons.framework.errors import UsageError
+from jevons.framework.plugin import PluginInfo, hookimpl
+
+PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Data-free few-step distillation (TDM, BOSS baseline)")
+
+
+@dataclass
+class StepDistillationConfig:
+    method: Literal["tdm", "boss"] = "tdm"
+    teacher: Optional[str] = None
+    """The dense teacher: a Jevons diffusion export (``transformer/`` + ``conditioner.safetensors``).
+    Null: ``model.pretrained``, the folder the student starts from."""
+    steps: int = 4
+    """Student sampling steps (K)."""
+    teacher_steps: int = 50
+    """Steps of the teacher's sampler: BOSS's fine grid and the validation reference."""
+    guidance: Optional[float] = None
+    """The teacher's classifier-free guidance, distilled into the student; null: ``sample.guidance``."""
+    fake_lr: Optional[float] = None
+    """TDM: the fake-score network's learning rate; null: ``optimizer.lr``."""
+    fake_updates: int = 1
+    """TDM: fake-score updates per student update (TDM's demo: 1; DMD2: 5)."""
+    samples_per_epoch: int = 1_000_000
+    """Noise seeds in the training 'dataset' (an epoch never repeats a seed in practice)."""
+    val_samples: int = 64
+    """Fixed validation seeds: ``val/loss`` is the MSE of the student's sample to the teacher's."""
+    calibration_samples: int = 64
+    """BOSS: teacher trajectories the schedule is optimised on."""
+    pool_size: int = 1024
+    """BOSS: teacher trajectories the student is straightened on (made once, at the first step)."""
+    collapse_guard: Literal["warn", "stop", "off"] = "warn"
+    """At each validation: warn, or stop the run, when samples collapse (see the next two)."""
+    min_diversity_ratio: float = 0.35
+    """Collapse when the student's within-class sample diversity falls below this fraction of the teacher's."""
+    max_fd_jump: float = 2.0
+    """Collapse when ``val/fd`` exceeds this multiple of the best so far."""
+
+
+@hookimpl
+def register_config(register):
+    register("step_distillation", StepDistillationConfig)
+
+
+def teacher_folder(config) -> Path:
+    cfg: StepDistillationConfig = config.step_distillation
+    folder = cfg.teacher or config.model.pretrained
+    if not folder:
+        raise UsageError("step_distillation needs a dense teacher: set model.pretrained=PATH (the student starts from "
+                         "it; e.g. benchmarks/teachers/image-16px) or step_distillation.teacher=PATH.")
+    path = Path(folder).expanduser()
+    if not (path / "transformer").is_dir() or not (path / "conditioner.safetensors").is_file():
+        raise UsageError(f"step_distillation teacher {path} is not a Jevons diffusion export: expected "
+                         f"{path / 'transformer'}/ and {path / 'conditioner.safetensors'} (written by `jevons export`).")
+    return path
+
+
+@hookimpl
+def configure(config):
+    cfg: StepDistillationConfig = config.step_distillation
+    if cfg.steps < 1 or cfg.teacher_steps < cfg.steps:
+        raise UsageError(f"step_distillation.steps={cfg.steps} must be at least 1 and at most "
+                         f"step_distillation.teacher_steps={cfg.teacher_steps}.")
+    if cfg.fake_updates < 1:
+        raise UsageError(f"step_distillation.fake_updates={cfg.fake_updates} must be at least 1.")
+    if min(cfg.val_samples, cfg.calibration_samples, cfg.pool_size) < 1:
+        raise UsageError("step_distillation.val_samples, calibration_samples and pool_size must be at least 1.")
+    if not 0.0 <= cfg.min_diversity_ratio < 1.0 or cfg.max_fd_jump <= 1.0:
+        raise UsageError(f"step_distillation.min_diversity_ratio={cfg.min_diversity_ratio} must be in [0, 1) and "
+                         f"max_fd_jump={cfg.max_fd_jump} above 1.")
+    teacher_folder(config)
+
+
+@hookimpl
+def modify_model(model, config):
+    from jevons.plugins.step_distillation_flow import shifted_schedule
+
+    model.register_buffer("student_sigmas", shifted_schedule(config.step_distillation.steps, config.sample.shift))
+
+
+@hookimpl
+def make_objective(model, config):
+    import torch
+
+    from jevons.framework.distributed import is_rank_zero
+    from jevons.plugins.step_distillation_flow import seeded_inputs
+    from jevons.plugins.step_distillation_objectives import BOSSObjective, TDMObjective, bellman_optimal_schedule
+    from jevons.recipes.diffusion.model import DiffusionModel
+
+    cfg: StepDistillationConfig = config.step_distillation
+    teacher = DiffusionModel.from_pretrained(teacher_folder(config), config.conditioning.tokens)
+    student_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
+    if student_shapes != teacher_shapes:
+        different = sorted(set(student_shapes.items()) ^ set(teacher_shapes.items()))[:3]
+        raise UsageError(f"the step_distillation teacher {teacher_folder(config)} is not the student's architecture "
+                         f"(first differences: {different}); the student is initialised from the teacher, so the "
+                         f"model section must match the teacher's.")
+    data = config.data
+    shape = (config.model.channels, data.frames, data.resolution, data.resolution)
+    guidance = config.sample.guidance if cfg.guidance is None else cfg.guidance
+    common = dict(shape=shape, guidance=guidance, teacher_steps=cfg.teacher_steps, shift=config.sample.shift,
+                  seed=config.seed, samples_per_epoch=cfg.samples_per_epoch, val_samples=cfg.val_samples)
+    if cfg.method == "tdm":
+        return TDMObjective(teacher, fake_lr=cfg.fake_lr or config.optimizer.lr, fake_updates=cfg.fake_updates,
+                            clip=config.trainer.gradient_clip_val or 1.0, **common)
+    noise, labels = seeded_inputs(torch.arange(cfg.calibration_samples) + 2_000_000_000, shape)
+    sigmas, cost = bellman_optimal_schedule(teacher, noise, labels, cfg.steps, cfg.teacher_steps, config.sample.shift, guidance)
+    model.student_sigmas.copy_(sigmas)
+    if is_rank_zero():
+        print(f"step_distillation: BOSS schedule {[round(s, 4) for s in sigmas.tolist()]} (Euler cost {cost:.4g})", flush=True)
+    return BOSSObjective(teacher, pool_size=cfg.pool_size, **common)
+
+
+@hookimpl
+def make_generator(model, config):
+    from jevons.plugins.step_distillation_flow import StudentSampler
+
+    return StudentSampler(model)
+
+
+@hookimpl
+def register_callbacks(register, config):
+    from jevons.plugins.step_distillation_guard import CollapseGuard
+
+    cfg: StepDistillationConfig = config.step_distillation
+    register(CollapseGuard(cfg.collapse_guard, cfg.min_diversity_ratio, cfg.max_fd_jump))

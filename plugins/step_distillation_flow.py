@@ -1,0 +1,129 @@
+"""Rectified-flow arithmetic, noise seeds and the few-step student sampler shared by the distillation methods.
+
+The diffusion family's model predicts the velocity ``v = noise - x0`` at
+``x_sigma = (1 - sigma) x0 + sigma noise``. From one prediction at ``(x, sigma)``:
+``x0 = x - sigma v`` and ``noise = x + (1 - sigma) v``; re-noising that pair to
+``sigma'`` is exactly an Euler step ``x + (sigma' - sigma) v`` (the flow
+analogue of a DDIM step, which TDM's sampler takes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from jevons.recipes.diffusion.data import NO_DIGIT
+
+SEED_STRIDE = 1_000_003
+"""Seeds of different runs' samples are ``run_seed * SEED_STRIDE + index``."""
+
+
+def expand(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return sigma.view(-1, *([1] * (like.ndim - 1)))
+
+
+def x0_and_noise(x: torch.Tensor, sigma: torch.Tensor, velocity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = expand(sigma, x)
+    return x - s * velocity, x + (1.0 - s) * velocity
+
+
+def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    s = expand(sigma, x0)
+    return (1.0 - s) * x0 + s * noise
+
+
+def diffuse(x: torch.Tensor, sigma_from: torch.Tensor, sigma_to: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    """Forward-diffuse ``x`` at ``sigma_from`` to ``sigma_to >= sigma_from`` with fresh Gaussian noise:
+    the marginal of ``x_{sigma_to}`` given ``x_{sigma_from}`` under ``x_s = (1 - s) x0 + s noise``."""
+    a = (1.0 - sigma_to) / (1.0 - sigma_from).clamp(min=1e-6)
+    b = (sigma_to**2 - (a * sigma_from) ** 2).clamp(min=0.0).sqrt()
+    return expand(a, x) * x + expand(b, x) * fresh
+
+
+def shifted_schedule(steps: int, shift: float) -> torch.Tensor:
+    """``steps + 1`` sigmas from 1 to 0, evenly spaced then shifted as FlowMatchEulerDiscreteScheduler does."""
+    sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return (shift * sigmas / (1.0 + (shift - 1.0) * sigmas)).float()
+
+
+def guided_velocity(model: Any, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guided velocity (Ho & Salimans, 2022); one batched call for both branches."""
+    if guidance == 1.0:
+        return model(x, sigma, labels)
+    unconditional = torch.full_like(labels, NO_DIGIT)
+    conditional, free = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, unconditional])).chunk(2)
+    return free + guidance * (conditional - free)
+
+
+def seeded_inputs(seeds: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise ``(B, *shape)`` and single-digit labels ``(B, 2)``, each sample's from its own seed."""
+    noises, digits = [], []
+    for seed in seeds.tolist():
+        generator = torch.Generator().manual_seed(int(seed))
+        digits.append(int(torch.randint(0, 10, (1,), generator=generator)))
+        noises.append(torch.randn(tuple(shape), generator=generator))
+    labels = torch.tensor([[d, NO_DIGIT] for d in digits])
+    return torch.stack(noises), labels
+
+
+class NoiseSeeds:
+    """A data-free objective's dataset: sample ``i`` is the seed ``offset + i`` of its noise and label."""
+
+    def __init__(self, length: int, offset: int) -> None:
+        self.length = length
+        self.offset = offset
+        self.lengths = np.ones(length, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> int:
+        return self.offset + int(i)
+
+    @staticmethod
+    def collate(seeds: list[int]) -> dict[str, torch.Tensor]:
+        return {"seeds": torch.tensor(seeds, dtype=torch.long)}
+
+
+@torch.no_grad()
+def sample_on_schedule(model: Any, noise: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor,
+                       guidance: float = 1.0) -> torch.Tensor:
+    """Euler steps of the flow from ``noise`` along ``sigmas`` (1 to 0)."""
+    x = noise
+    for sigma, next_sigma in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        s = torch.full((len(x),), sigma, device=x.device)
+        x = x + (next_sigma - sigma) * guided_velocity(model, x, s, labels, guidance)
+    return x
+
+
+class StudentSampler:
+    """The distilled student's generator: Euler steps on its schedule (``model.student_sigmas``), no
+    guidance (the teacher's guidance is distilled into it). The family's sampler interface."""
+
+    def __init__(self, model: torch.nn.Module, guidance: float = 1.0) -> None:
+        self.model = model
+        self.guidance = guidance
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        return self.model.student_sigmas  # a buffer: restored with the model's checkpoint
+
+    @property
+    def steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @torch.no_grad()
+    def __call__(self, labels: torch.Tensor, shape: Sequence[int], steps: int | None = None,
+                 guidance: float | None = None, seed: int = 0) -> torch.Tensor:
+        if steps is not None and steps != self.steps:
+            from jevons.framework.errors import UsageError
+
+            raise UsageError(f"this distilled student samples in {self.steps} steps on its schedule "
+                             f"{[round(s, 4) for s in self.sigmas.tolist()]}; steps={steps} was asked for.")
+        device = next(self.model.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((labels.shape[0], *shape), generator=generator).to(device)
+        guidance = self.guidance if guidance is None else guidance
+        return sample_on_schedule(self.model, noise, labels.to(device), self.sigmas, guidance).clamp(-1.0, 1.0)
