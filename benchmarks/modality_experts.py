@@ -181,7 +181,6 @@ def main() -> None:
         figures[f"{arm}_train_flops_ratio_vs_dense"] = runs[arm]["curve"][-1]["flops"] / budget
         for routing in ("auxiliary", "expert_choice"):
             figures[f"{arm}_final_val_loss_{routing}_routing"] = runs[arm]["curve"][-1][f"loss_{routing}_routing"]
-        figures[f"{arm}_wall_clock_ratio_vs_dense"] = runs[arm]["seconds"] / runs["dense"]["seconds"]
     details = {
         "steps": steps, "eval_every": eval_every, "batch_size": 32, "arms": ARMS,
         "flop_counting": "analytic, training = 3 x forward; per real token: 8C^2 projections, causal attention 2TC, "
