@@ -25,7 +25,7 @@ def _assert_refused(result, cwd: Path, *fragments: str) -> None:
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["recipe=doesnotexist"], ["Unknown recipe 'doesnotexist'", "Recipes: image_lowdiff_tiny, image_tiny, llm_125m, llm_tiny, llm_tiny_muon,"]),
+        (["recipe=doesnotexist"], ["Unknown recipe 'doesnotexist'", "Recipes: image_distill_tiny, image_lowdiff_tiny, image_tiny, llm_125m, llm_tiny, llm_tiny_muon,"]),
         (["recipe=llm_tiyn"], ["Did you mean 'llm_tiny'?"]),
         (["recipe=llm_tiny", "trainer.max_step=10"], ["Unknown key 'trainer.max_step'", "Did you mean 'trainer.max_steps'?"]),
         (["recipe=llm_tiny", "trainer.max_steps=abc"], ["trainer.max_steps='abc'", "expected an integer"]),
