@@ -72,7 +72,6 @@ def test_tdm_teacher_frozen_gradients_reach_the_student_and_the_fake_in_its_own_
     assert all(p.grad is None for p in objective.teacher.parameters())
     assert any(not torch.equal(fake_before[k], v) for k, v in objective.fake.state_dict().items())
     assert all(torch.equal(teacher_before[k], v) for k, v in objective.teacher.state_dict().items())
-    assert "objective.fake" not in str(list(built.optimization.optimizer.param_groups[0].keys()))
     student_ids = {id(p) for group in built.optimization.optimizer.param_groups for p in group["params"]}
     assert not student_ids & {id(p) for p in objective.fake.parameters()}
     assert objective.checkpoint_state()["fake_optimizer"]["state"]  # its Adam moments go into checkpoints
