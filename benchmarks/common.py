@@ -86,5 +86,11 @@ class StepTimes:
         return self.times[warmup:]
 
 
+def repository_path(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (results name files portably), else as given."""
+    root = RESULTS.parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)

@@ -65,6 +65,8 @@ class StepDistillationConfig:
     """Collapse when the student's within-class sample diversity falls below this fraction of the teacher's."""
     max_fd_jump: float = 2.0
     """Collapse when ``val/fd`` exceeds this multiple of the best so far."""
+    guard_per_class: int = 6
+    """Samples per digit the guard draws from student and teacher (the teacher's once, with ``teacher_steps``)."""
 
 
 @hookimpl
@@ -95,6 +97,9 @@ def configure(config):
         raise UsageError(f"step_distillation.fake_updates={cfg.fake_updates} must be at least 1.")
     if min(cfg.val_samples, cfg.calibration_samples, cfg.pool_size) < 1:
         raise UsageError("step_distillation.val_samples, calibration_samples and pool_size must be at least 1.")
+    if cfg.guard_per_class < 2:
+        raise UsageError(f"step_distillation.guard_per_class={cfg.guard_per_class} must be at least 2: diversity is "
+                         f"measured between samples of the same digit.")
     if not 0.0 <= cfg.min_diversity_ratio < 1.0 or cfg.max_fd_jump <= 1.0:
         raise UsageError(f"step_distillation.min_diversity_ratio={cfg.min_diversity_ratio} must be in [0, 1) and "
                          f"max_fd_jump={cfg.max_fd_jump} above 1.")
@@ -154,4 +159,4 @@ def register_callbacks(register, config):
     from jevons.plugins.step_distillation_guard import CollapseGuard
 
     cfg: StepDistillationConfig = config.step_distillation
-    register(CollapseGuard(cfg.collapse_guard, cfg.min_diversity_ratio, cfg.max_fd_jump))
+    register(CollapseGuard(cfg.collapse_guard, cfg.min_diversity_ratio, cfg.max_fd_jump, cfg.guard_per_class))

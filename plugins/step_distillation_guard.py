@@ -2,7 +2,7 @@
 
 Distribution matching can collapse — to a few modes, to static or
 single-colour output (seen in FastVideo's DMD runs) — while its loss looks
-fine. At every validation the guard draws ``PER_CLASS`` student samples for
+fine. At every validation the guard draws ``per_class`` student samples for
 each digit from fixed seeds and measures their within-class diversity (mean
 pairwise L2 distance between samples of the same class), as a ratio to the
 teacher's diversity on the same seeds; and it watches ``val/fd`` for a jump
@@ -23,7 +23,6 @@ from jevons.framework.attribution import Figure
 from jevons.framework.errors import TrainingStopped
 from jevons.plugins.step_distillation_flow import sample_on_schedule, seeded_inputs, shifted_schedule
 
-PER_CLASS = 6
 GUARD_SEED_OFFSET = 3_000_000_000
 
 
@@ -41,9 +40,10 @@ def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor) -> float
 class CollapseGuard(pl.Callback):
     plugin = "step_distillation"
 
-    def __init__(self, mode: str, min_diversity_ratio: float, max_fd_jump: float) -> None:
+    def __init__(self, mode: str, min_diversity_ratio: float, max_fd_jump: float, per_class: int = 6) -> None:
         super().__init__()
         self.mode = mode
+        self.per_class = per_class
         self.min_diversity_ratio = min_diversity_ratio
         self.max_fd_jump = max_fd_jump
         self.teacher_diversity: Optional[float] = None
@@ -54,9 +54,9 @@ class CollapseGuard(pl.Callback):
         self.schedule = ""
 
     def _inputs(self, objective: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        seeds = GUARD_SEED_OFFSET + torch.arange(10 * PER_CLASS * 4)
+        seeds = GUARD_SEED_OFFSET + torch.arange(10 * self.per_class * 4)
         noise, labels = seeded_inputs(seeds, objective.shape)
-        chosen = torch.cat([torch.nonzero(labels[:, 0] == d).squeeze(1)[:PER_CLASS] for d in range(10)])
+        chosen = torch.cat([torch.nonzero(labels[:, 0] == d).squeeze(1)[: self.per_class] for d in range(10)])
         return noise[chosen].to(device), labels[chosen].to(device)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -94,6 +94,8 @@ class CollapseGuard(pl.Callback):
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def report(self) -> dict[str, Figure]:
+        if not self.steps:
+            return {"collapse_guard": "did not run (collapse_guard=off, or no validation)"}
         figures: dict[str, Figure] = {"student_steps": self.steps, "schedule": self.schedule, "collapse_warnings": self.warnings}
         if self.diversity_ratio is not None:
             figures["diversity_ratio_vs_teacher"] = round(self.diversity_ratio, 4)

@@ -188,6 +188,7 @@ def test_diversity_is_zero_for_identical_samples_and_positive_otherwise() -> Non
     ("model.pretrained=null", "needs a dense teacher"),
     ("step_distillation.teacher=/nonexistent", "is not a Jevons diffusion export"),
     ("step_distillation.steps=0", "step_distillation.steps=0"),
+    ("step_distillation.guard_per_class=1", "guard_per_class=1 must be at least 2"),
     (f"model.pretrained=null step_distillation.teacher={TEACHER} model.num_layers=2", "is not the student's architecture"),
 ])
 def test_bad_distillation_settings_are_refused(train, run_root: Path, override: str, message: str) -> None:
