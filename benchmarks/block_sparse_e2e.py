@@ -38,7 +38,7 @@ from common import median, parse_args, repository_path, write_result
 
 TEACHER = Path(__file__).resolve().parent / "teachers" / "video-32px-16f"
 TARGETS = {"e2e_quality_ratio": "<=1.1"}
-STEPS, CLIPS, ROUNDS = 300, 50, 3
+STEPS, CLIPS, ROUNDS = 300, 40, 3
 
 
 def sparse_processors(model: torch.nn.Module) -> list:
