@@ -139,6 +139,16 @@ def test_video_sparse_tiny_is_the_4096_token_video_model_with_block_sparse_atten
     assert tokens == 4096
 
 
+def test_video_blade_tiny_distills_the_video_teacher_into_a_sparse_4_step_student(manager) -> None:
+    teacher = Path(__file__).resolve().parents[2] / "benchmarks" / "teachers" / "video-32px-16f"
+    config = compose_config(manager, ["recipe=video_blade_tiny", f"model.pretrained={teacher}"])
+    assert config.plugins == ["block_sparse_attention", "step_distillation"]
+    assert (config.step_distillation.method, config.step_distillation.steps) == ("tdm", 4)
+    assert config.data.frames * (config.data.resolution // config.model.patch_size[1]) ** 2 == 4096
+    with pytest.raises(UsageError, match="needs a dense teacher"):
+        compose_config(manager, ["recipe=video_blade_tiny"])
+
+
 def test_family_export_is_a_diffusers_folder_written_whole(model, family, tmp_path: Path) -> None:
     from types import SimpleNamespace
 
