@@ -142,7 +142,7 @@ class DiffusionFamily(FamilyBase):
                 raise UsageError(f"{table} holds a class table of shape {tuple(weights.shape)}; this config's conditioner "
                                  f"is {tuple(model.conditioner.table.weight.shape)} (conditioning.tokens, model.text_dim).")
             model.conditioner.table.weight.data.copy_(weights)
-        return model
+        return model.train()  # diffusers' from_pretrained hands modules back in eval mode
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
         return [(f"transformer.blocks.{i}.attn1", block.attn1) for i, block in enumerate(model.transformer.blocks)]

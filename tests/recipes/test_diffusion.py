@@ -124,6 +124,7 @@ def test_save_pretrained_then_from_pretrained_gives_equal_outputs(model, tmp_pat
 def test_a_config_pointing_at_an_export_rebuilds_the_same_model(manager, model, family, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     rebuilt = family.build_model(_config(manager, f"model.pretrained={tmp_path}", "model.pretrained_subfolder=transformer"))
+    assert all(module.training for module in rebuilt.modules())  # fine-tuning starts in train mode
     x, sigma, labels = torch.randn(2, 1, 1, 16, 16), torch.tensor([0.3, 0.8]), torch.tensor([[2, NO_DIGIT], [7, 1]])
     with torch.no_grad():
         assert torch.equal(model(x, sigma, labels), rebuilt(x, sigma, labels))  # the class table came along
