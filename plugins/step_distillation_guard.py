@@ -40,7 +40,7 @@ def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor) -> float
 class CollapseGuard(pl.Callback):
     plugin = "step_distillation"
 
-    def __init__(self, mode: str, min_diversity_ratio: float, max_fd_jump: float, per_class: int = 6) -> None:
+    def __init__(self, mode: str, min_diversity_ratio: float, max_fd_jump: float, per_class: int) -> None:
         super().__init__()
         self.mode = mode
         self.per_class = per_class

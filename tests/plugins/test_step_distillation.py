@@ -184,6 +184,17 @@ def test_diversity_is_zero_for_identical_samples_and_positive_otherwise() -> Non
     assert within_class_diversity(torch.randn(6, 1, 1, 4, 4), labels) > 1.0
 
 
+def test_collapse_guard_draws_guard_per_class_samples_of_every_digit() -> None:
+    from types import SimpleNamespace
+
+    from jevons.plugins.step_distillation_guard import CollapseGuard
+
+    guard = CollapseGuard("warn", 0.35, 2.0, per_class=2)
+    noise, labels = guard._inputs(SimpleNamespace(shape=(1, 1, 16, 16)), torch.device("cpu"))
+    assert noise.shape == (20, 1, 1, 16, 16)
+    assert torch.bincount(labels[:, 0], minlength=10).tolist() == [2] * 10
+
+
 @pytest.mark.parametrize("override, message", [
     ("model.pretrained=null", "needs a dense teacher"),
     ("step_distillation.teacher=/nonexistent", "is not a Jevons diffusion export"),
