@@ -35,7 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from common import median, parse_args, repository_path, write_result
 
 TEACHER = Path(__file__).resolve().parent / "teachers" / "video-32px-16f"
@@ -53,12 +52,18 @@ ARMS = {
 
 def main() -> None:
     def options(parser) -> None:
-        parser.add_argument("--runs", type=Path, help="where the arms' training runs live; a rerun resumes or reuses them")
-        parser.add_argument("--teacher", type=Path, default=TEACHER, help="the dense video teacher (a diffusers folder)")
+        parser.add_argument(
+            "--runs", type=Path, help="where the arms' training runs live; a rerun resumes or reuses them"
+        )
+        parser.add_argument(
+            "--teacher", type=Path, default=TEACHER, help="the dense video teacher (a diffusers folder)"
+        )
 
     args = parse_args(__doc__.splitlines()[0], options)
     teacher_dir = args.teacher.resolve()
-    sparse_steps, distill_steps, clips, rounds = (3, 3, 4, 1) if args.quick else (SPARSE_STEPS, DISTILL_STEPS, CLIPS, ROUNDS)
+    sparse_steps, distill_steps, clips, rounds = (
+        (3, 3, 4, 1) if args.quick else (SPARSE_STEPS, DISTILL_STEPS, CLIPS, ROUNDS)
+    )
     teacher_steps = 2 if args.quick else TEACHER_STEPS
 
     from jevons.framework import distributed
@@ -86,13 +91,26 @@ def main() -> None:
             steps = sparse_steps if arm.startswith("sparse") else distill_steps
             run_dir = runs_root / arm.replace(" ", "-")
             began = time.perf_counter()
-            result = train([*overrides, f"model.pretrained={teacher_dir}", f"trainer.max_steps={steps}",
-                            "sample.fd_samples=0", f"run.dir={run_dir}", "checkpoint.resume=auto",
-                            "trainer.progress_bar=false"], autoload=False)
-            trained[arm] = {"steps": result.summary["steps"], "seconds": round(time.perf_counter() - began, 1),
-                            "resumed_from_step": result.summary["resumed_from_step"],
-                            "train_loss": result.summary["train_loss"], "val_loss": result.summary["val_loss"],
-                            "figures": result.summary["plugin_figures"]}
+            result = train(
+                [
+                    *overrides,
+                    f"model.pretrained={teacher_dir}",
+                    f"trainer.max_steps={steps}",
+                    "sample.fd_samples=0",
+                    f"run.dir={run_dir}",
+                    "checkpoint.resume=auto",
+                    "trainer.progress_bar=false",
+                ],
+                autoload=False,
+            )
+            trained[arm] = {
+                "steps": result.summary["steps"],
+                "seconds": round(time.perf_counter() - began, 1),
+                "resumed_from_step": result.summary["resumed_from_step"],
+                "train_loss": result.summary["train_loss"],
+                "val_loss": result.summary["val_loss"],
+                "figures": result.summary["plugin_figures"],
+            }
             print(f"{arm}: {trained[arm]}", flush=True)
 
         with distributed.initialized(ParallelConfig()):
@@ -101,8 +119,11 @@ def main() -> None:
             for arm in ARMS:
                 loaded = load_run(runs_root / arm.replace(" ", "-"), manager=manager)
                 loaded.model.eval()
-                generators[arm] = (FlowSampler(loaded.model, steps=teacher_steps, guidance=guidance, shift=shift)
-                                   if arm == "sparse 50" else loaded.generator)
+                generators[arm] = (
+                    FlowSampler(loaded.model, steps=teacher_steps, guidance=guidance, shift=shift)
+                    if arm == "sparse 50"
+                    else loaded.generator
+                )
 
             scores = {}
             for arm, sampler in generators.items():
@@ -132,15 +153,37 @@ def main() -> None:
         figures[f"{key}_fd"] = score["fd"]
         figures[f"{key}_accuracy"] = score["accuracy"]
         figures[f"{key}_seconds_per_4_clips"] = time_of[arm]
-    rows = [[arm, f"{s['fd']:.2f}", f"{s['fd'] / teacher_fd:.3f}", f"{s['accuracy']:.3f}", f"{s['temporal_consistency']:.3f}",
-             f"{time_of[arm]:.2f}", f"{time_of['teacher 50'] / time_of[arm]:.1f}"] for arm, s in scores.items()]
+    rows = [
+        [
+            arm,
+            f"{s['fd']:.2f}",
+            f"{s['fd'] / teacher_fd:.3f}",
+            f"{s['accuracy']:.3f}",
+            f"{s['temporal_consistency']:.3f}",
+            f"{time_of[arm]:.2f}",
+            f"{time_of['teacher 50'] / time_of[arm]:.1f}",
+        ]
+        for arm, s in scores.items()
+    ]
     details = {
-        "teacher": repository_path(teacher_dir), "clips": clips, "training": trained,
+        "teacher": repository_path(teacher_dir),
+        "clips": clips,
+        "training": trained,
         "real_temporal_consistency": scores["teacher 50"]["temporal_consistency_real"],
-        "tables": {"4,096-token clips, four arms": {
-            "columns": ["arm", "Fréchet distance", "FD / teacher 50", "accuracy", "temporal consistency",
-                        "s per 4 clips", "speedup vs teacher 50"],
-            "rows": rows}},
+        "tables": {
+            "4,096-token clips, four arms": {
+                "columns": [
+                    "arm",
+                    "Fréchet distance",
+                    "FD / teacher 50",
+                    "accuracy",
+                    "temporal consistency",
+                    "s per 4 clips",
+                    "speedup vs teacher 50",
+                ],
+                "rows": rows,
+            }
+        },
     }
     write_result("blade", args.quick, figures, TARGETS, details)
 

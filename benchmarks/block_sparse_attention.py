@@ -122,16 +122,24 @@ def main() -> None:
                     "dense_fwd": lambda: timed(lambda: F.scaled_dot_product_attention(qo, ko, vo)),
                     "ours_fwd": lambda: timed(lambda: block_sparse_attention_gather(qo, ko, vo, mask_of(), block)),
                     "flex_fwd": lambda: timed(lambda: block_sparse_attention_flex(qo, ko, vo, mask_of(), block)),
-                    "dense_fwdbwd": lambda: timed_fwdbwd(lambda a, b, c: F.scaled_dot_product_attention(a, b, c)),
-                    "ours_fwdbwd": lambda: timed_fwdbwd(lambda a, b, c: block_sparse_attention_gather(a, b, c, mask_of(), block)),
+                    "dense_fwdbwd": lambda: timed_fwdbwd(F.scaled_dot_product_attention),
+                    "ours_fwdbwd": lambda: timed_fwdbwd(
+                        lambda a, b, c: block_sparse_attention_gather(a, b, c, mask_of(), block)
+                    ),
                 }
                 seconds = {name: [] for name in arms}
                 for _ in range(rounds):
                     for name, arm in arms.items():
                         seconds[name].append(arm())
                 t = {name: median(values) for name, values in seconds.items()}
-                memory_dense = saved_bytes(lambda: F.scaled_dot_product_attention(*(x.clone().requires_grad_() for x in (qo, ko, vo))))
-                memory_ours = saved_bytes(lambda: block_sparse_attention_gather(*(x.clone().requires_grad_() for x in (qo, ko, vo)), mask, block))
+                memory_dense = saved_bytes(
+                    lambda: F.scaled_dot_product_attention(*(x.clone().requires_grad_() for x in (qo, ko, vo)))
+                )
+                memory_ours = saved_bytes(
+                    lambda: block_sparse_attention_gather(
+                        *(x.clone().requires_grad_() for x in (qo, ko, vo)), mask, block
+                    )
+                )
                 mask_ms = 1000 * median([timed(mask_of) for _ in range(3)])
                 cell = f"s{length}_d{density:g}_b{block}"
                 values = {
@@ -144,20 +152,48 @@ def main() -> None:
                     "mask_build_ms": mask_ms,
                 }
                 figures.update({f"{name}_{cell}": value for name, value in values.items()})
-                rows.append([length, f"{density:.2%}", block, f"{values['fwd_speedup_vs_sdpa']:.2f}",
-                             f"{values['fwdbwd_speedup_vs_sdpa']:.2f}", f"{values['flex_fwd_speedup_vs_sdpa']:.2f}",
-                             f"{values['fwd_ratio_vs_flex']:.2f}", f"{error:.3f}", f"{values['saved_memory_ratio_vs_sdpa']:.2f}",
-                             f"{mask_ms:.1f}"])
+                rows.append(
+                    [
+                        length,
+                        f"{density:.2%}",
+                        block,
+                        f"{values['fwd_speedup_vs_sdpa']:.2f}",
+                        f"{values['fwdbwd_speedup_vs_sdpa']:.2f}",
+                        f"{values['flex_fwd_speedup_vs_sdpa']:.2f}",
+                        f"{values['fwd_ratio_vs_flex']:.2f}",
+                        f"{error:.3f}",
+                        f"{values['saved_memory_ratio_vs_sdpa']:.2f}",
+                        f"{mask_ms:.1f}",
+                    ]
+                )
                 print(cell, {name: round(value, 3) for name, value in values.items()}, flush=True)
     headline = {}
     for figure, cell in (("fwd_ratio_vs_flex", "s8192_d0.125_b64"), ("fwdbwd_speedup_vs_sdpa", "s8192_d0.0625_b64")):
         key = f"{figure}_{cell}"
         if key in figures:
             headline[f"{figure}_{cell.rsplit('_b', 1)[0]}"] = figures[key]
-    details = {"heads": HEADS, "head_dim": DIM, "rounds": rounds, "tables": {"Block-sparse attention on video-like inputs": {
-        "columns": ["S", "density", "block", "fwd speedup vs SDPA", "fwd+bwd speedup vs SDPA", "Flex fwd speedup vs SDPA",
-                    "Flex fwd time / ours", "relative error vs dense", "saved memory vs SDPA", "mask build ms"],
-        "rows": rows}}}
+    details = {
+        "heads": HEADS,
+        "head_dim": DIM,
+        "rounds": rounds,
+        "tables": {
+            "Block-sparse attention on video-like inputs": {
+                "columns": [
+                    "S",
+                    "density",
+                    "block",
+                    "fwd speedup vs SDPA",
+                    "fwd+bwd speedup vs SDPA",
+                    "Flex fwd speedup vs SDPA",
+                    "Flex fwd time / ours",
+                    "relative error vs dense",
+                    "saved memory vs SDPA",
+                    "mask build ms",
+                ],
+                "rows": rows,
+            }
+        },
+    }
     write_result("block_sparse_attention", args.quick, {**headline, **figures}, TARGETS, details)
 
 

@@ -71,7 +71,9 @@ def reset_density(model: torch.nn.Module) -> None:
 
 def main() -> None:
     def options(parser) -> None:
-        parser.add_argument("--teacher", type=Path, default=TEACHER, help="the dense video teacher (a diffusers folder)")
+        parser.add_argument(
+            "--teacher", type=Path, default=TEACHER, help="the dense video teacher (a diffusers folder)"
+        )
 
     args = parse_args(__doc__.splitlines()[0], options)
     teacher_dir = args.teacher.resolve()
@@ -99,21 +101,37 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as root:
         started = time.perf_counter()
-        result = train(["recipe=video_sparse_tiny", f"model.pretrained={teacher_dir}", f"trainer.max_steps={steps}",
-                        "trainer.limit_val_batches=0", "sample.fd_samples=0", f"run.root={root}",
-                        "trainer.progress_bar=false"], autoload=False)
-        fine_tune = {"steps": steps, "seconds": round(time.perf_counter() - started, 1),
-                     "train_loss": result.summary["train_loss"],
-                     "figures": result.summary["plugin_figures"]["block_sparse_attention"]}
+        result = train(
+            [
+                "recipe=video_sparse_tiny",
+                f"model.pretrained={teacher_dir}",
+                f"trainer.max_steps={steps}",
+                "trainer.limit_val_batches=0",
+                "sample.fd_samples=0",
+                f"run.root={root}",
+                "trainer.progress_bar=false",
+            ],
+            autoload=False,
+        )
+        fine_tune = {
+            "steps": steps,
+            "seconds": round(time.perf_counter() - started, 1),
+            "train_loss": result.summary["train_loss"],
+            "figures": result.summary["plugin_figures"]["block_sparse_attention"],
+        }
         print(f"fine-tuned sparse: {fine_tune}", flush=True)
 
         with distributed.initialized(ParallelConfig()):
             teacher = DiffusionModel.from_pretrained(teacher_dir, tokens=config.conditioning.tokens).eval()
-            zero_shot = make_sparse(DiffusionModel.from_pretrained(teacher_dir, tokens=config.conditioning.tokens), config).eval()
+            zero_shot = make_sparse(
+                DiffusionModel.from_pretrained(teacher_dir, tokens=config.conditioning.tokens), config
+            ).eval()
             sparse = load_run(result.run_dir, manager=manager).model.eval()
             models = {"dense teacher": teacher, "sparse fine-tuned": sparse, "sparse zero-shot": zero_shot}
-            arms = {name: FlowSampler(model, steps=sample_steps, guidance=sample.guidance, shift=sample.shift)
-                    for name, model in models.items()}
+            arms = {
+                name: FlowSampler(model, steps=sample_steps, guidance=sample.guidance, shift=sample.shift)
+                for name, model in models.items()
+            }
 
             scores = {}
             for name, sampler in arms.items():
@@ -155,17 +173,38 @@ def main() -> None:
         key = name.replace(" ", "_").replace("-", "_")
         for metric in ("fd", "accuracy", "temporal_consistency"):
             figures[f"{key}_{metric}"] = score[metric]
-    rows = [[name, f"{s['fd']:.2f}", f"{s['fd'] / dense['fd']:.3f}", f"{s['accuracy']:.3f}",
-             f"{s['temporal_consistency']:.3f}", f"{s['density']:.3f}"] for name, s in scores.items()]
+    rows = [
+        [
+            name,
+            f"{s['fd']:.2f}",
+            f"{s['fd'] / dense['fd']:.3f}",
+            f"{s['accuracy']:.3f}",
+            f"{s['temporal_consistency']:.3f}",
+            f"{s['density']:.3f}",
+        ]
+        for name, s in scores.items()
+    ]
     details = {
-        "teacher": repository_path(teacher_dir), "clips": clips, "sample_steps": sample_steps,
+        "teacher": repository_path(teacher_dir),
+        "clips": clips,
+        "sample_steps": sample_steps,
         "fine_tune": fine_tune,
         "real_temporal_consistency": dense["temporal_consistency_real"],
         "train_step_seconds": {k: round(median(v), 3) for k, v in step_seconds.items()},
         "sampling_seconds_4_clips": {k: round(median(v), 2) for k, v in sample_seconds.items()},
-        "tables": {"4,096-token clips: sparse against the dense teacher": {
-            "columns": ["arm", "Fréchet distance", "FD / dense", "accuracy", "temporal consistency", "attention density"],
-            "rows": rows}},
+        "tables": {
+            "4,096-token clips: sparse against the dense teacher": {
+                "columns": [
+                    "arm",
+                    "Fréchet distance",
+                    "FD / dense",
+                    "accuracy",
+                    "temporal consistency",
+                    "attention density",
+                ],
+                "rows": rows,
+            }
+        },
     }
     write_result("block_sparse_e2e", args.quick, figures, TARGETS, details)
 

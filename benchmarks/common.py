@@ -1,4 +1,4 @@
-"""What every benchmark shares: the results JSON of DESIGN.md ("Benchmarks"), and a step timer.
+"""What every benchmark shares: the results JSON of docs/architecture.md ("Benchmarks"), and a step timer.
 
 A full run writes ``benchmarks/results/<name>.json`` (committed); ``--quick``
 writes ``<name>.quick.json`` (ignored by git).
@@ -13,8 +13,9 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,13 +38,19 @@ def machine() -> str:
         versions = f"torch {torch.__version__}"
     except ImportError:
         threads, device, versions = "?", "?", ""
-    return f"{platform.machine()} {platform.processor() or ''} {cpus} CPUs ({threads} torch threads), {device}, {versions}".replace("  ", " ")
+    return f"{platform.machine()} {platform.processor() or ''} {cpus} CPUs ({threads} torch threads), {device}, {versions}".replace(
+        "  ", " "
+    )
 
 
 def commit() -> str:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}-dirty" if dirty else head

@@ -59,8 +59,12 @@ def main() -> None:
         "samples": count,
         "real_samples": len(real),
         "guidance": config.sample.guidance,
-        "tables": {"Teacher quality by sampling steps": {
-            "columns": ["Euler steps", "Fréchet distance", "accuracy", "ms per image (incl. metric)"], "rows": rows}},
+        "tables": {
+            "Teacher quality by sampling steps": {
+                "columns": ["Euler steps", "Fréchet distance", "accuracy", "ms per image (incl. metric)"],
+                "rows": rows,
+            }
+        },
     }
     write_result("diffusion_quality", args.quick, figures, TARGETS if not args.quick else {}, details)
 

@@ -16,7 +16,6 @@ checkpoint steps are rare and fall outside the median).
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Any
 
 from common import StepTimes, median, parse_args, write_result
@@ -101,9 +100,18 @@ def plain_lightning(overrides: list[str], steps: int) -> StepTimes:
     with distributed.initialized(ParallelConfig()):
         config, model, objective, loader, optimization = _components(overrides)
         trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_steps=steps, gradient_clip_val=config.trainer.gradient_clip_val,
-            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-            limit_val_batches=0, num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=[Tick()],
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps,
+            gradient_clip_val=config.trainer.gradient_clip_val,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,
+            callbacks=[Tick()],
         )
         trainer.fit(Module(model, objective, optimization), loader)
     return timer
@@ -127,7 +135,11 @@ def jevons(overrides: list[str], steps: int) -> StepTimes:
             register(Tick())
 
     with tempfile.TemporaryDirectory() as runs:
-        train([*overrides, f"trainer.max_steps={steps}", f"run.root={runs}", "plugins=[timing]"], plugins=[("timing", Timing())], autoload=False)
+        train(
+            [*overrides, f"trainer.max_steps={steps}", f"run.root={runs}", "plugins=[timing]"],
+            plugins=[("timing", Timing())],
+            autoload=False,
+        )
     return timer
 
 
@@ -141,7 +153,10 @@ def main() -> None:
         order = list(arms) if round_index % 2 == 0 else list(reversed(arms))  # cancel drift across a round
         for name in order:
             samples[name] += arms[name](overrides, steps).steady(warmup)
-            print(f"round {round_index + 1}/{rounds} {name}: median {1000 * median(samples[name]):.1f} ms/step", flush=True)
+            print(
+                f"round {round_index + 1}/{rounds} {name}: median {1000 * median(samples[name]):.1f} ms/step",
+                flush=True,
+            )
 
     medians = {name: median(times) for name, times in samples.items()}
     figures = {
@@ -150,8 +165,12 @@ def main() -> None:
         "plain_lightning_ratio_vs_plain_loop": medians["plain_lightning"] / medians["plain_loop"],
         **{f"median_step_ms_{name}": 1000 * value for name, value in medians.items()},
     }
-    details = {"rounds": rounds, "steps_per_arm_per_round": steps, "warmup_steps_dropped": warmup,
-               "steps_measured": {name: len(times) for name, times in samples.items()}}
+    details = {
+        "rounds": rounds,
+        "steps_per_arm_per_round": steps,
+        "warmup_steps_dropped": warmup,
+        "steps_measured": {name: len(times) for name, times in samples.items()},
+    }
     write_result("framework_overhead", args.quick, figures, TARGETS, details)
 
 

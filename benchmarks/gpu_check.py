@@ -1,4 +1,4 @@
-"""Every GPU-only check and timing, in one script for the minutes a GPU is lent (DESIGN.md, "Benchmarks").
+"""Every GPU-only check and timing, in one script for the minutes a GPU is lent (docs/architecture.md, "Benchmarks").
 
     python benchmarks/gpu_check.py [--only newton_schulz|block_sparse_attention|train_llm|train_diffusion|megatron]
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,12 @@ def newton_schulz() -> dict:
     from jevons.kernels.newton_schulz import newton_schulz_reference
     from jevons.kernels.newton_schulz_triton import newton_schulz_triton
 
-    shapes = {"768x768": (768, 768), "2304x768": (2304, 768), "768x3072": (768, 3072), "experts 8x1024x4096": (8, 1024, 4096)}
+    shapes = {
+        "768x768": (768, 768),
+        "2304x768": (2304, 768),
+        "768x3072": (768, 3072),
+        "experts 8x1024x4096": (8, 1024, 4096),
+    }
     out = {}
     for name, shape in shapes.items():
         G = torch.randn(*shape, device="cuda")
@@ -96,7 +102,9 @@ def block_sparse_attention() -> dict:
     for block in (64, 128):
         for density in (0.125, 0.0625):
             mask = adaptive_block_mask(q, k, block, 1.0, density, density)
-            reference = block_sparse_attention_reference(q[:, :2].float(), k[:, :2].float(), v[:, :2].float(), mask[:, :2], block)
+            reference = block_sparse_attention_reference(
+                q[:, :2].float(), k[:, :2].float(), v[:, :2].float(), mask[:, :2], block
+            )
             triton = block_sparse_attention_forward_triton(q, k, v, mask, block)
             flex = block_sparse_attention_flex(q, k, v, mask, block)
             t_dense = _time(lambda: F.scaled_dot_product_attention(q, k, v))
@@ -108,7 +116,9 @@ def block_sparse_attention() -> dict:
             out[f"s8192_d{density:g}_b{block}"] = {
                 "triton_max_abs_error": float((triton[:, :2].float() - reference).abs().max()),
                 "flex_max_abs_error": float((flex[:, :2].float() - reference).abs().max()),
-                "dense_fwd_ms": 1000 * t_dense, "triton_fwd_ms": 1000 * t_triton, "flex_fwd_ms": 1000 * t_flex,
+                "dense_fwd_ms": 1000 * t_dense,
+                "triton_fwd_ms": 1000 * t_triton,
+                "flex_fwd_ms": 1000 * t_flex,
                 "triton_fwd_ratio_vs_flex": t_flex / t_triton,
                 "flex_fwdbwd_speedup_vs_sdpa": t_dense_train / t_flex_train,
             }
@@ -119,18 +129,30 @@ def _train(overrides: list[str]) -> dict:
     import csv
 
     with tempfile.TemporaryDirectory() as runs:
-        command = [sys.executable, "-m", "jevons.framework.cli.train", *overrides, "trainer.accelerator=gpu",
-                   "trainer.precision=bf16-mixed", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
-                   f"run.dir={runs}/run"]
+        command = [
+            sys.executable,
+            "-m",
+            "jevons.framework.cli.train",
+            *overrides,
+            "trainer.accelerator=gpu",
+            "trainer.precision=bf16-mixed",
+            "trainer.log_every_n_steps=1",
+            "trainer.progress_bar=false",
+            f"run.dir={runs}/run",
+        ]
         started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         seconds = time.perf_counter() - started
         if result.returncode != 0:
             return {"ok": False, "error": result.stderr[-2000:]}
         with open(Path(runs) / "run" / "metrics.csv") as handle:
             losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
-    return {"ok": all(l == l for l in losses) and losses[-1] < losses[0], "first_loss": losses[0],
-            "last_loss": losses[-1], "seconds": seconds}
+    return {
+        "ok": not any(math.isnan(loss) for loss in losses) and losses[-1] < losses[0],
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "seconds": seconds,
+    }
 
 
 def train_llm() -> dict:

@@ -58,7 +58,9 @@ def _interleaved_rates(arms: dict, labels: torch.Tensor, shape, rounds: int) -> 
 
 def main() -> None:
     def options(parser) -> None:
-        parser.add_argument("--train-only", action="store_true", help="train the cascade, print its run directory, stop")
+        parser.add_argument(
+            "--train-only", action="store_true", help="train the cascade, print its run directory, stop"
+        )
         parser.add_argument("--cascade-run", help="a finished cascade run of this benchmark's budget to measure")
 
     args = parse_args(__doc__.splitlines()[0], options)
@@ -86,9 +88,14 @@ def main() -> None:
         if args.cascade_run:
             run_dir = Path(args.cascade_run)
         else:
-            overrides = ["recipe=image_lowdiff_tiny", f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-                         "sample.fd_samples=0", "optimizer.warmup_steps=100",
-                         f"run.root={TEACHER.parent / 'runs' if args.train_only else runs}"]
+            overrides = [
+                "recipe=image_lowdiff_tiny",
+                f"trainer.max_steps={steps}",
+                f"trainer.val_check_interval={steps}",
+                "sample.fd_samples=0",
+                "optimizer.warmup_steps=100",
+                f"run.root={TEACHER.parent / 'runs' if args.train_only else runs}",
+            ]
             run_dir = train(overrides, autoload=False).run_dir
             if args.train_only:
                 print(f"cascade run: {run_dir}")
@@ -113,11 +120,20 @@ def main() -> None:
             for n in sweep:
                 sampler = FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift)
                 single[n] = quality(sampler, shape, real, images, count, 250, seed=10_000)
-                print(f"single-res {n} steps: FD {single[n]['fd']:.2f}, accuracy {single[n]['accuracy']:.3f}", flush=True)
+                print(
+                    f"single-res {n} steps: FD {single[n]['fd']:.2f}, accuracy {single[n]['accuracy']:.3f}", flush=True
+                )
 
             arms = {("cascade", plan): (cascade.generator, {"stage_steps": plan}) for plan in tried}
-            arms.update({("single", n): (FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift), {})
-                         for n in single})
+            arms.update(
+                {
+                    ("single", n): (
+                        FlowSampler(teacher, steps=n, guidance=config.sample.guidance, shift=config.sample.shift),
+                        {},
+                    )
+                    for n in single
+                }
+            )
             rates = _interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
             for (kind, key), rate in rates.items():
                 (tried if kind == "cascade" else single)[key]["images_per_s"] = rate
@@ -150,18 +166,34 @@ def main() -> None:
         "best_allocation_throughput_ratio_at_equal_quality": ratios[best],
         "best_allocation_quality_ratio_vs_single_res": tried[best]["fd"] / single[full]["fd"],
     }
-    rows = [[f"single 16 px x {n}", f"{s['fd']:.2f}", f"{s['accuracy']:.3f}", f"{s['images_per_s']:.1f}", ""]
-            for n, s in single.items()]
+    rows = [
+        [f"single 16 px x {n}", f"{s['fd']:.2f}", f"{s['accuracy']:.3f}", f"{s['images_per_s']:.1f}", ""]
+        for n, s in single.items()
+    ]
     for plan, result in tried.items():
         label = " + ".join(f"{r} px x {k}" for (r, _), k in zip(stages, plan))
-        rows.append([f"cascade {label}{' (recipe default)' if plan == default else ''}", f"{result['fd']:.2f}",
-                     f"{result['accuracy']:.3f}", f"{result['images_per_s']:.1f}", f"{ratios[plan]:.2f}"])
-    details = {"training_budget": f"{steps} steps x 32 images each", "samples": count, "cascade_stages": stages,
-               "cascade_training": {k: cascade_summary.get(k) for k in ("steps", "train_loss", "val_loss", "time_s")},
-               "best_allocation": list(best),
-               "tables": {"Quality and sampling throughput": {
-                   "columns": ["model", "Fréchet distance", "accuracy", "images/s", "throughput ratio at equal quality"],
-                   "rows": rows}}}
+        rows.append(
+            [
+                f"cascade {label}{' (recipe default)' if plan == default else ''}",
+                f"{result['fd']:.2f}",
+                f"{result['accuracy']:.3f}",
+                f"{result['images_per_s']:.1f}",
+                f"{ratios[plan]:.2f}",
+            ]
+        )
+    details = {
+        "training_budget": f"{steps} steps x 32 images each",
+        "samples": count,
+        "cascade_stages": stages,
+        "cascade_training": {k: cascade_summary.get(k) for k in ("steps", "train_loss", "val_loss", "time_s")},
+        "best_allocation": list(best),
+        "tables": {
+            "Quality and sampling throughput": {
+                "columns": ["model", "Fréchet distance", "accuracy", "images/s", "throughput ratio at equal quality"],
+                "rows": rows,
+            }
+        },
+    }
     write_result("lowres_cascade", args.quick, figures, TARGETS, details)
 
 

@@ -60,7 +60,9 @@ def _build(overrides: list[str]) -> tuple[Any, ...]:
     family = manager.family(config.family)
     pl.seed_everything(config.seed, verbose=False)
     built = build(manager, family, config)
-    loaders = {split: make_dataloader(built.datasets[split], built.batch_samplers[split], 0) for split in ("train", "val")}
+    loaders = {
+        split: make_dataloader(built.datasets[split], built.batch_samplers[split], 0) for split in ("train", "val")
+    }
     return config, built, loaders
 
 
@@ -113,8 +115,11 @@ def _validate(model: Any, objective: Any, loader: Any, routing: str | None = Non
     for layer, routing_saved in zip(layers, saved):
         layer.inference_routing = routing_saved
     means = {f"val/{k}": v / weight for k, v in sums.items()}
-    return {"loss": means["val/loss"], **{k[4:]: v for k, v in per_modality(means, model.modalities).items()},
-            **({"tokens_without_expert": means["val/moe_tokens_without_expert_fraction"]} if layers else {})}
+    return {
+        "loss": means["val/loss"],
+        **{k[4:]: v for k, v in per_modality(means, model.modalities).items()},
+        **({"tokens_without_expert": means["val/moe_tokens_without_expert_fraction"]} if layers else {}),
+    }
 
 
 def train_arm(name: str, overrides: list[str], steps: int, eval_every: int) -> dict[str, Any]:
@@ -145,15 +150,24 @@ def train_arm(name: str, overrides: list[str], steps: int, eval_every: int) -> d
                     point = {"step": step, "flops": flops, **_validate(model, objective, loaders["val"])}
                     if layers:
                         for routing in ("auxiliary", "expert_choice"):
-                            point[f"loss_{routing}_routing"] = _validate(model, objective, loaders["val"], routing)["loss"]
+                            point[f"loss_{routing}_routing"] = _validate(model, objective, loaders["val"], routing)[
+                                "loss"
+                            ]
                     curve.append(point)
-                    print(f"{name} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in point.items() if k != "step"), flush=True)
+                    print(
+                        f"{name} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in point.items() if k != "step"),
+                        flush=True,
+                    )
                 if step == steps:
                     break
         from jevons.plugins.modality_experts_report import expert_figures
 
-        return {"curve": curve, "seconds": time.perf_counter() - started, "parameters": sum(p.numel() for p in model.parameters()),
-                "experts": expert_figures(layers) if layers else {}}
+        return {
+            "curve": curve,
+            "seconds": time.perf_counter() - started,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "experts": expert_figures(layers) if layers else {},
+        }
 
 
 def flops_to_reach(curve: list[dict[str, Any]], key: str, target: float) -> float | None:
@@ -182,9 +196,12 @@ def main() -> None:
         for routing in ("auxiliary", "expert_choice"):
             figures[f"{arm}_final_val_loss_{routing}_routing"] = runs[arm]["curve"][-1][f"loss_{routing}_routing"]
     details = {
-        "steps": steps, "eval_every": eval_every, "batch_size": 32, "arms": ARMS,
+        "steps": steps,
+        "eval_every": eval_every,
+        "batch_size": 32,
+        "arms": ARMS,
         "flop_counting": "analytic, training = 3 x forward; per real token: 8C^2 projections, causal attention 2TC, "
-                         "head 2CV, FFN 6CF per measured expert assignment (dense: one per token), routers 2CE each",
+        "head 2CV, FFN 6CF per measured expert assignment (dense: one per token), routers 2CE each",
         "runs": runs,
     }
     write_result("modality_experts", args.quick, figures, TARGETS, details)

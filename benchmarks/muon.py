@@ -58,7 +58,8 @@ def _setup(optimizer: str, lr: float, seed: int, extra: list[str]) -> tuple[Any,
     manager = PluginManager.load(autoload=False)
     plugins = "[muon]" if optimizer == "muon" else "[]"
     config = compose_config(
-        manager, ["recipe=llm_tiny", f"plugins={plugins}", f"optimizer.lr={lr}", f"seed={seed}", "data.num_workers=0", *extra]
+        manager,
+        ["recipe=llm_tiny", f"plugins={plugins}", f"optimizer.lr={lr}", f"seed={seed}", "data.num_workers=0", *extra],
     )
     family = manager.family(config.family)
     pl.seed_everything(seed, verbose=False)
@@ -126,14 +127,18 @@ def train_step_times(best: dict[str, float], rounds: int, steps: int) -> dict[st
     return {name: median(values) for name, values in times.items()}
 
 
-def sweep(optimizer: str, lrs: list[float], seeds: list[int], steps: int, eval_every: int, extend: bool) -> dict[float, list[dict]]:
+def sweep(
+    optimizer: str, lrs: list[float], seeds: list[int], steps: int, eval_every: int, extend: bool
+) -> dict[float, list[dict]]:
     """Runs per learning rate; widened by factors of 2 until the best rate is strictly inside."""
     runs: dict[float, list[dict]] = {}
 
     def run(lr: float) -> None:
         runs[lr] = [train_curve(optimizer, lr, seed, steps, eval_every, []) for seed in seeds]
         finals = [r["curve"][-1][2] for r in runs[lr]]
-        print(f"{optimizer} lr={lr:g}: final val loss {statistics.mean(finals):.4f} over {len(seeds)} seed(s)", flush=True)
+        print(
+            f"{optimizer} lr={lr:g}: final val loss {statistics.mean(finals):.4f} over {len(seeds)} seed(s)", flush=True
+        )
 
     for lr in lrs:
         run(lr)
@@ -163,17 +168,32 @@ def step_time_vs_torch_muon(rounds: int, steps: int) -> tuple[float, float, floa
     from jevons.plugins.muon_optimizer import Muon, parameter_groups
 
     with distributed.initialized(ParallelConfig()):
-        config, model, *_ = _setup("muon", 3e-3, 0, [])
+        _config, model, *_ = _setup("muon", 3e-3, 0, [])
         shapes = [a.param.shape for a in split_parameters(model)[0]]
     torch.manual_seed(0)
     ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     grads = [torch.randn(s) for s in shapes]
-    groups = parameter_groups([(p, "matrix") for p in ours], [], [], lr=0.02, muon_lr=0.02, weight_decay=0.0, muon_weight_decay=0.0,
-                              momentum=0.95, nesterov=True, ns_steps=5, rule="keller", betas=(0.9, 0.95), eps=1e-8)
+    groups = parameter_groups(
+        [(p, "matrix") for p in ours],
+        [],
+        [],
+        lr=0.02,
+        muon_lr=0.02,
+        weight_decay=0.0,
+        muon_weight_decay=0.0,
+        momentum=0.95,
+        nesterov=True,
+        ns_steps=5,
+        rule="keller",
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
     dispatch.force({})
     jevons_muon = Muon(groups, newton_schulz=dispatch.get("newton_schulz"))
-    torch_muon = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, adjust_lr_fn="original")
+    torch_muon = torch.optim.Muon(
+        theirs, lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, adjust_lr_fn="original"
+    )
     times: dict[str, list[float]] = {"jevons": [], "torch": []}
     for round_index in range(rounds):
         arms = [("jevons", jevons_muon, ours), ("torch", torch_muon, theirs)]
@@ -218,7 +238,9 @@ def _add_short_schedule(path) -> None:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     def options(parser) -> None:  # type: ignore[no-untyped-def]
-        parser.add_argument("--short-schedule-only", action="store_true", help="run part 4 and add it to results/muon.json")
+        parser.add_argument(
+            "--short-schedule-only", action="store_true", help="run part 4 and add it to results/muon.json"
+        )
 
     args = parse_args(__doc__.splitlines()[0], options)
     if args.short_schedule_only:
@@ -236,7 +258,9 @@ def main() -> None:
     target = _mean_final(results["adamw"][best["adamw"]])
     budget = statistics.mean(r["curve"][-1][1] for r in results["adamw"][best["adamw"]])
     # Interpolated between evaluations, as `jevons compare` reads steps to a target.
-    reached = [first_reach([(tokens, loss) for _, tokens, loss in r["curve"]], target) for r in results["muon"][best["muon"]]]
+    reached = [
+        first_reach([(tokens, loss) for _, tokens, loss in r["curve"]], target) for r in results["muon"][best["muon"]]
+    ]
     tokens_muon = statistics.mean(t if t is not None else math.inf for t in reached)
     short_runs = short_schedule(best["muon"], seeds, steps, eval_every)
     step_ratio, ours_s, theirs_s = step_time_vs_torch_muon(6, 30)
@@ -249,7 +273,9 @@ def main() -> None:
         for lr in sorted(runs):
             finals = [r["curve"][-1][2] for r in runs[lr]]
             spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
-            rows.append([name, f"{lr:g}", f"{statistics.mean(finals):.4f}", f"{spread:.4f}", "best" if lr == best[name] else ""])
+            rows.append(
+                [name, f"{lr:g}", f"{statistics.mean(finals):.4f}", f"{spread:.4f}", "best" if lr == best[name] else ""]
+            )
     curves = {name: {f"{best[name]:g}": [r["curve"] for r in results[name][best[name]]]} for name in results}
     figures = {
         "tokens_to_adamw_loss_ratio": token_ratio,
@@ -271,8 +297,12 @@ def main() -> None:
         "steps": steps,
         "seeds": seeds,
         "muon_tokens_per_seed": reached,
-        "tables": {"Learning-rate sweep (final validation loss, mean and stdev over seeds)": {
-            "columns": ["optimizer", "lr", "final val loss", "stdev", ""], "rows": rows}},
+        "tables": {
+            "Learning-rate sweep (final validation loss, mean and stdev over seeds)": {
+                "columns": ["optimizer", "lr", "final val loss", "stdev", ""],
+                "rows": rows,
+            }
+        },
         "curves_at_best_lr": curves,
         "short_schedule_curves": [r["curve"] for r in short_runs],
     }

@@ -1,6 +1,6 @@
 """Write BENCHMARKS.md from the committed full-run results (benchmarks/results/*.json).
 
-    python benchmarks/report.py
+python benchmarks/report.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operat
 def verdict(value: float, target: str) -> str:
     for symbol in ("<=", ">=", "<", ">"):
         if target.startswith(symbol):
-            return "met" if OPERATORS[symbol](value, float(target[len(symbol):])) else "**missed**"
+            return "met" if OPERATORS[symbol](value, float(target[len(symbol) :])) else "**missed**"
     return "?"
 
 
@@ -33,10 +33,18 @@ def section(result: dict) -> str:
     targets = result.get("targets", {})
     for name, value in result["figures"].items():
         target = targets.get(name, "")
-        lines.append(f"| `{name}` | {value:.4g} | {target or 'reported'} | {verdict(value, target) if target else ''} |")
+        lines.append(
+            f"| `{name}` | {value:.4g} | {target or 'reported'} | {verdict(value, target) if target else ''} |"
+        )
     tables = result.get("details", {}).get("tables", {})
     for title, table in tables.items():
-        lines += ["", f"**{title}**", "", "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+        lines += [
+            "",
+            f"**{title}**",
+            "",
+            "| " + " | ".join(table["columns"]) + " |",
+            "|" + "---|" * len(table["columns"]),
+        ]
         lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in table["rows"]]
     return "\n".join(lines)
 

@@ -72,14 +72,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for method in ("tdm", "boss"):
             started = time.perf_counter()
-            result = train(["recipe=image_distill_tiny", f"model.pretrained={TEACHER}", f"step_distillation.method={method}",
-                            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "data.batch_size=16",
-                            "sample.fd_samples=0", f"run.root={root}", "trainer.progress_bar=false"], autoload=False)
-            trained[method] = {"seconds": time.perf_counter() - started, "val_loss": result.summary["val_loss"],
-                               "figures": result.summary["plugin_figures"]["step_distillation"]}
+            result = train(
+                [
+                    "recipe=image_distill_tiny",
+                    f"model.pretrained={TEACHER}",
+                    f"step_distillation.method={method}",
+                    f"trainer.max_steps={steps}",
+                    f"trainer.val_check_interval={steps}",
+                    "data.batch_size=16",
+                    "sample.fd_samples=0",
+                    f"run.root={root}",
+                    "trainer.progress_bar=false",
+                ],
+                autoload=False,
+            )
+            trained[method] = {
+                "seconds": time.perf_counter() - started,
+                "val_loss": result.summary["val_loss"],
+                "figures": result.summary["plugin_figures"]["step_distillation"],
+            }
             runs[method] = result.run_dir
-            print(f"{method}: {steps} steps in {trained[method]['seconds']:.0f} s, val MSE to teacher {result.summary['val_loss']:.4f}",
-                  flush=True)
+            print(
+                f"{method}: {steps} steps in {trained[method]['seconds']:.0f} s, val MSE to teacher {result.summary['val_loss']:.4f}",
+                flush=True,
+            )
 
         with distributed.initialized(ParallelConfig()):
             teacher = DiffusionModel.from_pretrained(TEACHER, tokens=config.conditioning.tokens).eval()
@@ -92,12 +108,15 @@ def main() -> None:
             scores, samples = {}, {}
             for name, sampler in arms.items():
                 scores[name] = quality(sampler, shape, real, images, count, 250, seed=10_000)
-                samples[name] = torch.cat([sampler(labels[i : i + 250], shape, seed=20_000 + i) for i in range(0, count, 250)])
+                samples[name] = torch.cat(
+                    [sampler(labels[i : i + 250], shape, seed=20_000 + i) for i in range(0, count, 250)]
+                )
                 print(f"{name}: FD {scores[name]['fd']:.2f}, accuracy {scores[name]['accuracy']:.3f}", flush=True)
             for name in arms:
                 scores[name]["mse_to_teacher50"] = float((samples[name] - samples["teacher50"]).pow(2).mean())
-                scores[name]["diversity_ratio"] = (within_class_diversity(samples[name], labels)
-                                                   / within_class_diversity(samples["teacher50"], labels))
+                scores[name]["diversity_ratio"] = within_class_diversity(
+                    samples[name], labels
+                ) / within_class_diversity(samples["teacher50"], labels)
             rates = _rates(arms, labels[:250], shape, 2 if args.quick else 5)
 
     teacher50 = scores["teacher50"]
@@ -113,15 +132,36 @@ def main() -> None:
         figures[f"{name}_diversity_ratio"] = score["diversity_ratio"]
         figures[f"{name}_mse_to_teacher50"] = score["mse_to_teacher50"]
         figures[f"{name}_images_per_s"] = rates[name]
-    rows = [[name, f"{s['fd']:.2f}", f"{s['fd'] / teacher50['fd']:.3f}", f"{s['accuracy']:.3f}", f"{s['mse_to_teacher50']:.4f}",
-             f"{s['diversity_ratio']:.3f}", f"{rates[name]:.1f}"] for name, s in scores.items()]
+    rows = [
+        [
+            name,
+            f"{s['fd']:.2f}",
+            f"{s['fd'] / teacher50['fd']:.3f}",
+            f"{s['accuracy']:.3f}",
+            f"{s['mse_to_teacher50']:.4f}",
+            f"{s['diversity_ratio']:.3f}",
+            f"{rates[name]:.1f}",
+        ]
+        for name, s in scores.items()
+    ]
     details = {
-        "distillation": f"{steps} steps x 16 noise seeds, image_distill_tiny (lr 1e-4, constant)", "samples": count,
+        "distillation": f"{steps} steps x 16 noise seeds, image_distill_tiny (lr 1e-4, constant)",
+        "samples": count,
         "training": trained,
-        "tables": {"4-step students against the teacher": {
-            "columns": ["arm", "Fréchet distance", "FD / teacher 50", "accuracy", "MSE to teacher 50 (same noise)",
-                        "diversity / teacher 50", "images/s"],
-            "rows": rows}},
+        "tables": {
+            "4-step students against the teacher": {
+                "columns": [
+                    "arm",
+                    "Fréchet distance",
+                    "FD / teacher 50",
+                    "accuracy",
+                    "MSE to teacher 50 (same noise)",
+                    "diversity / teacher 50",
+                    "images/s",
+                ],
+                "rows": rows,
+            }
+        },
     }
     write_result("step_distillation", args.quick, figures, TARGETS, details)
 

@@ -12,11 +12,12 @@ across runs.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Protocol, Union, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 from jevons.framework.text_table import format_table, format_value
 
-Figure = Union[float, int, str]
+Figure = float | int | str
 
 
 @runtime_checkable

@@ -17,8 +17,9 @@ pins this order.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -73,7 +74,9 @@ def _dataset(objective: Objective, family: Family, config: Config, split: str) -
     return own if own is not None else family.build_dataset(config, split)
 
 
-def build_model_and_objective(manager: PluginManager, family: Family, config: Config) -> tuple[torch.nn.Module, Objective, dict[str, str]]:
+def build_model_and_objective(
+    manager: PluginManager, family: Family, config: Config
+) -> tuple[torch.nn.Module, Objective, dict[str, str]]:
     """The first steps of the build, shared with loading a run for inference."""
     enabled = config.plugins
     model = family.build_model(config)
@@ -112,7 +115,11 @@ def _replace(
     replaced: dict[str, str],
     **kwargs: Any,
 ) -> None:
-    answers = [(plugin, answer) for plugin, answer in manager.call_each(hook, enabled, module=module, name=name, **kwargs) if answer is not None]
+    answers = [
+        (plugin, answer)
+        for plugin, answer in manager.call_each(hook, enabled, module=module, name=name, **kwargs)
+        if answer is not None
+    ]
     if not answers:
         return
     if len(answers) > 1:
@@ -127,7 +134,9 @@ def _replace(
     elif hasattr(module, "set_processor"):  # a diffusers attention processor: parameter names are kept
         module.set_processor(replacement)
     else:
-        raise PluginError(plugin, hook, TypeError(f"returned {type(replacement).__name__} for '{name}', expected an nn.Module"))
+        raise PluginError(
+            plugin, hook, TypeError(f"returned {type(replacement).__name__} for '{name}', expected an nn.Module")
+        )
     replaced[name] = plugin
 
 
@@ -136,7 +145,11 @@ def _check_callbacks(manager: PluginManager, enabled: Iterable[str], callbacks: 
 
     for callback in callbacks:
         if not isinstance(callback, pl.Callback):
-            hint = " (a lightning.pytorch.Callback? Jevons uses pytorch_lightning)" if "lightning" in type(callback).__module__ else ""
+            hint = (
+                " (a lightning.pytorch.Callback? Jevons uses pytorch_lightning)"
+                if "lightning" in type(callback).__module__
+                else ""
+            )
             raise UsageError(
                 f"register_callbacks got {type(callback).__name__}{hint}, expected a pytorch_lightning.Callback "
                 f"from one of the plugins {', '.join(enabled)}."

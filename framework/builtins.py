@@ -1,7 +1,7 @@
 """The plugins and families that ship with Jevons.
 
 They are registered through the same plugin manager, and the same hooks, as a
-third-party package's entry point (STYLE.md, 3): first the families, then the
+third-party package's entry point (docs/architecture.md, "Conventions"): first the families, then the
 kernels, then the method plugins. ``JEVONS_DISABLE_PLUGIN_AUTOLOAD`` never
 removes these.
 """

@@ -1,7 +1,7 @@
 """The framework's own Lightning callbacks: resumable state, checkpoints, throughput, evaluation.
 
 Training events are observed through Lightning callbacks, never a second
-copy of Lightning's events in pluggy (STYLE.md, 6).
+copy of Lightning's events in pluggy (docs/architecture.md, "Conventions").
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class ResumableState(pl.Callback):
         if trainer.current_epoch != self._epoch:  # a new epoch, not the one a resume continues
             self._epoch, self.position = trainer.current_epoch, 0
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._pending_rng is not None:
             _set_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -136,7 +138,7 @@ class Throughput(pl.Callback):
         weight = getattr(pl_module, "last_weight", 0)
         self.total_weight += weight
         self.total_seconds += seconds
-        self._recent = (self._recent + [(weight, seconds)])[-20:]
+        self._recent = ([*self._recent, (weight, seconds)])[-20:]
         # Lightning's log() costs ~1 ms on CPU (measured: 3% of an llm_tiny step for three calls), and
         # loggers only record every log_every_n_steps: log on those steps alone.
         if not getattr(trainer._logger_connector, "should_update_logs", True):
@@ -174,7 +176,9 @@ class Evaluation(pl.Callback):
             return
         self.last_step = trainer.global_step
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        tensorboard = next((lg.experiment for lg in trainer.loggers if isinstance(lg, pl.loggers.TensorBoardLogger)), None)
+        tensorboard = next(
+            (lg.experiment for lg in trainer.loggers if isinstance(lg, pl.loggers.TensorBoardLogger)), None
+        )
         context = EvalContext(
             model=pl_module.model,
             generator=pl_module.generator,

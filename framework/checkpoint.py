@@ -1,4 +1,4 @@
-"""The one checkpoint format (DESIGN.md, "Checkpoints").
+"""The one checkpoint format (docs/architecture.md, "Checkpoints").
 
 A checkpoint is a directory per step::
 
@@ -29,8 +29,9 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -141,7 +142,7 @@ def _full_state(module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
     """Model and optimizer state by parameter name; tensor-parallel shards wrapped as DTensors.
 
     DCP takes same-named plain tensors on different ranks for replicas and keeps
-    one of them, which silently loses the other shards (measured, DESIGN.md);
+    one of them, which silently loses the other shards (measured, docs/architecture.md);
     as ``Shard(partition_dim)`` DTensors over the TP group they are saved whole
     and reload into any TP layout. Data-parallel replicas are deduplicated.
     """
@@ -168,8 +169,8 @@ def _tensor_parallel_sharding(module: torch.nn.Module) -> dict[str, tuple[int, t
 
 
 def _wrap_shards(state: dict[str, Any], sharding: dict[str, tuple[int, torch.Size]]) -> None:
-    from torch.distributed.tensor import DTensor, Shard
     from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Shard
 
     from jevons.framework.tensor_parallel import tensor_parallel_group
 
@@ -272,7 +273,9 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
     try:
         state = torch.load(state_file, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
-        raise UsageError(f"Refusing to load {state_file}: it holds more than tensors and plain data ({error}).") from None
+        raise UsageError(
+            f"Refusing to load {state_file}: it holds more than tensors and plain data ({error})."
+        ) from None
 
     reader = SafeFileSystemReader(path / "dcp")
     reader.read_metadata()  # refuse a tampered checkpoint here, with our message, before DCP wraps it
@@ -291,7 +294,7 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickles DCP metadata, refusing every global that is not plain checkpoint metadata."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[dict[str, set[str]]] = {
         "torch.distributed.checkpoint.metadata": {
             "Metadata",
             "TensorStorageMetadata",
@@ -339,7 +342,9 @@ class _TensorsOnlyPlanner(DefaultLoadPlanner):
     """Jevons checkpoints keep only tensors in DCP; a pickled object there is refused, not loaded."""
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-        raise UsageError(f"Refusing to unpickle '{read_item.dest_index.fqn}' from a checkpoint: only tensors are expected.")
+        raise UsageError(
+            f"Refusing to unpickle '{read_item.dest_index.fqn}' from a checkpoint: only tensors are expected."
+        )
 
 
 def _rank_world() -> tuple[int, int]:

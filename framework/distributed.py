@@ -1,6 +1,6 @@
 """Process groups: ``torch.distributed`` from the environment, then Megatron-Core's ``parallel_state``.
 
-Step 3 of a run's lifecycle (DESIGN.md): in every process, before any model is
+Step 3 of a run's lifecycle (docs/architecture.md): in every process, before any model is
 built. The environment is torchrun-style (``RANK``, ``WORLD_SIZE``,
 ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_RANK``) or Slurm-style
 (``SLURM_PROCID``, ``SLURM_NTASKS``); a process with neither is a world of one,
@@ -11,9 +11,9 @@ these groups and never creates its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -32,10 +32,12 @@ class ProcessEnv:
 def process_env() -> ProcessEnv:
     """This process' rank, world size and local rank, from torchrun's or Slurm's variables."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return ProcessEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+        return ProcessEnv(
+            int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+        )
     if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
         return ProcessEnv(
-            int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", 0))
+            int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", "0"))
         )
     return ProcessEnv(0, 1, 0)
 

@@ -2,13 +2,13 @@
 
 A :class:`UsageError` is shown without a traceback and ends the command with
 exit code 2. Its message says what was given, what was expected, and how to fix
-it (STYLE.md, 11).
+it (docs/architecture.md, "Conventions").
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class JevonsError(Exception):

@@ -1,6 +1,6 @@
 """Every hook a Jevons plugin can implement, in one place.
 
-Naming follows one rule (DESIGN.md, "Hooks"):
+Naming follows one rule (docs/architecture.md, "Hooks"):
 
 * ``register_*`` hooks are called on every loaded plugin. Each plugin calls the
   ``register`` callback it is given; registering a name twice is a
@@ -24,7 +24,8 @@ The build order in which these hooks are called is a contract, documented in
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

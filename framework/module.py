@@ -18,7 +18,7 @@ Two parallel details live here because every objective needs them:
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -149,8 +149,10 @@ class JevonsModule(pl.LightningModule):
         }
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: Optional[Union[int, float]] = None,
-        gradient_clip_algorithm: Optional[str] = None,
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: int | float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         if self._groups.tensor_parallel_size == 1 or not gradient_clip_val:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)

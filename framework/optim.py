@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -23,7 +23,7 @@ class Optimization:
     """An optimizer and, optionally, its own per-step LR scheduler."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
 def default_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:

@@ -1,6 +1,6 @@
 """Loading plugins and calling their hooks.
 
-Step 1 of a run's lifecycle (DESIGN.md): built-ins first, then third-party
+Step 1 of a run's lifecycle (docs/architecture.md): built-ins first, then third-party
 entry points in the group ``jevons`` (skipped, not even imported, when
 ``JEVONS_DISABLE_PLUGIN_AUTOLOAD=1``); then every plugin's ``register_*`` hooks
 fill the registries of families, recipes, config sections and kernels.
@@ -18,9 +18,10 @@ import importlib.metadata
 import os
 import sys
 import traceback
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import pluggy
 import yaml
@@ -74,7 +75,7 @@ class PluginManager:
     # -- loading -------------------------------------------------------------
 
     @classmethod
-    def load(cls, extra: Sequence[tuple[str, object]] = (), autoload: bool | None = None) -> "PluginManager":
+    def load(cls, extra: Sequence[tuple[str, object]] = (), autoload: bool | None = None) -> PluginManager:
         """Built-ins, then entry points (unless disabled), then ``extra`` plugins; then collect."""
         manager = cls()
         from jevons.framework import __version__
@@ -114,10 +115,14 @@ class PluginManager:
         from jevons.kernels import dispatch
 
         for impl in self._impls("register_recipes"):
-            self._call_impl(impl, "register_recipes", register=lambda item, _p=impl.plugin_name: self._add_recipes(item, _p))
+            self._call_impl(
+                impl, "register_recipes", register=lambda item, _p=impl.plugin_name: self._add_recipes(item, _p)
+            )
         for impl in self._impls("register_config"):
             self._call_impl(
-                impl, "register_config", register=lambda name, schema, _p=impl.plugin_name: self._add_section(name, schema, _p)
+                impl,
+                "register_config",
+                register=lambda name, schema, _p=impl.plugin_name: self._add_section(name, schema, _p),
             )
         for impl in self._impls("register_kernels"):
             self._call_impl(impl, "register_kernels", register=dispatch.registrar(impl.plugin_name))
@@ -135,7 +140,9 @@ class PluginManager:
             self.families[item.name] = Registered(item, plugin)
             directory, family = item.recipe_dir, item.name
         else:
-            raise PluginError(plugin, "register_recipes", TypeError(f"expected a Family or RecipeDirectory, got {item!r}"))
+            raise PluginError(
+                plugin, "register_recipes", TypeError(f"expected a Family or RecipeDirectory, got {item!r}")
+            )
         if directory is None:
             return
         for path in sorted(Path(directory).glob("*.yaml")):
@@ -205,7 +212,9 @@ class PluginManager:
                 raise UsageError(f"Plugin '{name}' does not support recipe family '{family.name}': {reason}.")
             for other in self.info(name).conflicts:
                 if other in seen:
-                    raise UsageError(f"Plugins '{name}' and '{other}' cannot run together: '{name}' declares a conflict.")
+                    raise UsageError(
+                        f"Plugins '{name}' and '{other}' cannot run together: '{name}' declares a conflict."
+                    )
         for hook in MAKE_HOOKS:
             answering = [impl.plugin_name for impl in self._impls(hook, enabled) if not _is_wrapper(impl)]
             if len(answering) > 1:

@@ -9,11 +9,13 @@ from different machines, versions or plugin sets compare alike.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from jevons.framework.errors import UsageError
 from jevons.framework.text_table import format_value
@@ -32,7 +34,7 @@ class RunRecord:
         plugins = self.summary.get("plugins", "none")
         return f"{self.summary.get('recipe', '?')} [{plugins}] ({self.path.name})"
 
-    def seconds_at(self, step: float) -> Optional[float]:
+    def seconds_at(self, step: float) -> float | None:
         """Training seconds at ``step``, interpolated from the logged ``time/train_s``."""
         return _interpolate(self.curves.get("time/train_s", []), step)
 
@@ -41,7 +43,11 @@ def load_run(path: Path) -> RunRecord:
     path = Path(path)
     summary_path = path / "summary.json"
     if not summary_path.is_file():
-        hint = " (it has checkpoints: the run did not finish; resume it to get a summary)" if (path / "checkpoints").is_dir() else ""
+        hint = (
+            " (it has checkpoints: the run did not finish; resume it to get a summary)"
+            if (path / "checkpoints").is_dir()
+            else ""
+        )
         raise UsageError(f"{path} is not a finished run directory: no summary.json{hint}.")
     record = RunRecord(path, json.loads(summary_path.read_text()))
     metrics = path / "metrics.csv"
@@ -56,20 +62,20 @@ def load_run(path: Path) -> RunRecord:
     return record
 
 
-def _interpolate(points: Sequence[tuple[float, float]], x: float) -> Optional[float]:
+def _interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
     if not points:
         return None
     if x <= points[0][0]:
         return points[0][1]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 <= x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return points[-1][1]
 
 
-def first_reach(points: Sequence[tuple[float, float]], target: float) -> Optional[float]:
+def first_reach(points: Sequence[tuple[float, float]], target: float) -> float | None:
     """The first x where the curve reaches ``target`` or below, linearly interpolated; None if never."""
-    previous: Optional[tuple[float, float]] = None
+    previous: tuple[float, float] | None = None
     for x, y in points:
         if y <= target:
             if previous is None or previous[1] == y:
@@ -80,7 +86,7 @@ def first_reach(points: Sequence[tuple[float, float]], target: float) -> Optiona
     return None
 
 
-def comparison_rows(runs: Sequence[RunRecord], target: Optional[float] = None) -> tuple[list[str], list[list[str]], float]:
+def comparison_rows(runs: Sequence[RunRecord], target: float | None = None) -> tuple[list[str], list[list[str]], float]:
     """``(header, rows, target)``: one row per figure, one column per run.
 
     ``target`` defaults to the highest final validation loss among the runs (a
@@ -105,7 +111,10 @@ def comparison_rows(runs: Sequence[RunRecord], target: Optional[float] = None) -
         add(key, [(r.summary.get("metrics") or {}).get(key) for r in runs])
     steps_to = [first_reach(r.curves.get("val/loss", []), target) for r in runs]
     add(f"steps_to_val_loss<={target:.4g}", steps_to)
-    add(f"train_s_to_val_loss<={target:.4g}", [r.seconds_at(s) if s is not None else None for r, s in zip(runs, steps_to)])
+    add(
+        f"train_s_to_val_loss<={target:.4g}",
+        [r.seconds_at(s) if s is not None else None for r, s in zip(runs, steps_to)],
+    )
     plugins = sorted({p for r in runs for p in (r.summary.get("plugin_figures") or {})})
     for plugin in plugins:
         names = sorted({n for r in runs for n in (r.summary.get("plugin_figures") or {}).get(plugin, {})})
@@ -124,7 +133,10 @@ def plot_losses(runs: Sequence[RunRecord], out: Path, title: str = "") -> Path:
     figure, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     for index, run in enumerate(runs):
         colour = f"C{index}"
-        for metric, style in (("train/loss", dict(alpha=0.35, linewidth=1)), ("val/loss", dict(marker="o", markersize=3))):
+        for metric, style in (
+            ("train/loss", {"alpha": 0.35, "linewidth": 1}),
+            ("val/loss", {"marker": "o", "markersize": 3}),
+        ):
             points = run.curves.get(metric, [])
             if not points:
                 continue
@@ -160,9 +172,14 @@ def plot_run(run: RunRecord, out: Path) -> Path:
     panels = 1 + len(others)
     columns = min(3, panels)
     rows = math.ceil(panels / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), constrained_layout=True, squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(5 * columns, 3.8 * rows), constrained_layout=True, squeeze=False
+    )
     flat = [a for row in axes for a in row]
-    for metric, style in (("train/loss", dict(alpha=0.5, linewidth=1)), ("val/loss", dict(marker="o", markersize=3))):
+    for metric, style in (
+        ("train/loss", {"alpha": 0.5, "linewidth": 1}),
+        ("val/loss", {"marker": "o", "markersize": 3}),
+    ):
         points = run.curves.get(metric, [])
         if points:
             flat[0].plot([s for s, _ in points], [v for _, v in points], label=metric, **style)

@@ -1,4 +1,4 @@
-"""The lifecycle of ``train recipe=NAME a.b=c ...`` (DESIGN.md), start to end.
+"""The lifecycle of ``train recipe=NAME a.b=c ...`` (docs/architecture.md), start to end.
 
 1. load plugins (light)         :class:`~jevons.framework.plugin_manager.PluginManager`
 2. compose and validate config  :func:`~jevons.framework.config.compose.compose_config`
@@ -13,9 +13,10 @@ Steps 1-2 import no torch, so a mistake is reported in about a second.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import Config
@@ -73,8 +74,12 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             rundir.write_run_files(run_dir, config, {name: manager.versions[name] for name in manager.names()})
         config_yaml = rundir.config_yaml(config)
         module = JevonsModule(
-            built.model, built.objective, built.optimization, built.generator,
-            nonfinite=config.trainer.nonfinite, max_consecutive_nonfinite=config.trainer.max_consecutive_nonfinite,
+            built.model,
+            built.objective,
+            built.optimization,
+            built.generator,
+            nonfinite=config.trainer.nonfinite,
+            max_consecutive_nonfinite=config.trainer.max_consecutive_nonfinite,
         )
         module.datasets = built.datasets
         trainer, ours = make_trainer(config, family, built, run_dir, config_yaml, _step_or_none(resume_from))
@@ -91,7 +96,15 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             trainer.validate(module, loaders["val"], verbose=False)
 
         summary = run_summary(
-            config, trainer, ours, module, built.datasets, run_dir, resume_from, train_loss, time.perf_counter() - started
+            config,
+            trainer,
+            ours,
+            module,
+            built.datasets,
+            run_dir,
+            resume_from,
+            train_loss,
+            time.perf_counter() - started,
         )
         if distributed.is_rank_zero():
             rundir.write_summary(run_dir, summary)

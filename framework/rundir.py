@@ -1,4 +1,4 @@
-"""Step 5 of a run: the run directory and what makes a run reproducible (STYLE.md, 12).
+"""Step 5 of a run: the run directory and what makes a run reproducible (docs/architecture.md, "Conventions").
 
 ``runs/<recipe>/<timestamp>/`` by default, holding ``config.yaml`` (written
 first), ``versions.json`` (Python, torch, Lightning, Megatron-Core, Jevons and

@@ -1,7 +1,7 @@
 """Lightning strategies that adopt Jevons' process groups and own the checkpoint format.
 
 The launcher initialised ``torch.distributed`` and Megatron's ``parallel_state``
-before anything was built (DESIGN.md); these strategies never create groups.
+before anything was built (docs/architecture.md); these strategies never create groups.
 One process: :class:`JevonsStrategy`. Several: :class:`JevonsParallelStrategy`,
 Lightning's DDP wrapper with Megatron's *data-parallel* group as its process
 group, so gradients are averaged across data-parallel replicas only (tensor-
@@ -18,8 +18,9 @@ DTensors, loaded *in place* once the optimizers exist
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,7 +47,7 @@ class _FrameworkCheckpoints:
             path.parent, step_of(path), self.lightning_module, self.optimizers, state, self.config_yaml, self.keep_last
         )
 
-    def load_checkpoint(self, checkpoint_path: Any, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
         state = load_checkpoint(Path(checkpoint_path), self.lightning_module, self.optimizers)
         # Already loaded in place; Lightning only needs the keys to exist.
         return {**state, "state_dict": {}, "optimizer_states": []}
@@ -115,6 +116,8 @@ class JevonsParallelStrategy(_FrameworkCheckpoints, DDPStrategy):
     def world_size(self) -> int:
         return dist.get_world_size()
 
-    def reduce(self, tensor: Any, group: Optional[Any] = None, reduce_op: Optional[Union[str, Any]] = "mean") -> Any:
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: str | Any | None = "mean") -> Any:
         """Metrics are reduced over the data-parallel group (TP peers already agree)."""
-        return super().reduce(tensor, group=group if group is not None else self.data_parallel_group, reduce_op=reduce_op)
+        return super().reduce(
+            tensor, group=group if group is not None else self.data_parallel_group, reduce_op=reduce_op
+        )

@@ -1,6 +1,6 @@
 """A thin adapter over Megatron-Core's tensor-parallel layers: one code path at every TP size.
 
-Families build their models from these, at TP=1 too (DESIGN.md,
+Families build their models from these, at TP=1 too (docs/architecture.md,
 "Parallelism"). Megatron's linear layers return ``(output, bias)``; these
 subclasses return the output alone, with the bias added, and keep Megatron's
 parameter names (``weight``, ``bias``) and its partition attributes
@@ -15,7 +15,7 @@ shards of the model built at TP=1 from the same seed.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel

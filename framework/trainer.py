@@ -7,6 +7,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
@@ -36,7 +37,9 @@ def make_trainer(
 ) -> tuple[pl.Trainer, FrameworkCallbacks]:
     trainer_cfg = config.trainer
     device = torch.device("cuda", torch.cuda.current_device()) if _use_cuda(config) else torch.device("cpu")
-    checkpoint = PeriodicCheckpoint(run_dir / CHECKPOINTS, config.checkpoint.every_n_steps, config.checkpoint.save_final)
+    checkpoint = PeriodicCheckpoint(
+        run_dir / CHECKPOINTS, config.checkpoint.every_n_steps, config.checkpoint.save_final
+    )
     ours = FrameworkCallbacks(
         state=ResumableState(built.batch_samplers["train"]),
         checkpoint=checkpoint,
@@ -45,7 +48,12 @@ def make_trainer(
         preemption=Preemption(checkpoint, requeue_marker(run_dir)),
     )
     callbacks: list[pl.Callback] = [
-        ours.state, ours.throughput, ours.checkpoint, ours.preemption, ours.evaluation, *built.callbacks
+        ours.state,
+        ours.throughput,
+        ours.checkpoint,
+        ours.preemption,
+        ours.evaluation,
+        *built.callbacks,
     ]
     if trainer_cfg.progress_bar:
         # A bar redrawn every step floods logs that are not a terminal.

@@ -8,7 +8,8 @@ never imported on a machine that does not use it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from jevons.framework.plugin import hookimpl
 

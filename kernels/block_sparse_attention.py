@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,8 +43,10 @@ def check_block_mask(q: torch.Tensor, block_mask: torch.Tensor, block_size: int)
     batch, heads, length, _ = q.shape
     n = num_blocks(length, block_size)
     if block_mask.shape != (batch, heads, n, n) or block_mask.dtype != torch.bool:
-        raise ValueError(f"block_mask must be bool of shape {(batch, heads, n, n)} for S={length}, block_size={block_size}; "
-                         f"got {block_mask.dtype} {tuple(block_mask.shape)}.")
+        raise ValueError(
+            f"block_mask must be bool of shape {(batch, heads, n, n)} for S={length}, block_size={block_size}; "
+            f"got {block_mask.dtype} {tuple(block_mask.shape)}."
+        )
     if not block_mask.any(-1).all():
         raise ValueError("every query block must keep at least one key block (keep the diagonal).")
 
@@ -55,8 +57,14 @@ def expand_block_mask(block_mask: torch.Tensor, block_size: int, length: int) ->
     return tokens[..., :length, :length]
 
 
-def block_sparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor,
-                                     block_size: int, scale: Optional[float] = None) -> torch.Tensor:
+def block_sparse_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+) -> torch.Tensor:
     check_block_mask(q, block_mask, block_size)
     mask = expand_block_mask(block_mask, block_size, q.shape[-2])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
@@ -101,8 +109,14 @@ class _GatherRows(torch.autograd.Function):
         return grad.new_zeros(ctx.num_rows, *grad.shape[1:]).index_add_(0, index, grad), None
 
 
-def block_sparse_attention_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor,
-                                  block_size: int, scale: Optional[float] = None) -> torch.Tensor:
+def block_sparse_attention_gather(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+) -> torch.Tensor:
     check_block_mask(q, block_mask, block_size)
     batch, heads, length, dim = q.shape
     n = num_blocks(length, block_size)
@@ -110,7 +124,9 @@ def block_sparse_attention_gather(q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     width = indices.shape[-1]
     rows = batch * heads * n  # one attention problem per query block
     # Row r of the blocked keys is key block r % n of (batch, head) r // n.
-    flat = (torch.arange(batch * heads, device=q.device)[:, None, None] * n + indices.view(batch * heads, n, width)).flatten()
+    flat = (
+        torch.arange(batch * heads, device=q.device)[:, None, None] * n + indices.view(batch * heads, n, width)
+    ).flatten()
     keys = _GatherRows.apply(_blocked(k, block_size).reshape(rows, block_size * dim), flat)
     values = _GatherRows.apply(_blocked(v, block_size).reshape(rows, block_size * dim), flat)
     keys, values = (x.view(rows, 1, width * block_size, dim) for x in (keys, values))
@@ -143,9 +159,17 @@ def flex_block_mask(block_mask: torch.Tensor, block_size: int, length: int):
     return BlockMask.from_kv_blocks(counts.to(torch.int32), full, BLOCK_SIZE=block_size, seq_lengths=(length, length))
 
 
-def block_sparse_attention_flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor,
-                                block_size: int, scale: Optional[float] = None) -> torch.Tensor:
+def block_sparse_attention_flex(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+) -> torch.Tensor:
     """Compiled FlexAttention (its eager form was measured wrong here for block sizes other than 128)."""
     check_block_mask(q, block_mask, block_size)
     mask = flex_block_mask(block_mask, block_size, q.shape[-2])
-    return _compiled_flex_attention()(q, k, v, block_mask=mask, scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    return _compiled_flex_attention()(
+        q, k, v, block_mask=mask, scale=scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    )

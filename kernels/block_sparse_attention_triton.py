@@ -17,22 +17,36 @@ dispatch prefers it (until then it ranks below FlexAttention).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from jevons.kernels.block_sparse_attention import block_sparse_attention_gather, check_block_mask, kept_blocks, num_blocks
+from jevons.kernels.block_sparse_attention import (
+    block_sparse_attention_gather,
+    check_block_mask,
+    kept_blocks,
+    num_blocks,
+)
 
 
 @triton.jit
 def _forward_kernel(
-    Q, K, V, Out, Indices, Counts,
-    length, scale,
-    stride_bh, stride_s,
-    num_query_blocks, max_kept,
-    BLOCK: tl.constexpr, DIM: tl.constexpr,
+    Q,
+    K,
+    V,
+    Out,
+    Indices,
+    Counts,
+    length,
+    scale,
+    stride_bh,
+    stride_s,
+    num_query_blocks,
+    max_kept,
+    BLOCK: tl.constexpr,
+    DIM: tl.constexpr,
 ):
     query_block = tl.program_id(0)
     bh = tl.program_id(1)
@@ -60,11 +74,21 @@ def _forward_kernel(
         acc = acc * correction[:, None] + tl.dot(weights.to(v.dtype), v)
         running_max = new_max
     out = acc / normaliser[:, None]
-    tl.store(Out + base + rows[:, None] * stride_s + columns[None, :], out.to(Out.dtype.element_ty), mask=rows[:, None] < length)
+    tl.store(
+        Out + base + rows[:, None] * stride_s + columns[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=rows[:, None] < length,
+    )
 
 
-def block_sparse_attention_forward_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor,
-                                          block_size: int, scale: Optional[float] = None) -> torch.Tensor:
+def block_sparse_attention_forward_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+) -> torch.Tensor:
     """The kernel alone (no autograd). ``block_size`` and the head dimension must be powers of two >= 16."""
     check_block_mask(q, block_mask, block_size)
     batch, heads, length, dim = q.shape
@@ -76,18 +100,35 @@ def block_sparse_attention_forward_triton(q: torch.Tensor, k: torch.Tensor, v: t
     q, k, v = (x.contiguous().view(batch * heads, length, dim) for x in (q, k, v))
     out = torch.empty_like(q)
     _forward_kernel[(n, batch * heads)](
-        q, k, v, out, indices.to(torch.int32).contiguous(), counts.to(torch.int32).contiguous(),
-        length, scale if scale is not None else 1.0 / math.sqrt(dim),
-        q.stride(0), q.stride(1), n, indices.shape[-1],
-        BLOCK=block_size, DIM=dim,
+        q,
+        k,
+        v,
+        out,
+        indices.to(torch.int32).contiguous(),
+        counts.to(torch.int32).contiguous(),
+        length,
+        scale if scale is not None else 1.0 / math.sqrt(dim),
+        q.stride(0),
+        q.stride(1),
+        n,
+        indices.shape[-1],
+        BLOCK=block_size,
+        DIM=dim,
     )
     return out.view(batch, heads, length, dim)
 
 
 class _TritonAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, block_size: int,
-                scale: Optional[float]) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        block_mask: torch.Tensor,
+        block_size: int,
+        scale: float | None,
+    ) -> torch.Tensor:
         ctx.save_for_backward(q, k, v, block_mask)
         ctx.block_size, ctx.scale = block_size, scale
         return block_sparse_attention_forward_triton(q, k, v, block_mask, block_size, scale)
@@ -102,6 +143,12 @@ class _TritonAttention(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
-def block_sparse_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor,
-                                  block_size: int, scale: Optional[float] = None) -> torch.Tensor:
+def block_sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+) -> torch.Tensor:
     return _TritonAttention.apply(q, k, v, block_mask, block_size, scale)

@@ -8,8 +8,9 @@ imports Triton on a machine that will not use it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
 
@@ -54,7 +55,9 @@ def force(choices: dict[str, str]) -> None:
     """Apply the config's ``kernels`` section, checking every name."""
     for op, name in choices.items():
         if op not in _REGISTRY:
-            raise UsageError(f"kernels.{op}: no such op.{did_you_mean(op, _REGISTRY)} Ops: {format_choices(_REGISTRY)}.")
+            raise UsageError(
+                f"kernels.{op}: no such op.{did_you_mean(op, _REGISTRY)} Ops: {format_choices(_REGISTRY)}."
+            )
         if name not in _REGISTRY[op]:
             raise UsageError(
                 f"kernels.{op}={name!r}: no such implementation.{did_you_mean(name, _REGISTRY[op])} "
@@ -80,7 +83,9 @@ def choose(op: str) -> KernelImpl:
     for impl in implementations(op):
         if impl.available():
             return impl
-    raise UsageError(f"No implementation of kernel op '{op}' is available. Registered: {format_choices(_REGISTRY.get(op, {}))}.")
+    raise UsageError(
+        f"No implementation of kernel op '{op}' is available. Registered: {format_choices(_REGISTRY.get(op, {}))}."
+    )
 
 
 def get(op: str) -> Callable[..., Any]:

@@ -18,7 +18,7 @@ elsewhere; the result has the input's dtype.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +32,7 @@ def newton_schulz_reference(
     steps: int = STEPS,
     coefficients: tuple[float, float, float] = COEFFICIENTS,
     eps: float = EPS,
-    compute_dtype: Optional[torch.dtype] = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Approximately orthogonalise each trailing ``(m, n)`` matrix of ``G`` (plain PyTorch)."""
     return iterate(G, steps, coefficients, eps, compute_dtype, gram=_gram, gram_update=_gram_update)
@@ -43,7 +43,7 @@ def iterate(
     steps: int,
     coefficients: tuple[float, float, float],
     eps: float,
-    compute_dtype: Optional[torch.dtype],
+    compute_dtype: torch.dtype | None,
     gram: Callable[[torch.Tensor], torch.Tensor],
     gram_update: Callable[[torch.Tensor, float, float], torch.Tensor],
 ) -> torch.Tensor:
@@ -79,7 +79,7 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if fast_bf16_matmul(device.type) else torch.float32
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fast_bf16_matmul(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8

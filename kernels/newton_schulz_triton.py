@@ -16,8 +16,6 @@ on a GPU by ``benchmarks/gpu_check.py`` and decides whether dispatch prefers it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -27,13 +25,25 @@ from jevons.kernels.newton_schulz import COEFFICIENTS, EPS, STEPS, iterate
 
 @triton.jit
 def _symmetric_product_kernel(
-    Y, C, Out,
-    M, K,
-    stride_yb, stride_ym, stride_yk,
-    stride_cb, stride_cm, stride_cn,
-    stride_ob, stride_om, stride_on,
-    alpha, beta,
-    HAS_C: tl.constexpr, BLOCK: tl.constexpr, BLOCK_K: tl.constexpr,
+    Y,
+    C,
+    Out,
+    M,
+    K,
+    stride_yb,
+    stride_ym,
+    stride_yk,
+    stride_cb,
+    stride_cm,
+    stride_cn,
+    stride_ob,
+    stride_om,
+    stride_on,
+    alpha,
+    beta,
+    HAS_C: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """One (BLOCK x BLOCK) tile of ``alpha * Y @ Y^T (+ beta * C)``, upper triangle only, mirrored."""
     pid_m = tl.program_id(0)
@@ -49,17 +59,21 @@ def _symmetric_product_kernel(
         k = k0 + ks
         left = tl.load(
             Y + batch * stride_yb + rows[:, None] * stride_ym + k[None, :] * stride_yk,
-            mask=(rows[:, None] < M) & (k[None, :] < K), other=0.0,
+            mask=(rows[:, None] < M) & (k[None, :] < K),
+            other=0.0,
         )
         right = tl.load(
             Y + batch * stride_yb + cols[None, :] * stride_ym + k[:, None] * stride_yk,
-            mask=(cols[None, :] < M) & (k[:, None] < K), other=0.0,
+            mask=(cols[None, :] < M) & (k[:, None] < K),
+            other=0.0,
         )
         acc += tl.dot(left, right)
     acc = acc * alpha
     inside = (rows[:, None] < M) & (cols[None, :] < M)
     if HAS_C:
-        c = tl.load(C + batch * stride_cb + rows[:, None] * stride_cm + cols[None, :] * stride_cn, mask=inside, other=0.0)
+        c = tl.load(
+            C + batch * stride_cb + rows[:, None] * stride_cm + cols[None, :] * stride_cn, mask=inside, other=0.0
+        )
         acc += beta * c.to(tl.float32)
     out = acc.to(Out.dtype.element_ty)
     tl.store(Out + batch * stride_ob + rows[:, None] * stride_om + cols[None, :] * stride_on, out, mask=inside)
@@ -67,7 +81,9 @@ def _symmetric_product_kernel(
         tl.store(Out + batch * stride_ob + cols[None, :] * stride_om + rows[:, None] * stride_on, out, mask=inside)
 
 
-def symmetric_product(Y: torch.Tensor, alpha: float = 1.0, C: Optional[torch.Tensor] = None, beta: float = 0.0) -> torch.Tensor:
+def symmetric_product(
+    Y: torch.Tensor, alpha: float = 1.0, C: torch.Tensor | None = None, beta: float = 0.0
+) -> torch.Tensor:
     """``alpha * Y @ Y^T + beta * C`` for ``Y`` of shape ``(batch, m, k)``; the result is ``(batch, m, m)``.
 
     ``C`` must be symmetric: only its upper tiles are read.
@@ -78,12 +94,25 @@ def symmetric_product(Y: torch.Tensor, alpha: float = 1.0, C: Optional[torch.Ten
     grid = (triton.cdiv(m, block), triton.cdiv(m, block), batch)
     c = C if C is not None else out
     _symmetric_product_kernel[grid](
-        Y, c, out, m, k,
-        Y.stride(0), Y.stride(1), Y.stride(2),
-        c.stride(0), c.stride(1), c.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        alpha, beta,
-        HAS_C=C is not None, BLOCK=block, BLOCK_K=32,
+        Y,
+        c,
+        out,
+        m,
+        k,
+        Y.stride(0),
+        Y.stride(1),
+        Y.stride(2),
+        c.stride(0),
+        c.stride(1),
+        c.stride(2),
+        out.stride(0),
+        out.stride(1),
+        out.stride(2),
+        alpha,
+        beta,
+        HAS_C=C is not None,
+        BLOCK=block,
+        BLOCK_K=32,
     )
     return out
 
@@ -93,11 +122,15 @@ def newton_schulz_triton(
     steps: int = STEPS,
     coefficients: tuple[float, float, float] = COEFFICIENTS,
     eps: float = EPS,
-    compute_dtype: Optional[torch.dtype] = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Same contract as :func:`~jevons.kernels.newton_schulz.newton_schulz_reference`."""
     return iterate(
-        G, steps, coefficients, eps, compute_dtype,
+        G,
+        steps,
+        coefficients,
+        eps,
+        compute_dtype,
         gram=symmetric_product,
         gram_update=lambda A, b, c: symmetric_product(A, alpha=c, C=A, beta=b),  # A symmetric: A A = A A^T
     )

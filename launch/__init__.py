@@ -6,7 +6,8 @@ section; it is read while the config is composed, so this module stays light.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from jevons.framework.config.schema import LauncherConfig
 from jevons.launch.slurm import SlurmLauncherConfig

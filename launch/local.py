@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from jevons.framework.config.schema import Config
 from jevons.framework.errors import UsageError
@@ -45,8 +45,14 @@ def _supervise(config: Config, overrides: Sequence[str]) -> RunResult | None:
     for rank in range(nproc):
         env = dict(os.environ)
         env.update(
-            RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS=str(threads), PYTHONSAFEPATH="1",
+            RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS=str(threads),
+            PYTHONSAFEPATH="1",
         )
         processes.append(subprocess.Popen(command, env=env))
     failed = _wait(processes)
@@ -62,7 +68,9 @@ class RankFailed(UsageError):
 
     def __init__(self, rank: int, code: int, nproc: int) -> None:
         self.exit_code = code if code > 0 else 1
-        super().__init__(f"rank {rank} of {nproc} exited with code {code}; the other ranks were stopped (its output is above).")
+        super().__init__(
+            f"rank {rank} of {nproc} exited with code {code}; the other ranks were stopped (its output is above)."
+        )
 
 
 def _wait(processes: list[subprocess.Popen]) -> tuple[int, int] | None:

@@ -22,9 +22,10 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from jevons.framework.errors import UsageError
 
@@ -42,14 +43,14 @@ class SlurmLauncherConfig:
     nodes: int = 1
     gpus_per_node: int = 0
     """GPUs per node; 0 for a CPU job (gloo)."""
-    tasks_per_node: Optional[int] = None
+    tasks_per_node: int | None = None
     """Processes per node; null means one per GPU, or one on CPU."""
-    cpus_per_task: Optional[int] = None
-    partition: Optional[str] = None
-    account: Optional[str] = None
+    cpus_per_task: int | None = None
+    partition: str | None = None
+    account: str | None = None
     time: str = "01:00:00"
     """Slurm time limit: minutes, MM:SS, HH:MM:SS or D-HH:MM:SS."""
-    job_name: Optional[str] = None
+    job_name: str | None = None
     """Null means ``jevons-<recipe>``."""
     signal_seconds: int = 90
     """Seconds before the time limit at which tasks get SIGUSR1, checkpoint and requeue."""
@@ -59,7 +60,7 @@ class SlurmLauncherConfig:
     """Shell lines run before ``srun``: ``module load cuda``, ``source .venv/bin/activate``."""
     srun_args: list[str] = field(default_factory=list)
     """Extra ``srun`` arguments, e.g. ``[--container-image=nvcr.io/..., --container-mounts=/data:/data]``."""
-    python: Optional[str] = None
+    python: str | None = None
     """The interpreter the tasks run; null means this one."""
     dry_run: bool = False
     """Print the script and submit nothing."""
@@ -70,7 +71,9 @@ class SlurmLauncherConfig:
         require(self.nodes >= 1, "launcher.nodes", self.nodes, "a positive integer")
         require(self.gpus_per_node >= 0, "launcher.gpus_per_node", self.gpus_per_node, "0 or more")
         if self.tasks_per_node is not None:
-            require(self.tasks_per_node >= 1, "launcher.tasks_per_node", self.tasks_per_node, "a positive integer or null")
+            require(
+                self.tasks_per_node >= 1, "launcher.tasks_per_node", self.tasks_per_node, "a positive integer or null"
+            )
         require(self.signal_seconds > 0, "launcher.signal_seconds", self.signal_seconds, "a positive number of seconds")
         require(bool(_TIME.match(self.time)), "launcher.time", self.time, "minutes, MM:SS, HH:MM:SS or D-HH:MM:SS")
 
@@ -107,7 +110,7 @@ def submit(config: Config, overrides: Sequence[str]) -> None:
     path = slurm_dir / "job.sbatch"
     path.write_text(script)
     try:
-        result = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True)
+        result = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
     except FileNotFoundError:
         raise UsageError(
             f"sbatch is not on PATH: cannot submit {path}. Run on a Slurm login node, or use launcher=local."
@@ -141,7 +144,14 @@ def sbatch_script(config: Config, overrides: Sequence[str], run_dir: Path) -> st
         *slurm.sbatch_args,
     ]
     kept = [o for o in overrides if not o.startswith(("run.dir=", "checkpoint.resume=", "launcher.dry_run="))]
-    command = [slurm.python or sys.executable, "-m", "jevons.framework.cli.train", *kept, f"run.dir={run_dir}", "checkpoint.resume=auto"]
+    command = [
+        slurm.python or sys.executable,
+        "-m",
+        "jevons.framework.cli.train",
+        *kept,
+        f"run.dir={run_dir}",
+        "checkpoint.resume=auto",
+    ]
     srun = ["srun", "--kill-on-bad-exit=1", *slurm.srun_args]
     lines = [
         "#!/bin/bash",
@@ -165,7 +175,7 @@ def sbatch_script(config: Config, overrides: Sequence[str], run_dir: Path) -> st
         '    rm -f "$marker"',
         '    job="${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}"',
         '    job="${job:-$SLURM_JOB_ID}"',
-        '    if command -v scontrol >/dev/null; then',
+        "    if command -v scontrol >/dev/null; then",
         '        echo "jevons: checkpoint saved before the time limit; requeueing job $job"',
         '        scontrol requeue "$job"',
         "    else",

@@ -22,7 +22,6 @@ FlexAttention on CUDA, the dense reference for tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
@@ -40,7 +39,7 @@ class BlockSparseAttentionConfig:
     """At least this fraction of key blocks per query block."""
     max_density: float = 0.25
     """At most this fraction of key blocks per query block."""
-    tile: Optional[list[int]] = None
+    tile: list[int] | None = None
     """(frames, height, width) of a tile of ``block_size`` tokens; null: near-cubic."""
 
 
@@ -57,15 +56,19 @@ def configure(config):
     if not 0.0 < cfg.coverage <= 1.0:
         raise UsageError(f"block_sparse_attention.coverage={cfg.coverage} must be in (0, 1].")
     if not 0.0 <= cfg.min_density <= cfg.max_density <= 1.0:
-        raise UsageError(f"block_sparse_attention densities must satisfy 0 <= min_density ({cfg.min_density}) "
-                         f"<= max_density ({cfg.max_density}) <= 1.")
+        raise UsageError(
+            f"block_sparse_attention densities must satisfy 0 <= min_density ({cfg.min_density}) "
+            f"<= max_density ({cfg.max_density}) <= 1."
+        )
     if cfg.tile is not None:
         product = 1
         for side in cfg.tile:
             product *= side
         if len(cfg.tile) != 3 or product != cfg.block_size:
-            raise UsageError(f"block_sparse_attention.tile={list(cfg.tile)} must be three sides whose product is "
-                             f"block_size={cfg.block_size}.")
+            raise UsageError(
+                f"block_sparse_attention.tile={list(cfg.tile)} must be three sides whose product is "
+                f"block_size={cfg.block_size}."
+            )
 
 
 @hookimpl
@@ -74,8 +77,9 @@ def replace_attention(module, name, config):
 
     cfg: BlockSparseAttentionConfig = config.block_sparse_attention
     frames = max(1, config.data.frames // config.model.patch_size[0])
-    return BlockSparseWanProcessor(cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames,
-                                   tuple(cfg.tile) if cfg.tile else None)
+    return BlockSparseWanProcessor(
+        cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames, tuple(cfg.tile) if cfg.tile else None
+    )
 
 
 @hookimpl

@@ -28,7 +28,9 @@ def tile_order(grid: tuple[int, int, int], tile: tuple[int, int, int]) -> torch.
     tf, th, tw = tile
     pieces = [
         index[f : f + tf, h : h + th, w : w + tw].flatten()
-        for f in range(0, frames, tf) for h in range(0, height, th) for w in range(0, width, tw)
+        for f in range(0, frames, tf)
+        for h in range(0, height, th)
+        for w in range(0, width, tw)
     ]
     return torch.cat(pieces)
 
@@ -50,8 +52,14 @@ def tile_for_block(grid: tuple[int, int, int], block_size: int) -> tuple[int, in
 
 
 @torch.no_grad()
-def adaptive_block_mask(q: torch.Tensor, k: torch.Tensor, block_size: int, coverage: float = 0.95,
-                        min_density: float = 0.0, max_density: float = 1.0) -> torch.Tensor:
+def adaptive_block_mask(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    block_size: int,
+    coverage: float = 0.95,
+    min_density: float = 0.0,
+    max_density: float = 1.0,
+) -> torch.Tensor:
     """``(B, H, n, n)`` bool mask from ``q, k`` of shape ``(B, H, S, D)`` (see the module docstring)."""
     length, dim = q.shape[-2], q.shape[-1]
     n = num_blocks(length, block_size)

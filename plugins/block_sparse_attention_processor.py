@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -41,15 +41,22 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class BlockSparseWanProcessor:
     """Self-attention over ``frames`` latent frames of square token grids, block-sparse."""
 
-    def __init__(self, block_size: int, coverage: float, min_density: float, max_density: float, frames: int,
-                 tile: Optional[tuple[int, int, int]] = None) -> None:
+    def __init__(
+        self,
+        block_size: int,
+        coverage: float,
+        min_density: float,
+        max_density: float,
+        frames: int,
+        tile: tuple[int, int, int] | None = None,
+    ) -> None:
         self.block_size, self.coverage = block_size, coverage
         self.min_density, self.max_density = min_density, max_density
         self.frames, self.tile = frames, tile
         self.stats = SparsityStats()
-        self._orders: dict[int, Optional[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._orders: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
-    def order_for(self, length: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def order_for(self, length: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Tile order and its inverse for ``length`` tokens, or None when they are not frames of square grids."""
         if length not in self._orders:
             side = math.isqrt(length // self.frames) if length % self.frames == 0 else 0
@@ -61,9 +68,14 @@ class BlockSparseWanProcessor:
                 self._orders[length] = (order, order.argsort())
         return self._orders[length]
 
-    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: Optional[torch.Tensor] = None,
-                 attention_mask: Optional[torch.Tensor] = None,
-                 rotary_emb: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
         if encoder_hidden_states is not None or attention_mask is not None:
@@ -100,8 +112,11 @@ class SparsityReport(pl.Callback):
         self.processors: list[BlockSparseWanProcessor] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.processors = [m.processor for m in pl_module.modules()
-                           if isinstance(getattr(m, "processor", None), BlockSparseWanProcessor)]
+        self.processors = [
+            m.processor
+            for m in pl_module.modules()
+            if isinstance(getattr(m, "processor", None), BlockSparseWanProcessor)
+        ]
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if trainer.is_global_zero and self.processors and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:

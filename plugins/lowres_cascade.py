@@ -30,8 +30,9 @@ The cascade is data (``lowres_cascade.stages``), e.g. ``[{res: 8, steps: 20},
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
@@ -76,9 +77,13 @@ def configure(config):
         )
     patch = config.model.patch_size[1]
     if any(r % patch for r in resolutions):
-        raise UsageError(f"every stage resolution {resolutions} must be a multiple of model.patch_size={config.model.patch_size}.")
+        raise UsageError(
+            f"every stage resolution {resolutions} must be a multiple of model.patch_size={config.model.patch_size}."
+        )
     if cfg.stage_weights and len(cfg.stage_weights) != len(resolutions):
-        raise UsageError(f"lowres_cascade.stage_weights has {len(cfg.stage_weights)} entries for {len(resolutions)} stages.")
+        raise UsageError(
+            f"lowres_cascade.stage_weights has {len(cfg.stage_weights)} entries for {len(resolutions)} stages."
+        )
     if any(stage.steps < 1 for stage in cfg.stages):
         raise UsageError("every lowres_cascade stage needs at least one sampling step.")
 
@@ -94,7 +99,9 @@ def make_objective(model, config):
     from jevons.plugins.lowres_cascade_parts import CascadeObjective
 
     cfg = config.lowres_cascade
-    return CascadeObjective([s.res for s in cfg.stages], cfg.stage_weights, cfg.condition_noise, config.conditioning.dropout)
+    return CascadeObjective(
+        [s.res for s in cfg.stages], cfg.stage_weights, cfg.condition_noise, config.conditioning.dropout
+    )
 
 
 @hookimpl
@@ -110,7 +117,11 @@ def make_generator(model, config):
 
     cfg = config.lowres_cascade
     return CascadeSampler(
-        model, [(s.res, s.steps) for s in cfg.stages], config.sample.guidance, config.sample.shift, cfg.sample_condition_noise
+        model,
+        [(s.res, s.steps) for s in cfg.stages],
+        config.sample.guidance,
+        config.sample.shift,
+        cfg.sample_condition_noise,
     )
 
 
@@ -120,7 +131,9 @@ def widen_for_condition(model: Any) -> None:
 
     embedding = model.transformer.patch_embedding  # Conv3d(C -> dim)
     channels = embedding.in_channels
-    wider = torch.nn.Conv3d(2 * channels, embedding.out_channels, embedding.kernel_size, embedding.stride, bias=embedding.bias is not None)
+    wider = torch.nn.Conv3d(
+        2 * channels, embedding.out_channels, embedding.kernel_size, embedding.stride, bias=embedding.bias is not None
+    )
     with torch.no_grad():
         wider.weight.zero_()
         wider.weight[:, :channels] = embedding.weight

@@ -7,8 +7,8 @@ spatial only: frames are kept.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -39,8 +39,14 @@ def low_resolution_condition(clean: torch.Tensor, stage: int, resolutions: Seque
     return resize(resize(clean, resolutions[stage - 1]), target)
 
 
-def velocity(model: torch.nn.Module, noisy: torch.Tensor, condition: torch.Tensor, sigma: torch.Tensor,
-             labels: torch.Tensor, stage: int) -> torch.Tensor:
+def velocity(
+    model: torch.nn.Module,
+    noisy: torch.Tensor,
+    condition: torch.Tensor,
+    sigma: torch.Tensor,
+    labels: torch.Tensor,
+    stage: int,
+) -> torch.Tensor:
     """The cascade model's velocity: condition as extra input channels, the stage as an extra token."""
     tokens = model.conditioner(labels)  # (B, L, D)
     stage_token = model.stage_tokens.weight[stage].expand(labels.shape[0], 1, -1)  # (B, 1, D)
@@ -51,7 +57,9 @@ def velocity(model: torch.nn.Module, noisy: torch.Tensor, condition: torch.Tenso
 class CascadeObjective(Objective):
     """Rectified flow at a random stage per sample, conditioned on the sample's own lower resolution."""
 
-    def __init__(self, resolutions: Sequence[int], weights: Sequence[float], condition_noise: float, condition_dropout: float) -> None:
+    def __init__(
+        self, resolutions: Sequence[int], weights: Sequence[float], condition_noise: float, condition_dropout: float
+    ) -> None:
         super().__init__()
         self.resolutions = list(resolutions)
         self.register_buffer("weights", torch.tensor(list(weights) or [1.0] * len(resolutions)), persistent=False)
@@ -88,8 +96,14 @@ class CascadeObjective(Objective):
 class CascadeSampler:
     """``sampler(labels, shape)``: stage by stage, each conditioned on the last, the final at ``shape``."""
 
-    def __init__(self, model: torch.nn.Module, stages: Sequence[tuple[int, int]], guidance: float, shift: float,
-                 condition_noise: float) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        stages: Sequence[tuple[int, int]],
+        guidance: float,
+        shift: float,
+        condition_noise: float,
+    ) -> None:
         self.model = model
         self.stages = list(stages)
         self.guidance = guidance
@@ -98,8 +112,15 @@ class CascadeSampler:
         self.calls: list[SamplingCall] = []  # for the run's report
 
     @torch.no_grad()
-    def __call__(self, labels: torch.Tensor, shape: Sequence[int], steps: Optional[int] = None,
-                 guidance: Optional[float] = None, seed: int = 0, stage_steps: Optional[Sequence[int]] = None) -> torch.Tensor:
+    def __call__(
+        self,
+        labels: torch.Tensor,
+        shape: Sequence[int],
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+        stage_steps: Sequence[int] | None = None,
+    ) -> torch.Tensor:
         """``shape`` is the final ``(C, F, H, W)``; ``stage_steps`` overrides the steps per stage, and
         ``steps`` the first (low-resolution) stage's alone."""
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -124,8 +145,14 @@ class CascadeSampler:
             scheduler.set_timesteps(count)
             for t in scheduler.timesteps:
                 sigma = (t / 1000.0).expand(labels.shape[0])
-                both = velocity(self.model, torch.cat([x, x]), torch.cat([condition, condition]), torch.cat([sigma, sigma]),
-                                torch.cat([labels, unconditional]), stage)
+                both = velocity(
+                    self.model,
+                    torch.cat([x, x]),
+                    torch.cat([condition, condition]),
+                    torch.cat([sigma, sigma]),
+                    torch.cat([labels, unconditional]),
+                    stage,
+                )
                 conditional, free = both.chunk(2)
                 x = scheduler.step(free + guidance * (conditional - free), t, x).prev_sample
             previous = x.clamp(-1.0, 1.0)
@@ -150,7 +177,7 @@ class CascadeReport(pl.Callback):
     plugin = "lowres_cascade"
 
     def __init__(self) -> None:
-        self.sampler: Optional[CascadeSampler] = None
+        self.sampler: CascadeSampler | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         generator = getattr(pl_module, "generator", None)

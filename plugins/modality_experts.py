@@ -24,13 +24,14 @@ neither modality groups nor expert choice, so the routing is ours.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
 
-PLUGIN_INFO = PluginInfo(capabilities=("token_modalities",),
-                         description="Modality-aware expert groups with expert-choice routing (MoMa)")
+PLUGIN_INFO = PluginInfo(
+    capabilities=("token_modalities",), description="Modality-aware expert groups with expert-choice routing (MoMa)"
+)
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ModalityExpertsConfig:
     """Expert choice at inference, token by token: ``threshold`` (each expert's moving-average training
     threshold on the router probability) or ``auxiliary`` routers (MoMa's); ``expert_choice`` keeps
     batch-level choice (sees later tokens: a reference only)."""
-    moe_ffn_hidden_size: Optional[int] = None
+    moe_ffn_hidden_size: int | None = None
     """Hidden units per expert; null: the dense FFN's."""
     layer_freq: int = 1
     """Replace the FFN of every layer_freq-th layer, from the first."""
@@ -65,19 +66,25 @@ def register_config(register):
 def configure(config):
     cfg: ModalityExpertsConfig = config.modality_experts
     if not cfg.num_experts or any(n < 1 for n in cfg.num_experts):
-        raise UsageError(f"modality_experts.num_experts={list(cfg.num_experts)} must be one positive count per modality "
-                         f"group, e.g. [4, 4] (text, image) or [8] (one mixed group).")
+        raise UsageError(
+            f"modality_experts.num_experts={list(cfg.num_experts)} must be one positive count per modality "
+            f"group, e.g. [4, 4] (text, image) or [8] (one mixed group)."
+        )
     if cfg.capacity_factor <= 0:
         raise UsageError(f"modality_experts.capacity_factor={cfg.capacity_factor} must be positive.")
     if cfg.router_topk < 1 or cfg.router_topk > min(cfg.num_experts):
-        raise UsageError(f"modality_experts.router_topk={cfg.router_topk} must be between 1 and the smallest group "
-                         f"({min(cfg.num_experts)} experts).")
+        raise UsageError(
+            f"modality_experts.router_topk={cfg.router_topk} must be between 1 and the smallest group "
+            f"({min(cfg.num_experts)} experts)."
+        )
     if cfg.layer_freq < 1:
         raise UsageError(f"modality_experts.layer_freq={cfg.layer_freq} must be at least 1.")
     if config.parallel.tensor > 1:
-        raise UsageError(f"modality_experts keeps whole experts on every rank and does not split them over "
-                         f"parallel.tensor={config.parallel.tensor} ranks (expert parallelism is CUDA-side, "
-                         f"DESIGN.md). Use parallel.tensor=1 with more data-parallel ranks.")
+        raise UsageError(
+            f"modality_experts keeps whole experts on every rank and does not split them over "
+            f"parallel.tensor={config.parallel.tensor} ranks (expert parallelism is CUDA-side, "
+            f"docs/architecture.md). Use parallel.tensor=1 with more data-parallel ranks."
+        )
 
 
 @hookimpl

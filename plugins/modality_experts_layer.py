@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,13 +82,15 @@ class ModalityExperts(nn.Module):
         load_balancing_coeff: float = 0.01,
         inference_routing: str = "threshold",
         init_std: float = 0.02,
-        out_init_std: Optional[float] = None,
+        out_init_std: float | None = None,
     ) -> None:
         super().__init__()
         if routing not in (EXPERT_CHOICE, TOKEN_CHOICE):
             raise ValueError(f"routing={routing!r}: expected {EXPERT_CHOICE!r} or {TOKEN_CHOICE!r}")
         self.experts_per_group = list(experts_per_group)
-        self.group_names = ["mixed"] if len(experts_per_group) == 1 else [f"group{g}" for g in range(len(experts_per_group))]
+        self.group_names = (
+            ["mixed"] if len(experts_per_group) == 1 else [f"group{g}" for g in range(len(experts_per_group))]
+        )
         """Named after the modalities at the first forward."""
         self.offsets = [sum(experts_per_group[:g]) for g in range(len(experts_per_group))]
         self.routing = routing
@@ -103,12 +105,16 @@ class ModalityExperts(nn.Module):
         self.routers = nn.ModuleList(nn.Linear(hidden_size, n, bias=False) for n in experts_per_group)
         for router in self.routers:
             nn.init.normal_(router.weight, std=init_std)
-        self.aux_routers = nn.ModuleList(nn.Linear(hidden_size, n) for n in experts_per_group) if routing == EXPERT_CHOICE else None
+        self.aux_routers = (
+            nn.ModuleList(nn.Linear(hidden_size, n) for n in experts_per_group) if routing == EXPERT_CHOICE else None
+        )
         # Each expert's selection threshold in training (the probability of the last token it took), averaged.
         self.register_buffer("thresholds", torch.full((total,), -1.0))
         # Counters since the last reset: tokens routed and expert assignments, in training and in evaluation.
         self.register_buffer("expert_load", torch.zeros(total, dtype=torch.long), persistent=False)
-        self.register_buffer("counts", torch.zeros(4, dtype=torch.long), persistent=False)  # train tokens, assignments; eval tokens, assignments
+        self.register_buffer(
+            "counts", torch.zeros(4, dtype=torch.long), persistent=False
+        )  # train tokens, assignments; eval tokens, assignments
 
     @torch.no_grad()
     def copy_dense(self, gate_up: torch.Tensor, down: torch.Tensor) -> None:

@@ -30,7 +30,7 @@ import fnmatch
 import functools
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal
 
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
@@ -38,7 +38,9 @@ from jevons.framework.plugin import PluginInfo, hookimpl
 if TYPE_CHECKING:
     import torch
 
-PLUGIN_INFO = PluginInfo(description="Muon (Newton-Schulz orthogonalised momentum) for hidden matrices, AdamW for the rest")
+PLUGIN_INFO = PluginInfo(
+    description="Muon (Newton-Schulz orthogonalised momentum) for hidden matrices, AdamW for the rest"
+)
 
 
 @dataclass
@@ -47,9 +49,9 @@ class MuonConfig:
     """Per-matrix update scale. ``moonlight``: 0.2 * sqrt(max(rows, cols)), which matches
     AdamW's update RMS, so ``optimizer.lr`` and ``optimizer.weight_decay`` carry over (default).
     ``keller``: sqrt(max(1, rows / cols)) with its own, larger ``muon.lr``."""
-    lr: Optional[float] = None
+    lr: float | None = None
     """Learning rate of the Muon groups; null means ``optimizer.lr`` (moonlight) or 0.02 (keller)."""
-    weight_decay: Optional[float] = None
+    weight_decay: float | None = None
     """Decoupled weight decay of the Muon groups; null means ``optimizer.weight_decay``."""
     momentum: float = 0.95
     nesterov: bool = True
@@ -93,7 +95,9 @@ class Assignment:
     view: str = ""  # for Muon: matrix, flatten or stack
 
 
-def split_parameters(model: torch.nn.Module, include: list[str] = (), exclude: list[str] = ()) -> tuple[list[Assignment], list[Assignment]]:
+def split_parameters(
+    model: torch.nn.Module, include: list[str] = (), exclude: list[str] = ()
+) -> tuple[list[Assignment], list[Assignment]]:
     """``(muon, adamw)`` assignments for every trainable parameter, by role and shape."""
     import torch
 
@@ -141,11 +145,15 @@ def split_parameters(model: torch.nn.Module, include: list[str] = (), exclude: l
         elif p.ndim < 2:
             adamw.append(Assignment(name, p, "gain/bias"))
         else:
-            muon.append(Assignment(name, p, {MATRIX: "hidden matrix", FLATTEN: "conv kernel", STACK: "matrix stack"}[view], view))
+            muon.append(
+                Assignment(
+                    name, p, {MATRIX: "hidden matrix", FLATTEN: "conv kernel", STACK: "matrix stack"}[view], view
+                )
+            )
     return muon, adamw
 
 
-def _out_features(module: Any) -> Optional[int]:
+def _out_features(module: Any) -> int | None:
     """Output width of a weight layer (Linear, Megatron linear, Conv), or None for other modules."""
     import torch
 
@@ -212,5 +220,5 @@ def _print_split(muon: list[Assignment], adamw: list[Assignment]) -> None:
         total = sum(a.param.numel() for a in assignments)
         lines.append(f"  {label}: {len(assignments)} tensors, {total:,} parameters")
         for a in assignments:
-            lines.append(f"    {a.name:48s} {str(tuple(a.param.shape)):18s} {a.role}")
+            lines.append(f"    {a.name:48s} {tuple(a.param.shape)!s:18s} {a.role}")
     print("\n".join(lines), file=sys.stderr, flush=True)

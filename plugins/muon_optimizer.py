@@ -33,7 +33,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -53,7 +54,7 @@ def lr_scale(rule: str, rows: int, cols: int) -> float:
     raise ValueError(f"unknown lr_scale rule {rule!r}")
 
 
-def to_matrices(tensor: torch.Tensor, view: str, fused: Optional[tuple[int, int]] = None) -> torch.Tensor:
+def to_matrices(tensor: torch.Tensor, view: str, fused: tuple[int, int] | None = None) -> torch.Tensor:
     """The ``(n, rows, cols)`` matrices Newton-Schulz orthogonalises for one parameter-shaped tensor.
 
     ``fused=(parts, unit)`` marks a 2-D weight whose rows interleave ``parts``
@@ -74,7 +75,9 @@ def to_matrices(tensor: torch.Tensor, view: str, fused: Optional[tuple[int, int]
     return split.reshape(parts, rows // parts, cols)
 
 
-def from_matrices(matrices: torch.Tensor, like: torch.Tensor, view: str, fused: Optional[tuple[int, int]] = None) -> torch.Tensor:
+def from_matrices(
+    matrices: torch.Tensor, like: torch.Tensor, view: str, fused: tuple[int, int] | None = None
+) -> torch.Tensor:
     """Inverse of :func:`to_matrices`: back to ``like``'s shape and layout."""
     if view == MATRIX and fused is not None:
         parts, unit = fused
@@ -82,8 +85,6 @@ def from_matrices(matrices: torch.Tensor, like: torch.Tensor, view: str, fused: 
         grouped = matrices.reshape(parts, rows // (parts * unit), unit, cols).transpose(0, 1)
         return grouped.reshape(rows, cols)
     return matrices.reshape(like.shape)
-
-
 
 
 class TensorParallelSeam:
@@ -126,12 +127,20 @@ class Muon(torch.optim.Optimizer):
         self,
         groups: list[dict[str, Any]],
         newton_schulz: Callable[..., torch.Tensor],
-        seam: Optional[TensorParallelSeam] = None,
+        seam: TensorParallelSeam | None = None,
     ) -> None:
-        defaults = dict(
-            lr=1e-3, weight_decay=0.0, use_muon=False, momentum=0.95, nesterov=True, ns_steps=5,
-            lr_scale="moonlight", view=MATRIX, betas=(0.9, 0.95), eps=1e-8,
-        )
+        defaults = {
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+            "use_muon": False,
+            "momentum": 0.95,
+            "nesterov": True,
+            "ns_steps": 5,
+            "lr_scale": "moonlight",
+            "view": MATRIX,
+            "betas": (0.9, 0.95),
+            "eps": 1e-8,
+        }
         super().__init__(groups, defaults)
         for group in self.param_groups:
             if group["use_muon"]:
@@ -145,7 +154,7 @@ class Muon(torch.optim.Optimizer):
         self.updates = 0
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -186,7 +195,7 @@ class Muon(torch.optim.Optimizer):
         by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, m in enumerate(mats):
             by_shape[tuple(m.shape[-2:])].append(i)
-        orthogonal_mats: list[Optional[torch.Tensor]] = [None] * len(params)
+        orthogonal_mats: list[torch.Tensor | None] = [None] * len(params)
         for indices in by_shape.values():
             batch = torch.cat([mats[i] for i in indices]) if len(indices) > 1 else mats[indices[0]]
             result = self.newton_schulz(batch, steps=steps)
@@ -246,13 +255,24 @@ def parameter_groups(
     for p, view in muon:
         by_view[view].append(p)
     groups: list[dict[str, Any]] = [
-        dict(params=params, use_muon=True, view=view, lr=muon_lr, weight_decay=muon_weight_decay,
-             momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, lr_scale=rule)
+        {
+            "params": params,
+            "use_muon": True,
+            "view": view,
+            "lr": muon_lr,
+            "weight_decay": muon_weight_decay,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "ns_steps": ns_steps,
+            "lr_scale": rule,
+        }
         for view, params in by_view.items()
     ]
     for params, decay in ((list(decayed), weight_decay), (list(undecayed), 0.0)):
         if params:
-            groups.append(dict(params=params, use_muon=False, lr=lr, weight_decay=decay, betas=betas, eps=eps))
+            groups.append(
+                {"params": params, "use_muon": False, "lr": lr, "weight_decay": decay, "betas": betas, "eps": eps}
+            )
     return groups
 
 
@@ -263,7 +283,7 @@ class MuonReport(TrainStepTimer, pl.Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.optimizer: Optional[Muon] = None
+        self.optimizer: Muon | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.optimizer = next((o for o in trainer.optimizers if isinstance(o, Muon)), None)

@@ -34,8 +34,9 @@ family whose dataset exposes ``lengths`` (tokens, frames; input and output).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal
 
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
@@ -54,18 +55,18 @@ class PaddingAwareSamplingConfig:
     output_buckets: int = 6
     """With dims=2: sub-buckets along the second length within each bucket (more: less output
     padding, smaller sub-buckets, more partly filled batches)."""
-    max_output_tokens: Optional[float] = None
+    max_output_tokens: float | None = None
     """With dims=2: budget on the second length (padding counted); null: no limit."""
     quadratic: float = 0.0
     """Extra cost per sample of ``quadratic * max_len^2`` (attention), as Lhotse's quadratic_duration."""
-    max_batch_size: Optional[int] = None
+    max_batch_size: int | None = None
     """A cap on samples per batch; per-bucket caps from the memory probe override it."""
     pool_batches: int = 16
     """Batches' worth of a bucket sorted together before cutting: larger pads less, shuffles less."""
     memory_probe: bool = False
     """Before training, find each bucket's largest batch that fits ``memory_limit_gb`` by running real
     steps (NeMo's OOMptimizer); caps are written to the run directory and kept in checkpoints."""
-    memory_limit_gb: Optional[float] = None
+    memory_limit_gb: float | None = None
     """The probe's limit; null: the accelerator's total memory (the probe needs one on CPU)."""
 
 
@@ -99,8 +100,10 @@ def register_callbacks(register, config):
         limit = cfg.memory_limit_gb
         if limit is None:
             if not torch.cuda.is_available():
-                raise UsageError("padding_aware_sampling.memory_probe=true on the CPU needs "
-                                 "padding_aware_sampling.memory_limit_gb (there is no device memory to fill).")
+                raise UsageError(
+                    "padding_aware_sampling.memory_probe=true on the CPU needs "
+                    "padding_aware_sampling.memory_limit_gb (there is no device memory to fill)."
+                )
             limit = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
         register(MemoryProbe(limit))
 
@@ -121,14 +124,23 @@ class BucketingBatchSampler:
     """Budgeted batches from length buckets; the same list on every rank; resumable mid-epoch."""
 
     def __init__(
-        self, lengths: Any, cfg: PaddingAwareSamplingConfig, *, seed: int = 0, rank: int = 0, world_size: int = 1,
-        shuffle: bool = True, bucket_caps: Optional[dict[int, int]] = None,
+        self,
+        lengths: Any,
+        cfg: PaddingAwareSamplingConfig,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        bucket_caps: dict[int, int] | None = None,
     ) -> None:
         import numpy as np
 
         self.lengths = np.asarray(lengths, dtype=np.float64).reshape(len(lengths), -1)
         if cfg.dims == 2 and self.lengths.shape[1] < 2:
-            raise UsageError("padding_aware_sampling.dims=2 needs two lengths per sample (input and output); the dataset has one.")
+            raise UsageError(
+                "padding_aware_sampling.dims=2 needs two lengths per sample (input and output); the dataset has one."
+            )
         longest = self.lengths[:, 0].max()
         if longest + cfg.quadratic * longest**2 > cfg.max_tokens:
             raise UsageError(
@@ -307,4 +319,3 @@ def assign_buckets(lengths: Any, cfg: PaddingAwareSamplingConfig, world_size: in
             for sub, part in enumerate(np.array_split(ranked, pieces)):
                 buckets[part] = number + sub
     return buckets
-

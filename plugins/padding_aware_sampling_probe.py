@@ -19,8 +19,9 @@ probing again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -82,8 +83,14 @@ def largest_fitting(fits: Callable[[int], bool], upper: int) -> int:
     return good
 
 
-def probe_bucket_caps(sampler: BucketingBatchSampler, dataset: Any, model: torch.nn.Module, objective: Any,
-                      limit_bytes: float, to_device: Callable[[Any], Any]) -> dict[int, int]:
+def probe_bucket_caps(
+    sampler: BucketingBatchSampler,
+    dataset: Any,
+    model: torch.nn.Module,
+    objective: Any,
+    limit_bytes: float,
+    to_device: Callable[[Any], Any],
+) -> dict[int, int]:
     """A batch-size cap for each bucket where memory binds before the sampler's budget does."""
     import numpy as np
 
@@ -100,7 +107,7 @@ def probe_bucket_caps(sampler: BucketingBatchSampler, dataset: Any, model: torch
         if cfg.max_batch_size:
             upper = min(upper, cfg.max_batch_size)
 
-        def fits(n: int) -> bool:
+        def fits(n: int, sample: Any = sample) -> bool:
             model.zero_grad(set_to_none=True)
             try:
                 return step_memory(model, objective, to_device(dataset.collate([sample] * n))) <= limit_bytes
@@ -129,7 +136,7 @@ class MemoryProbe(pl.Callback):
 
     def __init__(self, limit_gb: float) -> None:
         self.limit_bytes = limit_gb * 2**30
-        self.caps: Optional[dict[int, int]] = None
+        self.caps: dict[int, int] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = next((c for c in trainer.callbacks if isinstance(c, ResumableState)), None)
@@ -143,8 +150,14 @@ class MemoryProbe(pl.Callback):
         was_training = pl_module.training
         pl_module.train()
         try:
-            caps = probe_bucket_caps(sampler, pl_module.datasets["train"], pl_module.model, pl_module.objective,
-                                     self.limit_bytes, lambda batch: pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+            caps = probe_bucket_caps(
+                sampler,
+                pl_module.datasets["train"],
+                pl_module.model,
+                pl_module.objective,
+                self.limit_bytes,
+                lambda batch: pl_module.transfer_batch_to_device(batch, pl_module.device, 0),
+            )
         finally:
             torch.set_rng_state(rng)
             pl_module.train(was_training)
@@ -153,8 +166,12 @@ class MemoryProbe(pl.Callback):
         self.caps = caps
         if trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / CAPS_FILE
-            path.write_text(json.dumps({"memory_limit_gb": self.limit_bytes / 2**30,
-                                        "caps": {str(b): n for b, n in sorted(caps.items())}}, indent=2))
+            path.write_text(
+                json.dumps(
+                    {"memory_limit_gb": self.limit_bytes / 2**30, "caps": {str(b): n for b, n in sorted(caps.items())}},
+                    indent=2,
+                )
+            )
 
 
 def _agree_across_ranks(caps: dict[int, int], buckets: Any) -> dict[int, int]:

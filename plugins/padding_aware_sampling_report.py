@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 
 from jevons.framework.attribution import Figure, TrainStepTimer
 from jevons.plugins.padding_aware_sampling import BucketingBatchSampler
+
+
 class PaddingReport(TrainStepTimer, pl.Callback):
     """Padding in the training batches this run consumed, and real (unpadded) length units per second."""
 
@@ -15,15 +17,16 @@ class PaddingReport(TrainStepTimer, pl.Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sampler: Optional[BucketingBatchSampler] = None
+        self.sampler: BucketingBatchSampler | None = None
         self.totals = [0.0, 0.0, 0.0, 0.0]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
         self.sampler = sampler if isinstance(sampler, BucketingBatchSampler) else None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         super().on_train_batch_end()
         indices = getattr(batch, "indices", None)  # the samples this batch holds, after any that failed to load
         if self.sampler is not None and indices:

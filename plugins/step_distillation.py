@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
@@ -38,16 +38,16 @@ PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Data-free few-ste
 @dataclass
 class StepDistillationConfig:
     method: Literal["tdm", "boss"] = "tdm"
-    teacher: Optional[str] = None
+    teacher: str | None = None
     """The dense teacher: a Jevons diffusion export (``transformer/`` + ``conditioner.safetensors``).
     Null: ``model.pretrained``, the folder the student starts from."""
     steps: int = 4
     """Student sampling steps (K)."""
     teacher_steps: int = 50
     """Steps of the teacher's sampler: BOSS's fine grid and the validation reference."""
-    guidance: Optional[float] = None
+    guidance: float | None = None
     """The teacher's classifier-free guidance, distilled into the student; null: ``sample.guidance``."""
-    fake_lr: Optional[float] = None
+    fake_lr: float | None = None
     """TDM: the fake-score network's learning rate; null: ``optimizer.lr``."""
     fake_updates: int = 1
     """TDM: fake-score updates per student update (TDM's demo: 1; DMD2: 5)."""
@@ -78,12 +78,16 @@ def teacher_folder(config) -> Path:
     cfg: StepDistillationConfig = config.step_distillation
     folder = cfg.teacher or config.model.pretrained
     if not folder:
-        raise UsageError("step_distillation needs a dense teacher: set model.pretrained=PATH (the student starts from "
-                         "it; e.g. benchmarks/teachers/image-16px) or step_distillation.teacher=PATH.")
+        raise UsageError(
+            "step_distillation needs a dense teacher: set model.pretrained=PATH (the student starts from "
+            "it; e.g. benchmarks/teachers/image-16px) or step_distillation.teacher=PATH."
+        )
     path = Path(folder).expanduser()
     if not (path / "transformer").is_dir() or not (path / "conditioner.safetensors").is_file():
-        raise UsageError(f"step_distillation teacher {path} is not a Jevons diffusion export: expected "
-                         f"{path / 'transformer'}/ and {path / 'conditioner.safetensors'} (written by `jevons export`).")
+        raise UsageError(
+            f"step_distillation teacher {path} is not a Jevons diffusion export: expected "
+            f"{path / 'transformer'}/ and {path / 'conditioner.safetensors'} (written by `jevons export`)."
+        )
     return path
 
 
@@ -91,18 +95,24 @@ def teacher_folder(config) -> Path:
 def configure(config):
     cfg: StepDistillationConfig = config.step_distillation
     if cfg.steps < 1 or cfg.teacher_steps < cfg.steps:
-        raise UsageError(f"step_distillation.steps={cfg.steps} must be at least 1 and at most "
-                         f"step_distillation.teacher_steps={cfg.teacher_steps}.")
+        raise UsageError(
+            f"step_distillation.steps={cfg.steps} must be at least 1 and at most "
+            f"step_distillation.teacher_steps={cfg.teacher_steps}."
+        )
     if cfg.fake_updates < 1:
         raise UsageError(f"step_distillation.fake_updates={cfg.fake_updates} must be at least 1.")
     if min(cfg.val_samples, cfg.calibration_samples, cfg.pool_size) < 1:
         raise UsageError("step_distillation.val_samples, calibration_samples and pool_size must be at least 1.")
     if cfg.guard_per_class < 2:
-        raise UsageError(f"step_distillation.guard_per_class={cfg.guard_per_class} must be at least 2: diversity is "
-                         f"measured between samples of the same digit.")
+        raise UsageError(
+            f"step_distillation.guard_per_class={cfg.guard_per_class} must be at least 2: diversity is "
+            f"measured between samples of the same digit."
+        )
     if not 0.0 <= cfg.min_diversity_ratio < 1.0 or cfg.max_fd_jump <= 1.0:
-        raise UsageError(f"step_distillation.min_diversity_ratio={cfg.min_diversity_ratio} must be in [0, 1) and "
-                         f"max_fd_jump={cfg.max_fd_jump} above 1.")
+        raise UsageError(
+            f"step_distillation.min_diversity_ratio={cfg.min_diversity_ratio} must be in [0, 1) and "
+            f"max_fd_jump={cfg.max_fd_jump} above 1."
+        )
     teacher_folder(config)
 
 
@@ -128,22 +138,41 @@ def make_objective(model, config):
     teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
     if student_shapes != teacher_shapes:
         different = sorted(set(student_shapes.items()) ^ set(teacher_shapes.items()))[:3]
-        raise UsageError(f"the step_distillation teacher {teacher_folder(config)} is not the student's architecture "
-                         f"(first differences: {different}); the student is initialised from the teacher, so the "
-                         f"model section must match the teacher's.")
+        raise UsageError(
+            f"the step_distillation teacher {teacher_folder(config)} is not the student's architecture "
+            f"(first differences: {different}); the student is initialised from the teacher, so the "
+            f"model section must match the teacher's."
+        )
     data = config.data
     shape = (config.model.channels, data.frames, data.resolution, data.resolution)
     guidance = config.sample.guidance if cfg.guidance is None else cfg.guidance
-    common = dict(shape=shape, guidance=guidance, teacher_steps=cfg.teacher_steps, shift=config.sample.shift,
-                  seed=config.seed, samples_per_epoch=cfg.samples_per_epoch, val_samples=cfg.val_samples)
+    common = {
+        "shape": shape,
+        "guidance": guidance,
+        "teacher_steps": cfg.teacher_steps,
+        "shift": config.sample.shift,
+        "seed": config.seed,
+        "samples_per_epoch": cfg.samples_per_epoch,
+        "val_samples": cfg.val_samples,
+    }
     if cfg.method == "tdm":
-        return TDMObjective(teacher, fake_lr=cfg.fake_lr or config.optimizer.lr, fake_updates=cfg.fake_updates,
-                            clip=config.trainer.gradient_clip_val or 1.0, **common)
+        return TDMObjective(
+            teacher,
+            fake_lr=cfg.fake_lr or config.optimizer.lr,
+            fake_updates=cfg.fake_updates,
+            clip=config.trainer.gradient_clip_val or 1.0,
+            **common,
+        )
     noise, labels = seeded_inputs(torch.arange(cfg.calibration_samples) + 2_000_000_000, shape)
-    sigmas, cost = bellman_optimal_schedule(teacher, noise, labels, cfg.steps, cfg.teacher_steps, config.sample.shift, guidance)
+    sigmas, cost = bellman_optimal_schedule(
+        teacher, noise, labels, cfg.steps, cfg.teacher_steps, config.sample.shift, guidance
+    )
     model.student_sigmas.copy_(sigmas)
     if is_rank_zero():
-        print(f"step_distillation: BOSS schedule {[round(s, 4) for s in sigmas.tolist()]} (Euler cost {cost:.4g})", flush=True)
+        print(
+            f"step_distillation: BOSS schedule {[round(s, 4) for s in sigmas.tolist()]} (Euler cost {cost:.4g})",
+            flush=True,
+        )
     return BOSSObjective(teacher, pool_size=cfg.pool_size, **common)
 
 

@@ -9,7 +9,8 @@ analogue of a DDIM step, which TDM's sampler takes).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,9 @@ def shifted_schedule(steps: int, shift: float) -> torch.Tensor:
     return (shift * sigmas / (1.0 + (shift - 1.0) * sigmas)).float()
 
 
-def guided_velocity(model: Any, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, guidance: float) -> torch.Tensor:
+def guided_velocity(
+    model: Any, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, guidance: float
+) -> torch.Tensor:
     """Classifier-free guided velocity (Ho & Salimans, 2022); one batched call for both branches."""
     if guidance == 1.0:
         return model(x, sigma, labels)
@@ -88,8 +91,9 @@ class NoiseSeeds:
 
 
 @torch.no_grad()
-def sample_on_schedule(model: Any, noise: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor,
-                       guidance: float = 1.0) -> torch.Tensor:
+def sample_on_schedule(
+    model: Any, noise: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor, guidance: float = 1.0
+) -> torch.Tensor:
     """Euler steps of the flow from ``noise`` along ``sigmas`` (1 to 0)."""
     x = noise
     for sigma, next_sigma in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
@@ -115,13 +119,21 @@ class StudentSampler:
         return len(self.sigmas) - 1
 
     @torch.no_grad()
-    def __call__(self, labels: torch.Tensor, shape: Sequence[int], steps: int | None = None,
-                 guidance: float | None = None, seed: int = 0) -> torch.Tensor:
+    def __call__(
+        self,
+        labels: torch.Tensor,
+        shape: Sequence[int],
+        steps: int | None = None,
+        guidance: float | None = None,
+        seed: int = 0,
+    ) -> torch.Tensor:
         if steps is not None and steps != self.steps:
             from jevons.framework.errors import UsageError
 
-            raise UsageError(f"this distilled student samples in {self.steps} steps on its schedule "
-                             f"{[round(s, 4) for s in self.sigmas.tolist()]}; steps={steps} was asked for.")
+            raise UsageError(
+                f"this distilled student samples in {self.steps} steps on its schedule "
+                f"{[round(s, 4) for s in self.sigmas.tolist()]}; steps={steps} was asked for."
+            )
         device = next(self.model.parameters()).device
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((labels.shape[0], *shape), generator=generator).to(device)

@@ -14,7 +14,7 @@ stops the run with a ``TrainingStopped`` error that says what was seen
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -46,9 +46,9 @@ class CollapseGuard(pl.Callback):
         self.per_class = per_class
         self.min_diversity_ratio = min_diversity_ratio
         self.max_fd_jump = max_fd_jump
-        self.teacher_diversity: Optional[float] = None
-        self.diversity_ratio: Optional[float] = None
-        self.best_fd: Optional[float] = None
+        self.teacher_diversity: float | None = None
+        self.diversity_ratio: float | None = None
+        self.best_fd: float | None = None
         self.warnings = 0
         self.steps = 0
         self.schedule = ""
@@ -67,28 +67,43 @@ class CollapseGuard(pl.Callback):
         noise, labels = self._inputs(objective, device)
         with torch.no_grad():
             if self.teacher_diversity is None:
-                teacher = sample_on_schedule(objective.teacher, noise, labels,
-                                             shifted_schedule(objective.teacher_steps, objective.shift), objective.guidance)
+                teacher = sample_on_schedule(
+                    objective.teacher,
+                    noise,
+                    labels,
+                    shifted_schedule(objective.teacher_steps, objective.shift),
+                    objective.guidance,
+                )
                 self.teacher_diversity = within_class_diversity(teacher.clamp(-1, 1), labels)
             student = sample_on_schedule(model, noise, labels, model.student_sigmas).clamp(-1, 1)
-        self.steps, self.schedule = len(model.student_sigmas) - 1, str([round(s, 4) for s in model.student_sigmas.tolist()])
+        self.steps, self.schedule = (
+            len(model.student_sigmas) - 1,
+            str([round(s, 4) for s in model.student_sigmas.tolist()]),
+        )
         self.diversity_ratio = within_class_diversity(student, labels) / max(self.teacher_diversity, 1e-8)
         problems = []
         if self.diversity_ratio < self.min_diversity_ratio:
-            problems.append(f"within-class sample diversity is {self.diversity_ratio:.3f} of the teacher's "
-                            f"(min_diversity_ratio={self.min_diversity_ratio})")
+            problems.append(
+                f"within-class sample diversity is {self.diversity_ratio:.3f} of the teacher's "
+                f"(min_diversity_ratio={self.min_diversity_ratio})"
+            )
         fd = trainer.callback_metrics.get("val/fd")
         if fd is not None:
             fd = float(fd)
             if self.best_fd is not None and fd > self.max_fd_jump * self.best_fd:
-                problems.append(f"val/fd jumped to {fd:.4g}, over {self.max_fd_jump}x the best so far ({self.best_fd:.4g})")
+                problems.append(
+                    f"val/fd jumped to {fd:.4g}, over {self.max_fd_jump}x the best so far ({self.best_fd:.4g})"
+                )
             self.best_fd = fd if self.best_fd is None else min(self.best_fd, fd)
         if not problems:
             return
         self.warnings += 1
-        message = (f"step_distillation: the student looks collapsed at step {trainer.global_step}: "
-                   + "; ".join(problems) + ". Lower optimizer.lr, raise step_distillation.fake_updates, or resume from an "
-                   "earlier checkpoint.")
+        message = (
+            f"step_distillation: the student looks collapsed at step {trainer.global_step}: "
+            + "; ".join(problems)
+            + ". Lower optimizer.lr, raise step_distillation.fake_updates, or resume from an "
+            "earlier checkpoint."
+        )
         if self.mode == "stop":
             raise TrainingStopped(message + " (step_distillation.collapse_guard=stop)")
         print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -96,7 +111,11 @@ class CollapseGuard(pl.Callback):
     def report(self) -> dict[str, Figure]:
         if not self.steps:
             return {"collapse_guard": "did not run (collapse_guard=off, or no validation)"}
-        figures: dict[str, Figure] = {"student_steps": self.steps, "schedule": self.schedule, "collapse_warnings": self.warnings}
+        figures: dict[str, Figure] = {
+            "student_steps": self.steps,
+            "schedule": self.schedule,
+            "collapse_warnings": self.warnings,
+        }
         if self.diversity_ratio is not None:
             figures["diversity_ratio_vs_teacher"] = round(self.diversity_ratio, 4)
         return figures

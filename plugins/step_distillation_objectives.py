@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,17 @@ POOL_SEED_OFFSET = 4 * 10**9
 class DistillationObjective(Objective):
     """What TDM and BOSS share: the frozen teacher, seeded inputs and the validation loss."""
 
-    def __init__(self, teacher: torch.nn.Module, shape: Sequence[int], guidance: float, teacher_steps: int,
-                 shift: float, seed: int, samples_per_epoch: int, val_samples: int) -> None:
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        shape: Sequence[int],
+        guidance: float,
+        teacher_steps: int,
+        shift: float,
+        seed: int,
+        samples_per_epoch: int,
+        val_samples: int,
+    ) -> None:
         super().__init__()
         teacher.requires_grad_(False).eval()
         self._teacher = [teacher]  # a list: not a submodule, so not trained, not checkpointed
@@ -75,8 +85,13 @@ class DistillationObjective(Objective):
         missing = [i for i, s in enumerate(seeds.tolist()) if s not in self._teacher_samples]
         if missing:
             index = torch.tensor(missing)
-            made = sample_on_schedule(self.teacher, noise[index], labels[index], shifted_schedule(self.teacher_steps, self.shift),
-                                      self.guidance)
+            made = sample_on_schedule(
+                self.teacher,
+                noise[index],
+                labels[index],
+                shifted_schedule(self.teacher_steps, self.shift),
+                self.guidance,
+            )
             for i, sample in zip(missing, made.clamp(-1, 1)):
                 self._teacher_samples[int(seeds[i])] = sample.cpu()
         return torch.stack([self._teacher_samples[int(s)] for s in seeds.tolist()]).to(noise.device)
@@ -120,8 +135,9 @@ class TDMObjective(DistillationObjective):
        does not depend on how far the student is from the teacher.
     """
 
-    def __init__(self, teacher: torch.nn.Module, *args: Any, fake_lr: float, fake_updates: int,
-                 clip: float = 1.0, **kwargs: Any) -> None:
+    def __init__(
+        self, teacher: torch.nn.Module, *args: Any, fake_lr: float, fake_updates: int, clip: float = 1.0, **kwargs: Any
+    ) -> None:
         super().__init__(teacher, *args, **kwargs)
         self.fake = copy.deepcopy(teacher).requires_grad_(True).train()
         self.fake_updates = fake_updates
@@ -134,7 +150,9 @@ class TDMObjective(DistillationObjective):
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.fake_optimizer.load_state_dict(state["fake_optimizer"])
 
-    def _segment_points(self, model: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _segment_points(
+        self, model: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Segment starts on the student's own trajectory and the noise levels drawn in each segment."""
         sigmas = model.student_sigmas.to(noise.device)
         batch, steps, device = len(noise), len(sigmas) - 1, noise.device
@@ -150,7 +168,9 @@ class TDMObjective(DistillationObjective):
         sigma_t = (sigma_mid + (sigma_start - sigma_mid) * torch.rand(batch, device=device)).clamp(min=0.02, max=0.98)
         return {"start": start, "sigma_start": sigma_start, "sigma_mid": sigma_mid, "sigma_t": sigma_t}
 
-    def _noised(self, x0: torch.Tensor, noise: torch.Tensor, points: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _noised(
+        self, x0: torch.Tensor, noise: torch.Tensor, points: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x_t`` from the student's prediction, and TDM's importance weight for its mixed noise."""
         fresh = torch.randn_like(x0)
         sigma_mid, sigma_t = points["sigma_mid"], points["sigma_t"]
@@ -162,7 +182,9 @@ class TDMObjective(DistillationObjective):
         log_ratio = -0.5 * (mixed.flatten(1).pow(2).mean(1) - fresh.flatten(1).pow(2).mean(1))
         return x_t, log_ratio.clamp(max=5.0).exp()
 
-    def _fake_step(self, x0: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor, points: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _fake_step(
+        self, x0: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor, points: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         x_t, importance = self._noised(x0, noise, points)
         sigma_t = points["sigma_t"]
         fake_x0, _ = x0_and_noise(x_t, sigma_t, self.fake(x_t, sigma_t, labels))
@@ -188,13 +210,17 @@ class TDMObjective(DistillationObjective):
         sigma_t = points["sigma_t"]
         with torch.no_grad():
             x_t, _ = self._noised(x0.detach(), noise.detach(), points)
-            teacher_x0, _ = x0_and_noise(x_t, sigma_t, guided_velocity(self.teacher, x_t, sigma_t, labels, self.guidance))
+            teacher_x0, _ = x0_and_noise(
+                x_t, sigma_t, guided_velocity(self.teacher, x_t, sigma_t, labels, self.guidance)
+            )
             fake_x0, _ = x0_and_noise(x_t, sigma_t, self.fake(x_t, sigma_t, labels))
             scale = (x0 - teacher_x0).abs().flatten(1).mean(1).clamp(min=1e-4).view(-1, *[1] * (x0.ndim - 1))
             target = x0 + (teacher_x0 - fake_x0)
         loss = ((x0.float() - target.float()).pow(2) / scale).mean()
-        metrics = {"fake_score_loss": torch.stack(fake_losses).mean(),
-                   "teacher_fake_gap": (teacher_x0 - fake_x0).pow(2).mean()}
+        metrics = {
+            "fake_score_loss": torch.stack(fake_losses).mean(),
+            "teacher_fake_gap": (teacher_x0 - fake_x0).pow(2).mean(),
+        }
         return ObjectiveOutput(loss=loss, weight=len(noise_in), metrics=metrics)
 
 
@@ -226,8 +252,11 @@ class BOSSObjective(DistillationObjective):
             points, labels = [], []
             for start in range(0, self.pool_size, chunk):
                 noise, label = self.inputs({"seeds": seeds[start : start + chunk]}, device)
-                points.append(teacher_points(self.teacher, noise, label, sigmas, self.teacher_steps, self.shift,
-                                             self.guidance).transpose(0, 1))
+                points.append(
+                    teacher_points(
+                        self.teacher, noise, label, sigmas, self.teacher_steps, self.shift, self.guidance
+                    ).transpose(0, 1)
+                )
                 labels.append(label)
             self._pool = (torch.cat(points), torch.cat(labels))
         return self._pool
@@ -249,8 +278,15 @@ class BOSSObjective(DistillationObjective):
 
 
 @torch.no_grad()
-def teacher_points(teacher: Any, noise: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor, teacher_steps: int,
-                   shift: float, guidance: float) -> torch.Tensor:
+def teacher_points(
+    teacher: Any,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    sigmas: torch.Tensor,
+    teacher_steps: int,
+    shift: float,
+    guidance: float,
+) -> torch.Tensor:
     """The teacher's guided trajectory from ``noise``, read at each of ``sigmas``: ``(len(sigmas), B, ...)``.
 
     The fine grid is the union of the teacher's ``teacher_steps`` shifted grid and ``sigmas``, so every
@@ -273,8 +309,15 @@ def teacher_points(teacher: Any, noise: torch.Tensor, labels: torch.Tensor, sigm
 
 
 @torch.no_grad()
-def bellman_optimal_schedule(teacher: Any, noise: torch.Tensor, labels: torch.Tensor, steps: int, teacher_steps: int,
-                             shift: float, guidance: float) -> tuple[torch.Tensor, float]:
+def bellman_optimal_schedule(
+    teacher: Any,
+    noise: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    teacher_steps: int,
+    shift: float,
+    guidance: float,
+) -> tuple[torch.Tensor, float]:
     """BOSS's dynamic programme: the ``steps``-step subsequence of the teacher's ``teacher_steps``-step grid whose
     Euler steps (with the teacher's velocity) stay closest to the teacher's fine trajectory.
 
@@ -287,10 +330,14 @@ def bellman_optimal_schedule(teacher: Any, noise: torch.Tensor, labels: torch.Te
     grid = shifted_schedule(teacher_steps, shift)
     trajectory = teacher_points(teacher, noise, labels, grid, teacher_steps, shift, guidance)  # (N+1, B, ...)
     count = len(grid)
-    velocities = torch.stack([
-        guided_velocity(teacher, trajectory[i], torch.full((len(noise),), float(grid[i]), device=noise.device), labels, guidance)
-        for i in range(count - 1)
-    ])
+    velocities = torch.stack(
+        [
+            guided_velocity(
+                teacher, trajectory[i], torch.full((len(noise),), float(grid[i]), device=noise.device), labels, guidance
+            )
+            for i in range(count - 1)
+        ]
+    )
     cost = torch.full((count, count), math.inf, dtype=torch.float64)
     for i in range(count - 1):
         for j in range(i + 1, count):

@@ -1,6 +1,6 @@
 """Shared fixtures: one data cache per session, tiny llm overrides, running `train` in-process or as a command.
 
-Test modules are imported with ``--import-mode=importlib`` (DESIGN.md, "Shadowing
+Test modules are imported with ``--import-mode=importlib`` (docs/architecture.md, "Shadowing
 hazard"), so helpers reach them as fixtures rather than imports.
 """
 
@@ -14,8 +14,9 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -59,8 +60,12 @@ def speech_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     if shutil.which("espeak-ng") is None and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "espeak-ng"], check=True, capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "espeak-ng"],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     from jevons.recipes.speech.data import build_speech
 
     folder = tmp_path_factory.mktemp("speech-corpus")
@@ -134,6 +139,6 @@ def command() -> Callable[..., subprocess.CompletedProcess[str]]:
             args[0] = sys.executable
         elif script.exists():
             args[0] = str(script)
-        return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=900)
+        return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=900, check=False)
 
     return call

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = {"framework": "jevons.framework", "plugins": "jevons.plugins", "recipes": "jevons.recipes",
-           "kernels": "jevons.kernels", "launch": "jevons.launch"}
+FOLDERS = {
+    "framework": "jevons.framework",
+    "plugins": "jevons.plugins",
+    "recipes": "jevons.recipes",
+    "kernels": "jevons.kernels",
+    "launch": "jevons.launch",
+}
 
 
 def _pyproject() -> dict:
@@ -35,11 +40,17 @@ def test_every_package_folder_is_listed_under_its_jevons_name() -> None:
 @pytest.mark.parametrize("name", ["kernels", "plugins", "framework", "launch", "recipes"])
 def test_top_level_folders_do_not_shadow_installed_packages(name: str) -> None:
     # This process: pytest runs with --import-mode=importlib, so the repository root is not on sys.path.
-    assert importlib.util.find_spec(name) is None or REPO not in Path(importlib.util.find_spec(name).origin or "/").parents
+    assert (
+        importlib.util.find_spec(name) is None or REPO not in Path(importlib.util.find_spec(name).origin or "/").parents
+    )
     # A child process started from the repository root, as our tests and launchers start them.
     result = subprocess.run(
-        [sys.executable, "-c", f"import {name}"], cwd=REPO, env={"PYTHONSAFEPATH": "1", "PATH": ""},
-        capture_output=True, text=True,
+        [sys.executable, "-c", f"import {name}"],
+        check=False,
+        cwd=REPO,
+        env={"PYTHONSAFEPATH": "1", "PATH": ""},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
     assert importlib.import_module(f"jevons.{name}").__file__.startswith(str(REPO / name))
@@ -55,8 +66,21 @@ def test_wheel_holds_every_module_recipe_and_console_script(tmp_path: Path) -> N
     source = tmp_path / "source"  # setuptools writes build/ next to the sources: not in the repository
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "runs", "__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     wheel = next(tmp_path.glob("jevons-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

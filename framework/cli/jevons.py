@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from jevons.framework.cli.common import guarded
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
@@ -14,7 +14,9 @@ from jevons.framework.text_table import format_table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jevons", description="Inspect a Jevons installation, its data and finished runs.")
+    parser = argparse.ArgumentParser(
+        prog="jevons", description="Inspect a Jevons installation, its data and finished runs."
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("recipes", help="list recipes and their families")
     commands.add_parser("plugins", help="list plugins and the plugin x family matrix")
@@ -23,30 +25,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     data.add_argument("name", nargs="?", help="a data source; omit to list them")
     data.add_argument("--root", help="cache folder (default $JEVONS_DATA or ~/.cache/jevons)")
     sample = commands.add_parser(
-        "sample", help="generate from a trained run: run_dir=PATH [checkpoint=PATH] [out=DIR] key=value ...",
+        "sample",
+        help="generate from a trained run: run_dir=PATH [checkpoint=PATH] [out=DIR] key=value ...",
         description="Generate from a run's newest (or a given) checkpoint with its own generator. "
         "Diffusion: steps=, guidance=, rows=, seed=. LLM: prompt=, max_new_tokens=, temperature=, top_k=, seed=.",
     )
     sample.add_argument("settings", nargs="*", metavar="key=value")
     export = commands.add_parser(
-        "export", help="write a trained run's model for another library: run_dir=PATH [checkpoint=PATH] [out=DIR]",
+        "export",
+        help="write a trained run's model for another library: run_dir=PATH [checkpoint=PATH] [out=DIR]",
         description="llm: a Hugging Face Llama folder (transformers loads it); diffusion: a diffusers transformer folder.",
     )
     export.add_argument("settings", nargs="*", metavar="key=value")
-    new_plugin = commands.add_parser("new-plugin", help="write a ready third-party plugin package (entry point, hook, test)")
+    new_plugin = commands.add_parser(
+        "new-plugin", help="write a ready third-party plugin package (entry point, hook, test)"
+    )
     new_plugin.add_argument("name", help="the plugin's name: lowercase letters, digits, underscores")
     new_plugin.add_argument("--dir", default=".", help="folder to create jevons-NAME/ in (default: here)")
     compare = commands.add_parser("compare", help="finished runs side by side: a table and loss curves (PNG)")
     compare.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    compare.add_argument("--target", type=float, help="validation loss for steps/time-to-target (default: the highest final one)")
+    compare.add_argument(
+        "--target", type=float, help="validation loss for steps/time-to-target (default: the highest final one)"
+    )
     compare.add_argument("--out", help="PNG path (default: compare.png in the current directory)")
     plot = commands.add_parser("plot", help="one run's loss and metric curves as a PNG")
     plot.add_argument("run", metavar="RUN_DIR")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    handlers = {"recipes": _recipes, "plugins": _plugins, "hooks": _hooks, "data": _data, "sample": _sample,
-                "compare": _compare, "plot": _plot, "export": _export,
-                "new-plugin": _new_plugin}
+    handlers = {
+        "recipes": _recipes,
+        "plugins": _plugins,
+        "hooks": _hooks,
+        "data": _data,
+        "sample": _sample,
+        "compare": _compare,
+        "plot": _plot,
+        "export": _export,
+        "new-plugin": _new_plugin,
+    }
     if args.command is None:
         parser.print_help()
         return 2
@@ -70,7 +86,9 @@ def _plugins(args: argparse.Namespace) -> int:
     from jevons.framework.plugin_manager import unsupported_reason
 
     manager = _manager()
-    rows = [(n, manager.versions[n], ", ".join(manager.hooks_of(n)), manager.info(n).description) for n in manager.names()]
+    rows = [
+        (n, manager.versions[n], ", ".join(manager.hooks_of(n)), manager.info(n).description) for n in manager.names()
+    ]
     print(format_table(("plugin", "version", "hooks", "description"), rows))
     families = sorted(manager.families)
     runnable = manager.run_plugins()
@@ -79,7 +97,8 @@ def _plugins(args: argparse.Namespace) -> int:
         print("  no plugins that act on runs are installed")
         return 0
     matrix = [
-        [name] + [unsupported_reason(manager.info(name), manager.family(f)) or "yes" for f in families] for name in runnable
+        [name] + [unsupported_reason(manager.info(name), manager.family(f)) or "yes" for f in families]
+        for name in runnable
     ]
     print(format_table(["plugin", *families], matrix))
     return 0
@@ -106,10 +125,16 @@ def _data(args: argparse.Namespace) -> int:
     manager = _manager()
     sources = {s.name: (s, f) for f, reg in sorted(manager.families.items()) for s in reg.value.data_sources()}
     if not args.name:
-        print(format_table(("source", "family", "description"), [(n, f, s.description) for n, (s, f) in sorted(sources.items())]))
+        print(
+            format_table(
+                ("source", "family", "description"), [(n, f, s.description) for n, (s, f) in sorted(sources.items())]
+            )
+        )
         return 0
     if args.name not in sources:
-        raise UsageError(f"Unknown data source '{args.name}'.{did_you_mean(args.name, sources)} Sources: {format_choices(sources)}.")
+        raise UsageError(
+            f"Unknown data source '{args.name}'.{did_you_mean(args.name, sources)} Sources: {format_choices(sources)}."
+        )
     path = ensure_built(sources[args.name][0], data_root(args.root), progress=True)
     print(path)
     return 0
@@ -120,7 +145,9 @@ def _settings(command: str, settings: Sequence[str]) -> dict[str, str]:
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep:
-            raise UsageError(f"'{setting}' is not key=value; e.g. jevons {command} run_dir=runs/image_tiny/20261129-120000")
+            raise UsageError(
+                f"'{setting}' is not key=value; e.g. jevons {command} run_dir=runs/image_tiny/20261129-120000"
+            )
         options[key] = value
     if "run_dir" not in options:
         raise UsageError(f"jevons {command} needs run_dir=PATH (a run directory with checkpoints).")

@@ -17,7 +17,7 @@ from jevons.framework.errors import UsageError
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*\Z")
 
-PYPROJECT = '''[build-system]
+PYPROJECT = """[build-system]
 requires = ["setuptools>=69"]
 build-backend = "setuptools.build_meta"
 
@@ -40,7 +40,7 @@ packages = ["{module}"]
 
 [tool.pytest.ini_options]
 addopts = "--import-mode=importlib"
-'''
+"""
 
 MODULE = '''"""The ``{name}`` Jevons plugin.
 
@@ -151,7 +151,7 @@ def test_a_bad_setting_is_refused(tmp_path):
         train([*TINY, f"run.root={{tmp_path}}", "{name}.log_every=0"])
 '''
 
-README = '''# jevons-{dist}
+README = """# jevons-{dist}
 
 A Jevons plugin. Install it next to Jevons and enable it in a run:
 
@@ -161,21 +161,23 @@ A Jevons plugin. Install it next to Jevons and enable it in a run:
 
 Its figures appear in the end-of-run table and in `summary.json` under
 `plugin_figures.{name}`. Test it with `pip install -e ".[test]" && pytest`.
-'''
+"""
 
 
 def write_plugin_package(name: str, parent: Path) -> list[Path]:
     """Write ``parent/jevons-NAME/``; refuse a name that is not a Python identifier or an existing folder."""
     if not NAME_PATTERN.match(name):
-        raise UsageError(f"Plugin name '{name}' must be lowercase letters, digits and underscores, starting with a letter "
-                         "(it is a config section and part of a module name); e.g. jevons new-plugin grad_norm.")
+        raise UsageError(
+            f"Plugin name '{name}' must be lowercase letters, digits and underscores, starting with a letter "
+            "(it is a config section and part of a module name); e.g. jevons new-plugin grad_norm."
+        )
     dist = name.replace("_", "-")
     root = Path(parent) / f"jevons-{dist}"
     if root.exists():
         raise UsageError(f"{root} exists; choose another name or --dir.")
     module = f"jevons_{name}"
     config_class = "".join(part.capitalize() for part in name.split("_")) + "Config"
-    values = dict(name=name, dist=dist, module=module, config_class=config_class)
+    values = {"name": name, "dist": dist, "module": module, "config_class": config_class}
     files = {
         "pyproject.toml": PYPROJECT,
         "README.md": README,

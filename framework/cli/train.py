@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from jevons.framework.cli.common import guarded
 
@@ -30,10 +30,13 @@ See `jevons recipes` and `jevons plugins` for what is installed.
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        return guarded(lambda: _print_help())
+        return guarded(_print_help)
     if any(arg.startswith("--") for arg in args):
         bad = next(arg for arg in args if arg.startswith("--"))
-        print(f"error: '{bad}' is not an option: settings are key=value (e.g. trainer.max_steps=20); see train --help", file=sys.stderr)
+        print(
+            f"error: '{bad}' is not an option: settings are key=value (e.g. trainer.max_steps=20); see train --help",
+            file=sys.stderr,
+        )
         return 2
 
     def run() -> int:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, field, make_dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from jevons.framework.config.schema import Config
 from jevons.framework.config.validate import to_dataclass
@@ -65,7 +66,9 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
     sections = {section: reg.value for section, reg in manager.config_sections.items()}
     launcher_name = raw.get("launcher", {}).get("name", "local")
     if launcher_name not in LAUNCHER_SCHEMAS:
-        raise UsageError(f"launcher.name={launcher_name!r}: unknown launcher. Launchers: {format_choices(LAUNCHER_SCHEMAS)}.")
+        raise UsageError(
+            f"launcher.name={launcher_name!r}: unknown launcher. Launchers: {format_choices(LAUNCHER_SCHEMAS)}."
+        )
     enabled = raw.get("plugins") or []
     if not isinstance(enabled, list) or not all(isinstance(p, str) for p in enabled):
         raise UsageError(f"plugins={enabled!r} must be a list of plugin names, e.g. plugins=[muon].")
@@ -80,7 +83,9 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
                 to_dataclass(schema, raw[section], section)
         except TypeError as error:  # a schema the validator cannot read: the plugin's bug, not the user's
             raise PluginError(manager.config_sections[section].plugin, "register_config", error) from None
-    schema = run_schema(family.config_sections, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name])
+    schema = run_schema(
+        family.config_sections, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name]
+    )
     config = to_dataclass(schema, raw, "")
     recipe = manager.recipes.get(config.recipe)
     if recipe is not None and recipe.family != family.name:
@@ -94,8 +99,9 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
 
 def load_run_config(manager: PluginManager, run_dir: Any) -> Config:
     """A run's resolved ``config.yaml``, validated against what is installed now."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -109,8 +115,11 @@ def load_run_config(manager: PluginManager, run_dir: Any) -> Config:
 def check_family_parallelism(parallel: Any, family: Any) -> None:
     """Refuse a parallelism the family's model does not implement, instead of silently ignoring it."""
     asked = {
-        "tensor": parallel.tensor > 1, "pipeline": parallel.pipeline > 1, "context": parallel.context > 1,
-        "expert": parallel.expert > 1, "sequence": parallel.sequence,
+        "tensor": parallel.tensor > 1,
+        "pipeline": parallel.pipeline > 1,
+        "context": parallel.context > 1,
+        "expert": parallel.expert > 1,
+        "sequence": parallel.sequence,
     }
     missing = [kind for kind, on in asked.items() if on and kind not in getattr(family, "parallelism", frozenset())]
     if missing:

@@ -3,13 +3,13 @@
 A run's config is one :class:`Config`: these framework sections, plus the
 family's sections (``model``, an extended ``data``) and one section per enabled
 plugin, added per run by :func:`jevons.framework.config.compose.compose_config`.
-A new feature is new config here, never a new CLI flag (STYLE.md, 9).
+A new feature is new config here, never a new CLI flag (docs/architecture.md, "Conventions").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 
 @dataclass
@@ -26,9 +26,9 @@ class TrainerConfig:
     """Lightning precision. CPU training is fp32: bf16 matmul is slow on most CPUs."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
     """Clip the global gradient norm to this; null turns clipping off."""
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     """torch intra-op threads per process; null keeps torch's default (all cores)."""
     progress_bar: bool = True
     nonfinite: Literal["skip", "stop"] = "skip"
@@ -39,11 +39,23 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "trainer.max_steps", self.max_steps, "a positive integer")
-        require(self.max_consecutive_nonfinite > 0, "trainer.max_consecutive_nonfinite", self.max_consecutive_nonfinite, "a positive integer")
-        require(self.val_check_interval > 0, "trainer.val_check_interval", self.val_check_interval, "a positive integer")
+        require(
+            self.max_consecutive_nonfinite > 0,
+            "trainer.max_consecutive_nonfinite",
+            self.max_consecutive_nonfinite,
+            "a positive integer",
+        )
+        require(
+            self.val_check_interval > 0, "trainer.val_check_interval", self.val_check_interval, "a positive integer"
+        )
         require(self.limit_val_batches >= 0, "trainer.limit_val_batches", self.limit_val_batches, "0 or more")
         require(self.log_every_n_steps > 0, "trainer.log_every_n_steps", self.log_every_n_steps, "a positive integer")
-        require(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", self.accumulate_grad_batches, "a positive integer")
+        require(
+            self.accumulate_grad_batches > 0,
+            "trainer.accumulate_grad_batches",
+            self.accumulate_grad_batches,
+            "a positive integer",
+        )
         if self.num_threads is not None:
             require(self.num_threads > 0, "trainer.num_threads", self.num_threads, "a positive integer or null")
 
@@ -66,7 +78,12 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         require(self.lr > 0, "optimizer.lr", self.lr, "a positive number")
         require(self.weight_decay >= 0, "optimizer.weight_decay", self.weight_decay, "0 or more")
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas", self.betas, "two numbers in [0, 1)")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optimizer.betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
         require(self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "0 or more")
         require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
 
@@ -78,11 +95,11 @@ class DataConfig:
     source: str = ""
     """A built-in data source (``jevons data`` lists them) or the path of a shard
     index (``index.json``) written by :func:`jevons.framework.data.shards.write_shards`."""
-    root: Optional[str] = None
+    root: str | None = None
     """Cache for built-in data; null means ``$JEVONS_DATA`` or ``~/.cache/jevons``."""
     batch_size: int = 32
     """Samples per batch per data-parallel rank."""
-    val_batch_size: Optional[int] = None
+    val_batch_size: int | None = None
     """Defaults to ``batch_size``."""
     num_workers: int = 1
     """DataLoader worker processes that decode samples."""
@@ -95,12 +112,17 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self.batch_size > 0, "data.batch_size", self.batch_size, "a positive integer")
         require(self.num_workers >= 0, "data.num_workers", self.num_workers, "0 or more")
-        require(0 <= self.max_corrupt_fraction <= 1, "data.max_corrupt_fraction", self.max_corrupt_fraction, "a number in [0, 1]")
+        require(
+            0 <= self.max_corrupt_fraction <= 1,
+            "data.max_corrupt_fraction",
+            self.max_corrupt_fraction,
+            "a number in [0, 1]",
+        )
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: Optional[int] = None
+    every_n_steps: int | None = None
     """Save every this many steps; null saves only at the end of training."""
     keep_last: int = 2
     """Complete checkpoints kept; older ones are deleted after a newer one is complete."""
@@ -112,7 +134,9 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.every_n_steps is not None:
-            require(self.every_n_steps > 0, "checkpoint.every_n_steps", self.every_n_steps, "a positive integer or null")
+            require(
+                self.every_n_steps > 0, "checkpoint.every_n_steps", self.every_n_steps, "a positive integer or null"
+            )
         require(self.keep_last > 0, "checkpoint.keep_last", self.keep_last, "a positive integer")
 
 
@@ -153,7 +177,7 @@ class LauncherConfig:
 class RunConfig:
     root: str = "runs"
     """Run directories are created as ``<root>/<recipe>/<timestamp>/``."""
-    dir: Optional[str] = None
+    dir: str | None = None
     """An explicit run directory (resuming into it, or a Slurm job's)."""
 
 

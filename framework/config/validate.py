@@ -81,7 +81,9 @@ def check_value(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise _type_error(path, value, "a mapping")
         key_type, item_type = typing.get_args(tp) or (Any, Any)
-        return {check_value(key_type, k, path): check_value(item_type, v, _join(path, str(k))) for k, v in value.items()}
+        return {
+            check_value(key_type, k, path): check_value(item_type, v, _join(path, str(k))) for k, v in value.items()
+        }
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -101,7 +103,7 @@ def check_value(tp: Any, value: Any, path: str) -> Any:
     raise TypeError(f"unsupported type {tp!r} in a config schema at {path}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -11,9 +11,9 @@ import fcntl
 import os
 import shutil
 import sys
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
 from jevons.framework.family import DataSource

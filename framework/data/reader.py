@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 

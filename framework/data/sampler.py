@@ -1,6 +1,6 @@
 """The default batch sampler: shuffled fixed-size batches, split across data-parallel ranks.
 
-Batch samplers own the data-parallel split and their position (DESIGN.md,
+Batch samplers own the data-parallel split and their position (docs/architecture.md,
 "Data"); Lightning's distributed sampler is off. Every rank computes the same
 global order from ``(seed, epoch)``, cuts it into global batches of
 ``batch_size * world_size`` samples, and takes its own stride of each, so all
@@ -13,7 +13,8 @@ DataLoader prefetched) and stores it in checkpoints.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,9 @@ def write_shards(
     with wds.ShardWriter(pattern, maxcount=max_samples_per_shard, verbose=0) as writer:
         for sample, sample_lengths in samples:
             if len(sample_lengths) != len(length_names):
-                raise ValueError(f"sample {sample.get('__key__')} has {len(sample_lengths)} lengths, expected {length_names}")
+                raise ValueError(
+                    f"sample {sample.get('__key__')} has {len(sample_lengths)} lengths, expected {length_names}"
+                )
             writer.write(sample)
             while len(counts) < writer.shard:  # writer.shard counts the shards opened so far
                 counts.append(0)
@@ -91,7 +94,9 @@ def read_index(path: Path) -> ShardIndex:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UsageError(f"No shard index at {path}: expected a file written by jevons.framework.data.write_shards.") from None
+        raise UsageError(
+            f"No shard index at {path}: expected a file written by jevons.framework.data.write_shards."
+        ) from None
     except json.JSONDecodeError as error:
         raise UsageError(f"Shard index {path} is not valid JSON: {error}") from None
     meta = data.get("jevons") if isinstance(data, dict) else None

@@ -16,8 +16,9 @@ samples hold ``frames.npy`` (uint8, ``(F, H, W)`` or ``(F, H, W, C)``) and
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,9 @@ def _video_samples(progress: bool, count: int = 6000) -> Iterator[tuple[str, dic
             velocity = rng.uniform(-2.5, 2.5, size=2)
             for frame in range(VIDEO_FRAMES):
                 top, left = np.round(position).astype(int)
-                frames[frame, top : top + 16, left : left + 16] = np.maximum(frames[frame, top : top + 16, left : left + 16], sprites[digit])
+                frames[frame, top : top + 16, left : left + 16] = np.maximum(
+                    frames[frame, top : top + 16, left : left + 16], sprites[digit]
+                )
                 position = position + velocity
                 for axis in range(2):  # bounce off the walls
                     if not 0 <= position[axis] <= CANVAS - 16:
@@ -97,8 +100,12 @@ def _build(samples: Iterator[tuple[str, dict[str, Any], list[int]]], directory: 
     for number, (key, fields, lengths) in enumerate(samples):
         splits["val" if number % 10 == 0 else "train"].append(({"__key__": key, **fields}, lengths))
     for split, items in splits.items():
-        write_shards(iter(items), directory, split, length_names=["frames"], name=f"{name}/{split}", max_samples_per_shard=1000)
-    (directory / "meta.json").write_text(json.dumps({"canvas": CANVAS, "frames": VIDEO_FRAMES if "video" in name or "moving" in name else 1}))
+        write_shards(
+            iter(items), directory, split, length_names=["frames"], name=f"{name}/{split}", max_samples_per_shard=1000
+        )
+    (directory / "meta.json").write_text(
+        json.dumps({"canvas": CANVAS, "frames": VIDEO_FRAMES if "video" in name or "moving" in name else 1})
+    )
 
 
 def build_images(directory: Path, progress: bool) -> None:
@@ -109,8 +116,12 @@ def build_videos(directory: Path, progress: bool) -> None:
     _build(_video_samples(progress), directory, "moving-digits")
 
 
-IMAGES = DataSource("digits-images", "scikit-learn's digits as 32 px images, with shifted and rescaled copies", build_images, version=1)
-VIDEOS = DataSource("moving-digits", "one or two digits moving and bouncing, 32 px x 16 frames", build_videos, version=1)
+IMAGES = DataSource(
+    "digits-images", "scikit-learn's digits as 32 px images, with shifted and rescaled copies", build_images, version=1
+)
+VIDEOS = DataSource(
+    "moving-digits", "one or two digits moving and bouncing, 32 px x 16 frames", build_videos, version=1
+)
 
 
 def _decode(sample: dict[str, Any]) -> dict[str, Any]:
@@ -129,7 +140,7 @@ class DigitClips:
         self.lost = samples.lost
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, data_config: Any) -> "DigitClips":
+    def from_folder(cls, folder: Path, split: str, data_config: Any) -> DigitClips:
         return cls(open_split(folder, split, _decode, data_config), data_config.resolution, data_config.frames)
 
     def check_losses(self, lost: int) -> None:

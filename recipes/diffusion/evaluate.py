@@ -10,7 +10,12 @@ import torch
 
 from jevons.framework.family import EvalContext
 from jevons.recipes.diffusion.data import NO_DIGIT
-from jevons.recipes.diffusion.metrics import classifier, features_and_predictions, frechet_distance, temporal_consistency
+from jevons.recipes.diffusion.metrics import (
+    classifier,
+    features_and_predictions,
+    frechet_distance,
+    temporal_consistency,
+)
 
 
 def to_uint8(videos: torch.Tensor) -> np.ndarray:
@@ -25,7 +30,9 @@ def grid(videos: np.ndarray, columns: int) -> np.ndarray:
     canvas = np.zeros((frames, rows * (height + 1), columns * (width + 1), channels), np.uint8)
     for index in range(count):
         r, c = divmod(index, columns)
-        canvas[:, r * (height + 1) : r * (height + 1) + height, c * (width + 1) : c * (width + 1) + width] = videos[index]
+        canvas[:, r * (height + 1) : r * (height + 1) + height, c * (width + 1) : c * (width + 1) + width] = videos[
+            index
+        ]
     return canvas
 
 
@@ -33,7 +40,10 @@ def save_grid(frames: np.ndarray, path: Path) -> Path:
     """A PNG for one frame, an animated GIF for several; grayscale when there is one channel."""
     from PIL import Image
 
-    images = [Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f).resize((f.shape[1] * 4, f.shape[0] * 4), Image.NEAREST) for f in frames]
+    images = [
+        Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f).resize((f.shape[1] * 4, f.shape[0] * 4), Image.NEAREST)
+        for f in frames
+    ]
     if len(images) == 1:
         path = path.with_suffix(".png")
         images[0].save(path)
@@ -49,15 +59,27 @@ def class_labels(count: int) -> torch.Tensor:
     return torch.stack([digits, torch.full_like(digits, NO_DIGIT)], dim=1)
 
 
-def quality(sampler: Any, shape: tuple[int, ...], real: torch.Tensor, images_dir: Path, count: int, batch: int,
-            steps: int | None = None, seed: int = 0, **sampler_options: Any) -> dict[str, float]:
+def quality(
+    sampler: Any,
+    shape: tuple[int, ...],
+    real: torch.Tensor,
+    images_dir: Path,
+    count: int,
+    batch: int,
+    steps: int | None = None,
+    seed: int = 0,
+    **sampler_options: Any,
+) -> dict[str, float]:
     """FD and accuracy (and temporal consistency for clips) of ``count`` class-conditional samples;
     ``sampler_options`` go to every sampler call (e.g. a cascade's ``stage_steps``)."""
     net = classifier(images_dir)
     labels = class_labels(count)
-    samples = torch.cat([
-        sampler(labels[i : i + batch], shape, steps=steps, seed=seed + i, **sampler_options) for i in range(0, count, batch)
-    ])
+    samples = torch.cat(
+        [
+            sampler(labels[i : i + batch], shape, steps=steps, seed=seed + i, **sampler_options)
+            for i in range(0, count, batch)
+        ]
+    )
     generated_features, logits = features_and_predictions(net, samples)
     real_features, _ = features_and_predictions(net, real)
     predicted = logits.mean(dim=1).argmax(dim=-1)  # one class per clip: mean over frames
@@ -87,9 +109,13 @@ def evaluate(context: EvalContext, family: Any) -> dict[str, float]:
             if tiled.shape[0] == 1:
                 context.tensorboard.add_image("samples", tiled[0], context.step, dataformats="HWC")
             else:
-                context.tensorboard.add_video("samples", torch.from_numpy(tiled).permute(0, 3, 1, 2)[None], context.step, fps=8)
+                context.tensorboard.add_video(
+                    "samples", torch.from_numpy(tiled).permute(0, 3, 1, 2)[None], context.step, fps=8
+                )
     if cfg.fd_samples <= 0:
         return {}
     real = family.real_reference(context.config, cfg.fd_samples)
-    metrics = quality(context.generator, shape, real, family.images_dir(context.config), cfg.fd_samples, cfg.eval_batch, seed=10_000)
+    metrics = quality(
+        context.generator, shape, real, family.images_dir(context.config), cfg.fd_samples, cfg.eval_batch, seed=10_000
+    )
     return {f"val/{name}": value for name, value in metrics.items()}

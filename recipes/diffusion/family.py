@@ -14,9 +14,10 @@ This module stays light (no torch at import).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jevons.framework.config.schema import DataConfig
 from jevons.framework.errors import UsageError
@@ -44,11 +45,11 @@ class DiffusionModelConfig:
     channels: int = 1
     """Input and output channels: 1 for grayscale digit pixels, 16 for Wan's VAE latents."""
     rope_max_seq_len: int = 64
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     """A local diffusers folder to load the transformer from (nothing is downloaded); a Jevons export
     (``jevons export``, ``benchmarks/teachers/*``, with ``pretrained_subfolder: transformer``) also
     restores the class conditioner."""
-    pretrained_subfolder: Optional[str] = None
+    pretrained_subfolder: str | None = None
 
 
 @dataclass
@@ -84,7 +85,7 @@ class SampleConfig:
 class DiffusionFamily(FamilyBase):
     name = "diffusion"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections = {
+    config_sections: ClassVar[Mapping[str, type]] = {
         "model": DiffusionModelConfig,
         "data": DiffusionDataConfig,
         "conditioning": ConditioningConfig,
@@ -139,8 +140,10 @@ class DiffusionFamily(FamilyBase):
 
             weights = load_file(str(table))["table"]
             if weights.shape != model.conditioner.table.weight.shape:
-                raise UsageError(f"{table} holds a class table of shape {tuple(weights.shape)}; this config's conditioner "
-                                 f"is {tuple(model.conditioner.table.weight.shape)} (conditioning.tokens, model.text_dim).")
+                raise UsageError(
+                    f"{table} holds a class table of shape {tuple(weights.shape)}; this config's conditioner "
+                    f"is {tuple(model.conditioner.table.weight.shape)} (conditioning.tokens, model.text_dim)."
+                )
             model.conditioner.table.weight.data.copy_(weights)
         return model.train()  # diffusers' from_pretrained hands modules back in eval mode
 
@@ -185,7 +188,9 @@ class DiffusionFamily(FamilyBase):
         known = {"steps", "guidance", "rows", "seed"}
         unknown = set(options) - known
         if unknown:
-            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family diffusion; options: {', '.join(sorted(known))}.")
+            raise UsageError(
+                f"Unknown sample option(s) {', '.join(sorted(unknown))} for family diffusion; options: {', '.join(sorted(known))}."
+            )
         config, data = run.config, run.config.data
         steps = int(options.get("steps", config.sample.steps))
         guidance = float(options.get("guidance", config.sample.guidance))

@@ -9,7 +9,7 @@ guidance scale (Ho & Salimans, 2022).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -30,8 +30,12 @@ class DigitClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 16, 16)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 8, 8)
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 32, 16, 16)
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # (B, 64, 8, 8)
         )
         self.features = nn.Sequential(nn.Flatten(), nn.Linear(64 * 8 * 8, FEATURES), nn.ReLU())
         self.head = nn.Linear(FEATURES, 10)
@@ -44,7 +48,7 @@ class DigitClassifier(nn.Module):
 
 def frames_for_classifier(videos: torch.Tensor) -> torch.Tensor:
     """Videos ``(B, C, F, H, W)`` in [-1, 1] to grayscale 32 px frames ``(B * F, 1, 32, 32)``."""
-    batch, channels, frames, height, width = videos.shape
+    batch, _channels, frames, height, width = videos.shape
     gray = videos.float().mean(dim=1, keepdim=True)  # (B, 1, F, H, W)
     flat = gray.permute(0, 2, 1, 3, 4).reshape(batch * frames, 1, height, width)
     if height != SIZE:
@@ -74,7 +78,10 @@ def _train(model: DigitClassifier, images_dir: Path, epochs: int = 3) -> None:
     from jevons.framework.data.reader import ShardDataset
     from jevons.framework.data.shards import decode_npy, read_index
 
-    data = ShardDataset(read_index(images_dir / "train.json"), lambda s: (decode_npy(s["frames.npy"])[0], json.loads(s["labels.json"])[0]))
+    data = ShardDataset(
+        read_index(images_dir / "train.json"),
+        lambda s: (decode_npy(s["frames.npy"])[0], json.loads(s["labels.json"])[0]),
+    )
     images = torch.from_numpy(np.stack([data[i][0] for i in range(len(data))])).float()[:, None] / 127.5 - 1.0
     labels = torch.tensor([data[i][1] for i in range(len(data))])
     generator = torch.Generator().manual_seed(0)
@@ -85,8 +92,14 @@ def _train(model: DigitClassifier, images_dir: Path, epochs: int = 3) -> None:
     model.eval()
 
 
-def _epochs(model: DigitClassifier, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-            generator: torch.Generator, epochs: int) -> None:
+def _epochs(
+    model: DigitClassifier,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    epochs: int,
+) -> None:
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator)
         for start in range(0, len(order), 128):
@@ -99,7 +112,9 @@ def _epochs(model: DigitClassifier, optimizer: torch.optim.Optimizer, images: to
 
 
 @torch.no_grad()
-def features_and_predictions(net: DigitClassifier, videos: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+def features_and_predictions(
+    net: DigitClassifier, videos: torch.Tensor, batch: int = 512
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame features ``(B, F, 128)`` and logits ``(B, F, 10)``."""
     frames = frames_for_classifier(videos)
     parts = [net(frames[i : i + batch]) for i in range(0, len(frames), batch)]

@@ -56,10 +56,12 @@ class DiffusionModel(nn.Module):
 
         directory = Path(directory)
         self.transformer.save_pretrained(directory / "transformer")
-        save_file({"table": self.conditioner.table.weight.detach().contiguous()}, str(directory / "conditioner.safetensors"))
+        save_file(
+            {"table": self.conditioner.table.weight.detach().contiguous()}, str(directory / "conditioner.safetensors")
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: Path, tokens: int) -> "DiffusionModel":
+    def from_pretrained(cls, directory: Path, tokens: int) -> DiffusionModel:
         from diffusers import WanTransformer3DModel
         from safetensors.torch import load_file
 

@@ -48,7 +48,9 @@ def _column(linear: nn.Linear) -> ColumnParallelLinear:
 
 
 def _row(linear: nn.Linear) -> RowParallelLinear:
-    layer = RowParallelLinear(linear.in_features, linear.out_features, init_method=nn.init.zeros_, bias=linear.bias is not None)
+    layer = RowParallelLinear(
+        linear.in_features, linear.out_features, init_method=nn.init.zeros_, bias=linear.bias is not None
+    )
     cols = linear.in_features // tensor_parallel_size()
     start = _rank() * cols
     with torch.no_grad():

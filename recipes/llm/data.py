@@ -19,8 +19,9 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,17 @@ def _stdlib_docstrings() -> list[tuple[str, str]]:
     import sysconfig
 
     root = sysconfig.get_paths()["stdlib"]
-    skip = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib2to3", "ensurepip", "turtledemo"}
+    skip = {
+        "test",
+        "tests",
+        "idle_test",
+        "site-packages",
+        "dist-packages",
+        "__pycache__",
+        "lib2to3",
+        "ensurepip",
+        "turtledemo",
+    }
     documents = []
     for directory, folders, files in os.walk(root):
         folders[:] = sorted(f for f in folders if f not in skip and not f.startswith("."))
@@ -111,16 +122,20 @@ def build_prose(directory: Path, progress: bool) -> None:
     bar = tqdm(total=sum(len(v) for v in splits.values()), desc="llm-prose", unit="document", disable=not progress)
     for split, documents in splits.items():
 
-        def samples() -> Iterator[tuple[dict[str, Any], list[int]]]:
+        def samples(
+            split: str = split, documents: list[tuple[str, str]] = documents
+        ) -> Iterator[tuple[dict[str, Any], list[int]]]:
             for name, text in documents:
-                ids = tokenizer.encode(text).ids + [eot]
+                ids = [*tokenizer.encode(text).ids, eot]
                 if split == "train":
                     counts.update(ids)
                 bar.update()
                 key = re.sub(r"[^A-Za-z0-9_-]", "_", name)  # webdataset keys: no dots or slashes
                 yield {"__key__": key, "tokens.npy": np.asarray(ids, dtype=np.uint16), "txt": text}, [len(ids)]
 
-        write_shards(samples(), directory, split, length_names=["tokens"], name=f"llm-prose/{split}", max_samples_per_shard=32)
+        write_shards(
+            samples(), directory, split, length_names=["tokens"], name=f"llm-prose/{split}", max_samples_per_shard=32
+        )
     bar.close()
     total = sum(counts.values())
     entropy = -sum(c / total * math.log(c / total) for c in counts.values())
@@ -169,7 +184,7 @@ class TokenWindows:
         self.lengths = np.minimum(seq_len + 1, doc_lengths - self.windows[:, 1])
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, data_config: Any) -> "TokenWindows":
+    def from_folder(cls, folder: Path, split: str, data_config: Any) -> TokenWindows:
         return cls(open_split(folder, split, _decode_document, data_config), data_config.seq_len)
 
     @property

@@ -56,17 +56,19 @@ def llama_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
         prefix = f"model.layers.{i}."
         q, k, v = rearrange(layer.attn.qkv.weight, "(h three d) c -> three (h d) c", three=3, d=shape.head_dim)
         gate, up = rearrange(layer.ffn.gate_up.weight, "(f two) c -> two f c", two=2)
-        tensors.update({
-            prefix + "self_attn.q_proj.weight": q,
-            prefix + "self_attn.k_proj.weight": k,
-            prefix + "self_attn.v_proj.weight": v,
-            prefix + "self_attn.o_proj.weight": layer.attn.proj.weight,
-            prefix + "mlp.gate_proj.weight": gate,
-            prefix + "mlp.up_proj.weight": up,
-            prefix + "mlp.down_proj.weight": layer.ffn.down.weight,
-            prefix + "input_layernorm.weight": layer.attn_norm.weight,
-            prefix + "post_attention_layernorm.weight": layer.ffn_norm.weight,
-        })
+        tensors.update(
+            {
+                prefix + "self_attn.q_proj.weight": q,
+                prefix + "self_attn.k_proj.weight": k,
+                prefix + "self_attn.v_proj.weight": v,
+                prefix + "self_attn.o_proj.weight": layer.attn.proj.weight,
+                prefix + "mlp.gate_proj.weight": gate,
+                prefix + "mlp.up_proj.weight": up,
+                prefix + "mlp.down_proj.weight": layer.ffn.down.weight,
+                prefix + "input_layernorm.weight": layer.attn_norm.weight,
+                prefix + "post_attention_layernorm.weight": layer.ffn_norm.weight,
+            }
+        )
     if model.head is not None:
         tensors["lm_head.weight"] = model.head.weight
     return {name: t.detach().to(torch.float32).contiguous().clone() for name, t in tensors.items()}
@@ -89,8 +91,12 @@ def export_llama(model: DecoderLM, tokenizer_json: Path, out_dir: Path) -> list[
     save_file(llama_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
     (staging / "config.json").write_text(json.dumps(llama_config(model), indent=2) + "\n")
     shutil.copyfile(tokenizer_json, staging / "tokenizer.json")
-    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                        "model_max_length": model.shape.max_seq_len}
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": model.shape.max_seq_len,
+    }
     (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     staging.rename(out_dir)
     return sorted(out_dir.iterdir())

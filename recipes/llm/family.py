@@ -14,9 +14,10 @@ while plugins load.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jevons.framework.config.schema import DataConfig
 from jevons.framework.family import DataSource, EvalContext, FamilyBase
@@ -29,12 +30,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class LLMModelConfig:
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
     """Null takes the data's tokenizer size; it is padded to split evenly over TP ranks."""
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    ffn_hidden_size: Optional[int] = None
+    ffn_hidden_size: int | None = None
     """Null gives SwiGLU's 8/3 x hidden_size, rounded up to a multiple of 32 (Llama's sizing)."""
     max_seq_len: int = 256
     rope_theta: float = 10000.0
@@ -64,7 +65,11 @@ class LLMGenerateConfig:
 class LLMFamily(FamilyBase):
     name = "llm"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections = {"model": LLMModelConfig, "data": LLMDataConfig, "generate": LLMGenerateConfig}
+    config_sections: ClassVar[Mapping[str, type]] = {
+        "model": LLMModelConfig,
+        "data": LLMDataConfig,
+        "generate": LLMGenerateConfig,
+    }
     capabilities = frozenset({"transformer", "token_sequences"})
     parallelism = frozenset({"tensor"})
     weight_unit = "tokens"
@@ -74,7 +79,9 @@ class LLMFamily(FamilyBase):
 
         cfg, tp = config.model, config.parallel.tensor
         if cfg.hidden_size % cfg.num_heads:
-            raise UsageError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}.")
+            raise UsageError(
+                f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}."
+            )
         if cfg.num_heads % tp:
             raise UsageError(
                 f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads}: tensor parallelism splits whole "
@@ -151,7 +158,9 @@ class LLMFamily(FamilyBase):
         known = {"prompt", "max_new_tokens", "temperature", "top_k", "seed"}
         unknown = set(options) - known
         if unknown:
-            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family llm; options: {', '.join(sorted(known))}.")
+            raise UsageError(
+                f"Unknown sample option(s) {', '.join(sorted(unknown))} for family llm; options: {', '.join(sorted(known))}."
+            )
         cfg = run.config.generate
         prompts = [options["prompt"]] if "prompt" in options else cfg.prompts
         texts = run.generator(

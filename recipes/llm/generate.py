@@ -6,7 +6,8 @@ recomputing the prefix keeps one code path for every tensor-parallel size.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -91,7 +91,9 @@ class CausalSelfAttention(nn.Module):
         self.rotary = rotary
         # One fused projection for Q, K and V, laid out head by head ([q, k, v] per
         # head), so Megatron's contiguous row split gives each rank whole heads.
-        self.qkv = ColumnParallelLinear(shape.hidden_size, 3 * shape.hidden_size, init_method=normal_init(shape.init_std))
+        self.qkv = ColumnParallelLinear(
+            shape.hidden_size, 3 * shape.hidden_size, init_method=normal_init(shape.init_std)
+        )
         self.qkv.weight.fused_rows = (3, shape.head_dim)  # rows are (head, q|k|v, head_dim): three matrices
         self.proj = RowParallelLinear(
             shape.hidden_size, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
@@ -145,13 +147,17 @@ class DecoderLM(nn.Module):
         if shape.num_heads % tp:
             raise ValueError(f"num_heads={shape.num_heads} is not divisible by tensor parallel size {tp}")
         self.shape = shape
-        self.embed = VocabParallelEmbedding(shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std))
+        self.embed = VocabParallelEmbedding(
+            shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std)
+        )
         rotary = RotaryEmbedding(shape.head_dim, shape.max_seq_len, shape.rope_theta)
         self.layers = nn.ModuleList([Block(shape, rotary) for _ in range(shape.num_layers)])
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.head = None
         if not shape.tie_embeddings:
-            self.head = ColumnParallelLinear(shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std))
+            self.head = ColumnParallelLinear(
+                shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std)
+            )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if input_ids.shape[1] > self.shape.max_seq_len:

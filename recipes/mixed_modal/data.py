@@ -15,8 +15,9 @@ then caption (:mod:`.tokens`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -86,25 +87,47 @@ def build_captioned_digits(directory: Path, progress: bool) -> None:
     codebook = codebook.astype(np.float32)
     words = sorted({w for items in splits.values() for _, text, _ in items for w in text.split()})
     vocabulary = Vocabulary(tuple(words), CODEBOOK_SIZE, (CANVAS // PATCH) ** 2)
-    meta: dict[str, Any] = {"canvas": CANVAS, "patch": PATCH, "codebook_size": CODEBOOK_SIZE, "words": len(words), "splits": {}}
+    meta: dict[str, Any] = {
+        "canvas": CANVAS,
+        "patch": PATCH,
+        "codebook_size": CODEBOOK_SIZE,
+        "words": len(words),
+        "splits": {},
+    }
     for split, items in splits.items():
         images = np.stack([image for image, _, _ in items])
         codes = quantise(images, codebook)
         error = float(np.mean((decode_codes(codes, codebook) - images) ** 2))
-        meta["splits"][split] = {"samples": len(items), "digits": len(items) // DRAWS[split], "reconstruction_mse": round(error, 5)}
+        meta["splits"][split] = {
+            "samples": len(items),
+            "digits": len(items) // DRAWS[split],
+            "reconstruction_mse": round(error, 5),
+        }
 
-        def samples(items: list = items, codes: np.ndarray = codes, split: str = split) -> Iterator[tuple[dict[str, Any], list[int]]]:
+        def samples(
+            items: list = items, codes: np.ndarray = codes, split: str = split
+        ) -> Iterator[tuple[dict[str, Any], list[int]]]:
             for number, ((_, text, attributes), sample_codes) in enumerate(zip(items, codes)):
                 ids = vocabulary.sequence(vocabulary.encode_caption(text), sample_codes, attributes["caption_first"])
                 # One JSON member per sample: a tar member costs at least 1 KiB, so fields are not split.
-                fields = {"__key__": f"{split}{number:06d}", "json": {"caption": text, "codes": sample_codes.astype(np.uint8).tobytes().hex(),
-                                                              **attributes}}
+                fields = {
+                    "__key__": f"{split}{number:06d}",
+                    "json": {"caption": text, "codes": sample_codes.astype(np.uint8).tobytes().hex(), **attributes},
+                }
                 yield fields, [len(ids)]
 
-        write_shards(samples(), directory, split, length_names=["tokens"], name=f"captioned-digits/{split}", max_samples_per_shard=5000)
+        write_shards(
+            samples(),
+            directory,
+            split,
+            length_names=["tokens"],
+            name=f"captioned-digits/{split}",
+            max_samples_per_shard=5000,
+        )
     np.save(directory / "codebook.npy", codebook)
-    (directory / "vocab.json").write_text(json.dumps({"words": words, "codebook_size": CODEBOOK_SIZE,
-                                                      "image_tokens": vocabulary.image_tokens}, indent=1))
+    (directory / "vocab.json").write_text(
+        json.dumps({"words": words, "codebook_size": CODEBOOK_SIZE, "image_tokens": vocabulary.image_tokens}, indent=1)
+    )
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -141,7 +164,7 @@ class CaptionedImages:
         self.lost = samples.lost
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, data_config: Any) -> "CaptionedImages":
+    def from_folder(cls, folder: Path, split: str, data_config: Any) -> CaptionedImages:
         return cls(open_split(folder, split, _decode, data_config), load_vocabulary(folder))
 
     def check_losses(self, lost: int) -> None:
@@ -156,8 +179,12 @@ class CaptionedImages:
             return sample
         caption_ids = self.vocabulary.encode_caption(sample["caption"])
         ids = self.vocabulary.sequence(caption_ids, sample["codes"], sample["attributes"]["caption_first"])
-        return {"ids": ids, "caption": sample["caption"], "codes": sample["codes"],
-                "first_code": self.vocabulary.first_code}
+        return {
+            "ids": ids,
+            "caption": sample["caption"],
+            "codes": sample["codes"],
+            "first_code": self.vocabulary.first_code,
+        }
 
     @staticmethod
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -173,9 +200,12 @@ class CaptionedImages:
         real = torch.arange(longest)[None, :] < torch.tensor([len(s["ids"]) for s in samples])[:, None]
         modality = (ids >= first_code).long()
         return {
-            "input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": real[:, 1:].float(),
-            "modality": modality[:, :-1], "target_modality": modality[:, 1:],
+            "input_ids": ids[:, :-1],
+            "targets": ids[:, 1:],
+            "loss_mask": real[:, 1:].float(),
+            "modality": modality[:, :-1],
+            "target_modality": modality[:, 1:],
             "real": real[:, 1:],  # an input position is real when it has a target
-            "captions": [s["caption"] for s in samples], "codes": torch.from_numpy(np.stack([s["codes"] for s in samples])),
+            "captions": [s["caption"] for s in samples],
+            "codes": torch.from_numpy(np.stack([s["codes"] for s in samples])),
         }
-

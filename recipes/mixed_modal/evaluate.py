@@ -40,8 +40,13 @@ def evaluate(context: EvalContext, data_dir: Path) -> dict[str, float]:
     metrics = per_modality(context.metrics, context.model.modalities)
     cfg = context.config.generate
     generator = context.generator
-    images = generator.images(cfg.captions, per_caption=cfg.images_per_caption, temperature=cfg.temperature,
-                              top_k=cfg.top_k, seed=context.step)
+    images = generator.images(
+        cfg.captions,
+        per_caption=cfg.images_per_caption,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        seed=context.step,
+    )
     held_out = CaptionedImages.from_folder(data_dir, "val", context.config.data)
     samples = [held_out[i] for i in range(min(cfg.caption_images, len(held_out)))]
     samples = [s for s in samples if isinstance(s, dict)]
@@ -52,12 +57,17 @@ def evaluate(context: EvalContext, data_dir: Path) -> dict[str, float]:
     if context.is_rank_zero:
         folder = context.run_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
-        context.artifacts.append(save_image_grid(images, cfg.images_per_caption, folder / f"step_{context.step:08d}_images.png"))
+        context.artifacts.append(
+            save_image_grid(images, cfg.images_per_caption, folder / f"step_{context.step:08d}_images.png")
+        )
         lines = [f"caption:   {c}\nreference: {s['caption'].replace(' ,', ',')}" for c, s in zip(captions, samples)]
         prompts = "\n".join(f"row {i}: {text}" for i, text in enumerate(cfg.captions))
         path = folder / f"step_{context.step:08d}_captions.txt"
-        path.write_text(f"# images (rows of the PNG grid) from captions\n{prompts}\n\n# captions from held-out images\n"
-                        + "\n\n".join(lines) + "\n")
+        path.write_text(
+            f"# images (rows of the PNG grid) from captions\n{prompts}\n\n# captions from held-out images\n"
+            + "\n\n".join(lines)
+            + "\n"
+        )
         context.artifacts.append(path)
         if context.tensorboard is not None:
             context.tensorboard.add_text("captions", "\n\n".join(lines), context.step)

@@ -15,9 +15,10 @@ This module stays light (no torch at import).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jevons.framework.config.schema import DataConfig
 from jevons.framework.family import DataSource, EvalContext, FamilyBase
@@ -33,7 +34,7 @@ class MixedModalModelConfig:
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    ffn_hidden_size: Optional[int] = None
+    ffn_hidden_size: int | None = None
     """Null gives SwiGLU's 8/3 x hidden_size, rounded up to a multiple of 32."""
     max_seq_len: int = 96
     rope_theta: float = 10000.0
@@ -51,13 +52,15 @@ class MixedModalDataConfig(DataConfig):
 class MixedModalGenerateConfig:
     """What each validation writes to ``samples/``."""
 
-    captions: list[str] = field(default_factory=lambda: [
-        "a thick handwritten seven , slightly tilted to the left",
-        "the small digit two , in the top left corner",
-        "a thin zero , upright , in the middle",
-        "a bold four , on a noisy background",
-        "the large digit 3 , tilted to the right",
-    ])
+    captions: list[str] = field(
+        default_factory=lambda: [
+            "a thick handwritten seven , slightly tilted to the left",
+            "the small digit two , in the top left corner",
+            "a thin zero , upright , in the middle",
+            "a bold four , on a noisy background",
+            "the large digit 3 , tilted to the right",
+        ]
+    )
     """Captions to draw images from: one row of the PNG grid each (words of the data's vocabulary)."""
     images_per_caption: int = 6
     temperature: float = 1.0
@@ -69,7 +72,11 @@ class MixedModalGenerateConfig:
 class MixedModalFamily(FamilyBase):
     name = "mixed_modal"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections = {"model": MixedModalModelConfig, "data": MixedModalDataConfig, "generate": MixedModalGenerateConfig}
+    config_sections: ClassVar[Mapping[str, type]] = {
+        "model": MixedModalModelConfig,
+        "data": MixedModalDataConfig,
+        "generate": MixedModalGenerateConfig,
+    }
     capabilities = frozenset({"transformer", "token_sequences", "token_modalities"})
     parallelism = frozenset({"tensor"})
     weight_unit = "tokens"
@@ -79,10 +86,14 @@ class MixedModalFamily(FamilyBase):
 
         cfg, tp = config.model, config.parallel.tensor
         if cfg.hidden_size % cfg.num_heads:
-            raise UsageError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}.")
+            raise UsageError(
+                f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}."
+            )
         if cfg.num_heads % tp:
-            raise UsageError(f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads}: tensor parallelism "
-                             f"splits whole attention heads across ranks.")
+            raise UsageError(
+                f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads}: tensor parallelism "
+                f"splits whole attention heads across ranks."
+            )
         if cfg.ffn_hidden_size and cfg.ffn_hidden_size % tp:
             raise UsageError(f"parallel.tensor={tp} must divide model.ffn_hidden_size={cfg.ffn_hidden_size}.")
 
@@ -108,8 +119,10 @@ class MixedModalFamily(FamilyBase):
         vocabulary = load_vocabulary(self.data_dir(config))
         longest = int(self.build_dataset(config, "train").lengths.max()) - 1
         if longest > cfg.max_seq_len:
-            raise UsageError(f"model.max_seq_len={cfg.max_seq_len} is shorter than the data's longest sequence "
-                             f"({longest} input tokens); raise it to at least {longest}.")
+            raise UsageError(
+                f"model.max_seq_len={cfg.max_seq_len} is shorter than the data's longest sequence "
+                f"({longest} input tokens); raise it to at least {longest}."
+            )
         shape = TransformerShape(
             vocab_size=pad_vocab_size(vocabulary.size),
             hidden_size=cfg.hidden_size,
@@ -161,15 +174,24 @@ class MixedModalFamily(FamilyBase):
         known = {"caption", "count", "temperature", "seed"}
         unknown = set(options) - known
         if unknown:
-            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family mixed_modal; "
-                             f"options: {', '.join(sorted(known))}.")
+            raise UsageError(
+                f"Unknown sample option(s) {', '.join(sorted(unknown))} for family mixed_modal; "
+                f"options: {', '.join(sorted(known))}."
+            )
         cfg = run.config.generate
         captions = [options["caption"]] if "caption" in options else list(cfg.captions)
         count = int(options.get("count", cfg.images_per_caption))
         try:
-            images = run.generator.images(captions, per_caption=count, temperature=float(options.get("temperature", cfg.temperature)),
-                                          top_k=cfg.top_k, seed=int(options.get("seed", 0)))
+            images = run.generator.images(
+                captions,
+                per_caption=count,
+                temperature=float(options.get("temperature", cfg.temperature)),
+                top_k=cfg.top_k,
+                seed=int(options.get("seed", 0)),
+            )
         except ValueError as error:  # a word outside the vocabulary
-            raise UsageError(f"caption {captions!r}: {error}. The vocabulary is in {self.data_dir(run.config) / 'vocab.json'}.") from None
+            raise UsageError(
+                f"caption {captions!r}: {error}. The vocabulary is in {self.data_dir(run.config) / 'vocab.json'}."
+            ) from None
         out_dir.mkdir(parents=True, exist_ok=True)
         return [save_image_grid(images, count, out_dir / f"step_{run.step:08d}_images.png")]

@@ -9,7 +9,7 @@ short and recomputing keeps one code path for every tensor-parallel size.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,9 @@ class MixedModalGenerator:
         self.vocabulary = vocabulary
         self.codebook = codebook
 
-    def _next(self, ids: torch.Tensor, allowed: torch.Tensor, temperature: float, top_k: int, rng: torch.Generator) -> torch.Tensor:
+    def _next(
+        self, ids: torch.Tensor, allowed: torch.Tensor, temperature: float, top_k: int, rng: torch.Generator
+    ) -> torch.Tensor:
         from jevons.framework.tensor_parallel import gather_last_dim
 
         logits = gather_last_dim(self.model(ids)[:, -1])[:, : self.vocabulary.size].float().cpu()  # (B, V)
@@ -38,8 +40,9 @@ class MixedModalGenerator:
         return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=rng)
 
     @torch.no_grad()
-    def images(self, captions: Sequence[str], per_caption: int = 1, temperature: float = 1.0, top_k: int = 0,
-               seed: int = 0) -> np.ndarray:
+    def images(
+        self, captions: Sequence[str], per_caption: int = 1, temperature: float = 1.0, top_k: int = 0, seed: int = 0
+    ) -> np.ndarray:
         """``(len(captions) * per_caption, 16, 16)`` images in [0, 1], caption by caption."""
         vocab, rng = self.vocabulary, torch.Generator().manual_seed(seed)
         device = next(self.model.parameters()).device
@@ -55,8 +58,9 @@ class MixedModalGenerator:
         return decode_codes(np.concatenate(codes), self.codebook)
 
     @torch.no_grad()
-    def captions(self, codes: np.ndarray, max_words: int = 24, temperature: float = 0.0, top_k: int = 0,
-                 seed: int = 0) -> list[str]:
+    def captions(
+        self, codes: np.ndarray, max_words: int = 24, temperature: float = 0.0, top_k: int = 0, seed: int = 0
+    ) -> list[str]:
         """A caption for each image given as ``(N, image_tokens)`` codes (greedy by default)."""
         vocab, rng = self.vocabulary, torch.Generator().manual_seed(seed)
         device = next(self.model.parameters()).device

@@ -13,14 +13,25 @@ travels through globals.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jevons.framework.tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding, normal_init, tensor_parallel_size
-from jevons.recipes.llm.model import CausalSelfAttention, RMSNorm, RotaryEmbedding, SwiGLU, TransformerShape, copy_to_tp_region
+from jevons.framework.tensor_parallel import (
+    ColumnParallelLinear,
+    VocabParallelEmbedding,
+    normal_init,
+    tensor_parallel_size,
+)
+from jevons.recipes.llm.model import (
+    CausalSelfAttention,
+    RMSNorm,
+    RotaryEmbedding,
+    SwiGLU,
+    TransformerShape,
+    copy_to_tp_region,
+)
 
 
 @dataclass
@@ -35,7 +46,7 @@ class TokenContext:
     """
 
     modality: torch.Tensor
-    real: Optional[torch.Tensor] = None
+    real: torch.Tensor | None = None
     modalities: tuple[str, ...] = ("text", "image")
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)
     stats: dict[str, list[torch.Tensor]] = field(default_factory=dict)
@@ -50,7 +61,7 @@ class TokenContext:
 class DenseFFN(SwiGLU):
     """The llm family's SwiGLU, taking (and ignoring) the token context."""
 
-    def forward(self, x: torch.Tensor, context: Optional[TokenContext] = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, context: TokenContext | None = None) -> torch.Tensor:  # type: ignore[override]
         return super().forward(x)
 
 
@@ -74,25 +85,33 @@ class MixedModalDecoder(nn.Module):
     modalities are read off the ids (generation).
     """
 
-    def __init__(self, shape: TransformerShape, first_image_code: int, modalities: tuple[str, ...] = ("text", "image")) -> None:
+    def __init__(
+        self, shape: TransformerShape, first_image_code: int, modalities: tuple[str, ...] = ("text", "image")
+    ) -> None:
         super().__init__()
         if shape.num_heads % tensor_parallel_size():
-            raise ValueError(f"num_heads={shape.num_heads} is not divisible by tensor parallel size {tensor_parallel_size()}")
+            raise ValueError(
+                f"num_heads={shape.num_heads} is not divisible by tensor parallel size {tensor_parallel_size()}"
+            )
         self.shape = shape
         self.first_image_code = first_image_code
         self.modalities = modalities
-        self.embed = VocabParallelEmbedding(shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std))
+        self.embed = VocabParallelEmbedding(
+            shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std)
+        )
         rotary = RotaryEmbedding(shape.head_dim, shape.max_seq_len, shape.rope_theta)
         self.layers = nn.ModuleList([MixedBlock(shape, rotary) for _ in range(shape.num_layers)])
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.head = None
         if not shape.tie_embeddings:
-            self.head = ColumnParallelLinear(shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std))
+            self.head = ColumnParallelLinear(
+                shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std)
+            )
 
-    def context_for(self, input_ids: torch.Tensor, real: Optional[torch.Tensor] = None) -> TokenContext:
+    def context_for(self, input_ids: torch.Tensor, real: torch.Tensor | None = None) -> TokenContext:
         return TokenContext((input_ids >= self.first_image_code).long(), real, self.modalities)
 
-    def forward(self, input_ids: torch.Tensor, context: Optional[TokenContext] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, context: TokenContext | None = None) -> torch.Tensor:
         if input_ids.shape[1] > self.shape.max_seq_len:
             raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds max_seq_len={self.shape.max_seq_len}")
         context = context if context is not None else self.context_for(input_ids)

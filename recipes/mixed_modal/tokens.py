@@ -17,8 +17,8 @@ which tokens may come next (exactly ``image_tokens`` codes after ``<image>``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -60,6 +60,6 @@ class Vocabulary:
         body = [*caption_ids, *image] if caption_first else [*image, *caption_ids]
         return np.asarray([BOS, *body, EOS], dtype=np.int64)
 
-    def modality(self, ids: np.ndarray | "torch.Tensor") -> np.ndarray | "torch.Tensor":  # noqa: F821
+    def modality(self, ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:  # noqa: F821
         """``IMAGE`` where an id is an image code, ``TEXT`` elsewhere (same shape and array type)."""
         return (ids >= self.first_code) * IMAGE

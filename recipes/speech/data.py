@@ -22,9 +22,10 @@ import json
 import random
 import re
 import wave
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,8 @@ def sentences() -> dict[str, list[str]]:
 
     found = set()
     for _, document in _documents():
-        for sentence in re.split(r"(?<=[.!?])\s+|\n\s*\n", document):
-            sentence = " ".join(sentence.split()).rstrip(".!?")
+        for piece in re.split(r"(?<=[.!?])\s+|\n\s*\n", document):
+            sentence = " ".join(piece.split()).rstrip(".!?")
             if not re.fullmatch(r"[A-Za-z',;\- ]+", sentence):
                 continue  # code, numbers, markup: not speakable as written
             normalised = vocab.normalize(sentence)
@@ -72,7 +73,9 @@ def _wav_bytes(waveform: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def build_speech(directory: Path, progress: bool, max_sentences: Optional[dict[str, int]] = None, workers: int = 2) -> None:
+def build_speech(
+    directory: Path, progress: bool, max_sentences: dict[str, int] | None = None, workers: int = 2
+) -> None:
     """Synthesise ``train``/``val`` shards and ``meta.json`` into ``directory``.
 
     ``max_sentences`` takes the first that many sentences of a split (tests build a small corpus this way).
@@ -91,11 +94,15 @@ def build_speech(directory: Path, progress: bool, max_sentences: Optional[dict[s
 
             def spoken(items: list[str] = items) -> Iterator[tuple[str, Voice, np.ndarray]]:
                 voices = [voice_for(s) for s in items]
-                for sentence, voice, waveform in zip(items, voices, pool.map(lambda a: synthesize(*a, binary), zip(items, voices))):
+                for sentence, voice, waveform in zip(
+                    items, voices, pool.map(lambda a: synthesize(*a, binary), zip(items, voices))
+                ):
                     bar.update()
                     yield sentence, voice, waveform
 
-            def samples(stats: dict[str, Any] = stats, split: str = split) -> Iterator[tuple[dict[str, Any], list[int]]]:
+            def samples(
+                stats: dict[str, Any] = stats, split: str = split
+            ) -> Iterator[tuple[dict[str, Any], list[int]]]:
                 for number, (sentence, voice, waveform) in enumerate(spoken()):
                     seconds = len(waveform) / SAMPLE_RATE
                     if not MIN_SECONDS <= seconds <= MAX_SECONDS:
@@ -103,12 +110,22 @@ def build_speech(directory: Path, progress: bool, max_sentences: Optional[dict[s
                         continue
                     stats["utterances"] += 1
                     stats["seconds"] += seconds
-                    fields = {"__key__": f"{split}{number:06d}", "wav": _wav_bytes(waveform), "txt": sentence,
-                              "json": {"voice": voice.name, "words_per_minute": voice.words_per_minute, "pitch": voice.pitch}}
+                    fields = {
+                        "__key__": f"{split}{number:06d}",
+                        "wav": _wav_bytes(waveform),
+                        "txt": sentence,
+                        "json": {"voice": voice.name, "words_per_minute": voice.words_per_minute, "pitch": voice.pitch},
+                    }
                     yield fields, [num_frames(len(waveform)), len(sentence) + 1]  # + 1: the </s> the decoder predicts
 
-            write_shards(samples(), directory, split, length_names=["frames", "tokens"], name=f"speech/{split}",
-                         max_samples_per_shard=500)
+            write_shards(
+                samples(),
+                directory,
+                split,
+                length_names=["frames", "tokens"],
+                name=f"speech/{split}",
+                max_samples_per_shard=500,
+            )
             meta["splits"][split] = stats
     bar.close()
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -125,8 +142,10 @@ SPEECH_SOURCE = DataSource(
 def _decode(sample: dict[str, Any]) -> dict[str, Any]:
     with wave.open(io.BytesIO(sample["wav"])) as audio:
         if audio.getframerate() != SAMPLE_RATE or audio.getsampwidth() != 2 or audio.getnchannels() != 1:
-            raise ValueError(f"expected 16 kHz 16-bit mono audio, got {audio.getframerate()} Hz, "
-                             f"{8 * audio.getsampwidth()}-bit, {audio.getnchannels()} channel(s)")
+            raise ValueError(
+                f"expected 16 kHz 16-bit mono audio, got {audio.getframerate()} Hz, "
+                f"{8 * audio.getsampwidth()}-bit, {audio.getnchannels()} channel(s)"
+            )
         raw = audio.readframes(audio.getnframes())
     transcript = sample["txt"].decode("utf-8")
     return {"audio": np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0, "text": transcript}
@@ -146,7 +165,7 @@ class Utterances:
         self.lost = samples.lost
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, data_config: Any) -> "Utterances":
+    def from_folder(cls, folder: Path, split: str, data_config: Any) -> Utterances:
         return cls(open_split(folder, split, _decode, data_config), data_config.num_mels)
 
     def check_losses(self, lost: int) -> None:
@@ -165,8 +184,11 @@ class Utterances:
             return sample
         features = log_mel(torch.from_numpy(sample["audio"]), self.num_mels)
         features = (features - features.mean(0)) / (features.std(0) + 1e-5)
-        return {"features": features, "tokens": np.asarray(vocab.encode(sample["text"]), dtype=np.int64),
-                "text": sample["text"]}
+        return {
+            "features": features,
+            "tokens": np.asarray(vocab.encode(sample["text"]), dtype=np.int64),
+            "text": sample["text"],
+        }
 
     @staticmethod
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -192,6 +214,13 @@ class Utterances:
             targets[row, :n] = ids
             targets[row, n] = vocab.EOS
         target_mask = torch.arange(decoder_input.shape[1])[None, :] <= chars[:, None]
-        return {"features": features, "feature_lengths": frames, "tokens": tokens, "token_lengths": chars,
-                "decoder_input": decoder_input, "targets": targets, "target_mask": target_mask.float(),
-                "texts": [s["text"] for s in samples]}
+        return {
+            "features": features,
+            "feature_lengths": frames,
+            "tokens": tokens,
+            "token_lengths": chars,
+            "decoder_input": decoder_input,
+            "targets": targets,
+            "target_mask": target_mask.float(),
+            "texts": [s["text"] for s in samples],
+        }

@@ -20,8 +20,9 @@ Method = Literal["greedy", "beam", "ctc"]
 class Transcriber:
     """The speech family's generator: ``transcriber(features, feature_lengths, method=...)`` -> texts."""
 
-    def __init__(self, model: torch.nn.Module, beam_size: int = 4, ctc_weight: float = 0.3,
-                 length_penalty: float = 0.0) -> None:
+    def __init__(
+        self, model: torch.nn.Module, beam_size: int = 4, ctc_weight: float = 0.3, length_penalty: float = 0.0
+    ) -> None:
         self.model = model
         self.beam_size = beam_size
         self.ctc_weight = ctc_weight
@@ -30,8 +31,13 @@ class Transcriber:
         """Finished hypotheses are ranked by score / length ** length_penalty (0: no normalisation)."""
 
     @torch.no_grad()
-    def __call__(self, features: torch.Tensor, feature_lengths: torch.Tensor, method: Method = "greedy",
-                 beam_size: int | None = None) -> list[str]:
+    def __call__(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        method: Method = "greedy",
+        beam_size: int | None = None,
+    ) -> list[str]:
         was_training = self.model.training
         self.model.eval()
         try:
@@ -41,8 +47,10 @@ class Transcriber:
             if method == "greedy":
                 return self._greedy(memory, lengths)
             if method == "beam":
-                return [self._beam(memory[i : i + 1, : lengths[i]], lengths[i : i + 1], beam_size or self.beam_size)
-                        for i in range(len(memory))]
+                return [
+                    self._beam(memory[i : i + 1, : lengths[i]], lengths[i : i + 1], beam_size or self.beam_size)
+                    for i in range(len(memory))
+                ]
             raise ValueError(f"Unknown decoding method {method!r}; expected greedy, beam or ctc.")
         finally:
             self.model.train(was_training)
@@ -80,7 +88,11 @@ class Transcriber:
         finished: list[tuple[float, list[int]]] = []
         for step in range(1, self.max_length(lengths) + 1):
             count = len(alive)
-            log_probs = self.model.decode(alive, memory.expand(count, -1, -1), lengths.expand(count))[:, -1].float().log_softmax(-1)
+            log_probs = (
+                self.model.decode(alive, memory.expand(count, -1, -1), lengths.expand(count))[:, -1]
+                .float()
+                .log_softmax(-1)
+            )
             log_probs[:, vocab.BLANK] = log_probs[:, vocab.BOS] = float("-inf")  # never emitted by the decoder
             step_scores = log_probs
             if weight > 0:

@@ -25,15 +25,17 @@ def readable(dataset: Any, count: int) -> list[dict[str, Any]]:
     return [s for s in (dataset[i] for i in range(min(count, len(dataset)))) if not isinstance(s, Corrupt)]
 
 
-def transcribe(generator: Any, collate: Any, samples: list[dict[str, Any]], batch_size: int, method: str,
-               beam_size: int = 4) -> tuple[list[str], list[str]]:
+def transcribe(
+    generator: Any, collate: Any, samples: list[dict[str, Any]], batch_size: int, method: str, beam_size: int = 4
+) -> tuple[list[str], list[str]]:
     """References and hypotheses of ``samples``, decoded ``batch_size`` at a time with ``method``."""
     device = next(generator.model.parameters()).device
     references, hypotheses = [], []
     for start in range(0, len(samples), batch_size):
         batch = collate(samples[start : start + batch_size])
-        hypotheses += generator(batch["features"].to(device), batch["feature_lengths"].to(device), method=method,
-                                beam_size=beam_size)
+        hypotheses += generator(
+            batch["features"].to(device), batch["feature_lengths"].to(device), method=method, beam_size=beam_size
+        )
         references += batch["texts"]
     return references, hypotheses
 
@@ -45,11 +47,14 @@ def evaluate(context: EvalContext, dataset: Any) -> dict[str, float]:
     samples = readable(dataset, cfg.eval_utterances)
     with torch.no_grad():
         for method in cfg.eval_methods:
-            references, hypotheses = transcribe(context.generator, dataset.collate, samples, cfg.batch_size, method,
-                                                cfg.beam_size)
+            references, hypotheses = transcribe(
+                context.generator, dataset.collate, samples, cfg.batch_size, method, cfg.beam_size
+            )
             rates = error_rates(references, hypotheses)
             metrics.update({f"val/{name}_{method}": value for name, value in rates.items()})
-            written += [f"## {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"]
+            written += [
+                f"## {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"
+            ]
             written += [f"ref: {r}\nhyp: {h}\n" for r, h in list(zip(references, hypotheses))[: cfg.samples_written]]
     first = cfg.eval_methods[0]
     metrics["val/cer"], metrics["val/wer"] = metrics[f"val/cer_{first}"], metrics[f"val/wer_{first}"]

@@ -14,9 +14,10 @@ while plugins load.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from jevons.framework.config.schema import DataConfig
 from jevons.framework.errors import UsageError
@@ -75,15 +76,21 @@ class SpeechDecodeConfig:
 class SpeechFamily(FamilyBase):
     name = "speech"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections = {"model": SpeechModelConfig, "data": SpeechDataConfig, "loss": SpeechLossConfig,
-                       "decode": SpeechDecodeConfig}
+    config_sections: ClassVar[Mapping[str, type]] = {
+        "model": SpeechModelConfig,
+        "data": SpeechDataConfig,
+        "loss": SpeechLossConfig,
+        "decode": SpeechDecodeConfig,
+    }
     capabilities = frozenset({"transformer", "encoder_decoder", "audio"})
     weight_unit = "tokens"
 
     def validate(self, config: Config) -> None:
         cfg = config.model
         if cfg.hidden_size % cfg.num_heads:
-            raise UsageError(f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}.")
+            raise UsageError(
+                f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}."
+            )
         for key in ("loss.ctc_weight", "decode.ctc_weight"):
             section, name = key.split(".")
             value = getattr(getattr(config, section), name)
@@ -92,7 +99,9 @@ class SpeechFamily(FamilyBase):
         methods: tuple[Literal["greedy", "beam", "ctc"], ...] = ("greedy", "beam", "ctc")
         unknown = [m for m in config.decode.eval_methods if m not in methods]
         if unknown or not config.decode.eval_methods:
-            raise UsageError(f"decode.eval_methods={list(config.decode.eval_methods)} must be a non-empty list among {list(methods)}.")
+            raise UsageError(
+                f"decode.eval_methods={list(config.decode.eval_methods)} must be a non-empty list among {list(methods)}."
+            )
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.speech.data import SPEECH_SOURCE
@@ -108,11 +117,18 @@ class SpeechFamily(FamilyBase):
         from jevons.recipes.speech.model import ASRShape, SpeechRecognizer
 
         cfg = config.model
-        return SpeechRecognizer(ASRShape(
-            num_mels=config.data.num_mels, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
-            encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers, ffn_hidden_size=cfg.ffn_hidden_size,
-            subsampling_channels=cfg.subsampling_channels, dropout=cfg.dropout,
-        ))
+        return SpeechRecognizer(
+            ASRShape(
+                num_mels=config.data.num_mels,
+                hidden_size=cfg.hidden_size,
+                num_heads=cfg.num_heads,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                ffn_hidden_size=cfg.ffn_hidden_size,
+                subsampling_channels=cfg.subsampling_channels,
+                dropout=cfg.dropout,
+            )
+        )
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
         encoder = [(f"encoder.{i}.attn", layer.attn) for i, layer in enumerate(model.encoder)]
@@ -151,14 +167,22 @@ class SpeechFamily(FamilyBase):
         known = {"count", "method", "beam_size"}
         unknown = set(options) - known
         if unknown:
-            raise UsageError(f"Unknown sample option(s) {', '.join(sorted(unknown))} for family speech; options: {', '.join(sorted(known))}.")
+            raise UsageError(
+                f"Unknown sample option(s) {', '.join(sorted(unknown))} for family speech; options: {', '.join(sorted(known))}."
+            )
         method = options.get("method", run.config.decode.eval_methods[0])
         if method not in ("greedy", "beam", "ctc"):
             raise UsageError(f"method={method!r} is not a decoding method; expected greedy, beam or ctc.")
         dataset = self.build_dataset(run.config, "val")
         samples = readable(dataset, int(options.get("count", 20)))
-        references, hypotheses = transcribe(run.generator, dataset.collate, samples, run.config.decode.batch_size,
-                                            method, int(options.get("beam_size", run.config.decode.beam_size)))
+        references, hypotheses = transcribe(
+            run.generator,
+            dataset.collate,
+            samples,
+            run.config.decode.batch_size,
+            method,
+            int(options.get("beam_size", run.config.decode.beam_size)),
+        )
         rates = error_rates(references, hypotheses)
         lines = [f"# {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"]
         lines += [f"ref: {r}\nhyp: {h}\n" for r, h in zip(references, hypotheses)]

@@ -34,12 +34,14 @@ def _mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
 def mel_filter_bank(num_mels: int, n_fft: int = WINDOW, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """``(num_mels, n_fft // 2 + 1)`` triangular filters evenly spaced on the mel scale up to Nyquist."""
     bins = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    edges = _mel_to_hz(torch.linspace(0.0, float(_hz_to_mel(torch.tensor(sample_rate / 2.0))), num_mels + 2, dtype=torch.float64))
+    edges = _mel_to_hz(
+        torch.linspace(0.0, float(_hz_to_mel(torch.tensor(sample_rate / 2.0))), num_mels + 2, dtype=torch.float64)
+    )
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rising = (bins - lower) / (centre - lower)
     falling = (upper - bins) / (upper - centre)
     filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
-    filters *= (2.0 / (upper - lower))  # Slaney: each filter has unit area, so wide high filters are not louder
+    filters *= 2.0 / (upper - lower)  # Slaney: each filter has unit area, so wide high filters are not louder
     return filters.float()
 
 
@@ -50,4 +52,3 @@ def log_mel(waveform: torch.Tensor, num_mels: int = 80) -> torch.Tensor:
     power = spectrum.abs().pow(2)  # (freq, frames)
     mel = mel_filter_bank(num_mels) @ power
     return torch.log(mel.clamp(min=1e-10)).transpose(0, 1)
-

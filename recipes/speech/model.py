@@ -65,8 +65,9 @@ class ConvSubsampling(nn.Module):
     def __init__(self, shape: ASRShape) -> None:
         super().__init__()
         channels = shape.subsampling_channels
-        self.convs = nn.ModuleList([nn.Conv2d(1, channels, 3, stride=2, padding=1),
-                                    nn.Conv2d(channels, channels, 3, stride=2, padding=1)])
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.Conv2d(channels, channels, 3, stride=2, padding=1)]
+        )
         mels = subsampled_lengths(torch.tensor(shape.num_mels)).item()
         self.out = nn.Linear(channels * mels, shape.hidden_size)
 
@@ -89,13 +90,15 @@ class Attention(nn.Module):
         self.key_value = nn.Linear(hidden, 2 * hidden)
         self.out = nn.Linear(hidden, hidden)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False
+    ) -> torch.Tensor:
         batch, length, hidden = x.shape
         q = self.query(x).view(batch, length, self.heads, -1).transpose(1, 2)
         k, v = self.key_value(memory).view(batch, memory.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=causal and mask is None)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=causal and mask is None
+        )
         return self.out(y.transpose(1, 2).reshape(batch, length, hidden))
 
 
@@ -126,7 +129,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, shape: ASRShape) -> None:
         super().__init__()
         hidden = shape.hidden_size
-        self.attn_norm, self.cross_norm, self.ffn_norm = nn.LayerNorm(hidden), nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.attn_norm, self.cross_norm, self.ffn_norm = (
+            nn.LayerNorm(hidden),
+            nn.LayerNorm(hidden),
+            nn.LayerNorm(hidden),
+        )
         self.attn = Attention(hidden, shape.num_heads, shape.dropout)
         self.cross_attn = Attention(hidden, shape.num_heads, shape.dropout)
         self.ffn = FeedForward(hidden, shape.ffn_hidden_size, shape.dropout)
@@ -180,7 +187,8 @@ class SpeechRecognizer(nn.Module):
             x = layer(x, memory, mask)
         return self.head(self.decoder_norm(x))
 
-    def forward(self, features: torch.Tensor, feature_lengths: torch.Tensor,
-                decoder_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, features: torch.Tensor, feature_lengths: torch.Tensor, decoder_input: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         memory, lengths = self.encode(features, feature_lengths)
         return self.decode(decoder_input, memory, lengths), self.ctc_head(memory), lengths

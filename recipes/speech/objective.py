@@ -29,12 +29,26 @@ class HybridCTCAttentionObjective(Objective):
         logits, ctc_logits, encoder_lengths = model(batch["features"], batch["feature_lengths"], batch["decoder_input"])
         mask = batch["target_mask"]
         characters = mask.sum().clamp(min=1)
-        per_token = F.cross_entropy(logits.float().transpose(1, 2), batch["targets"],
-                                    label_smoothing=self.label_smoothing, reduction="none")
+        per_token = F.cross_entropy(
+            logits.float().transpose(1, 2), batch["targets"], label_smoothing=self.label_smoothing, reduction="none"
+        )
         attention = (per_token * mask).sum() / characters
         log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (T, B, vocab)
-        ctc = F.ctc_loss(log_probs, batch["tokens"], encoder_lengths, batch["token_lengths"], blank=vocab.BLANK,
-                         reduction="sum", zero_infinity=True) / characters
+        ctc = (
+            F.ctc_loss(
+                log_probs,
+                batch["tokens"],
+                encoder_lengths,
+                batch["token_lengths"],
+                blank=vocab.BLANK,
+                reduction="sum",
+                zero_infinity=True,
+            )
+            / characters
+        )
         loss = (1.0 - self.ctc_weight) * attention + self.ctc_weight * ctc
-        return ObjectiveOutput(loss=loss, weight=int(characters.item()),
-                               metrics={"attention_loss": attention.detach(), "ctc_loss": ctc.detach()})
+        return ObjectiveOutput(
+            loss=loss,
+            weight=int(characters.item()),
+            metrics={"attention_loss": attention.detach(), "ctc_loss": ctc.detach()},
+        )

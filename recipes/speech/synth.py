@@ -50,9 +50,19 @@ def synthesize(text: str, voice: Voice, binary: str | None = None) -> np.ndarray
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "utterance.wav"
-        command = [binary or espeak_binary(), "-v", voice.name, "-s", str(voice.words_per_minute),
-                   "-p", str(voice.pitch), "-w", str(path), text]
-        result = subprocess.run(command, capture_output=True, text=True)
+        command = [
+            binary or espeak_binary(),
+            "-v",
+            voice.name,
+            "-s",
+            str(voice.words_per_minute),
+            "-p",
+            str(voice.pitch),
+            "-w",
+            str(path),
+            text,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not path.exists():
             raise RuntimeError(f"espeak-ng failed on {text!r} with voice {voice.name}: {result.stderr.strip()}")
         with wave.open(str(path)) as audio:

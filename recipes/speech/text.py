@@ -30,7 +30,9 @@ def encode(text: str) -> list[int]:
     try:
         return [_IDS[c] for c in text]
     except KeyError as error:
-        raise ValueError(f"{text!r} has {error.args[0]!r}, which is not in the vocabulary: normalize() it first.") from None
+        raise ValueError(
+            f"{text!r} has {error.args[0]!r}, which is not in the vocabulary: normalize() it first."
+        ) from None
 
 
 def decode(ids: list[int]) -> str:

@@ -34,9 +34,15 @@ class _Recording:
 def test_padding_figures_equal_the_padding_of_the_batches_the_model_saw(train, tiny) -> None:
     recording = _Recording()
     result = train(
-        tiny("plugins=[padding_aware_sampling,recording]", "model.max_seq_len=128", "data.seq_len=128",
-             "padding_aware_sampling.max_tokens=1032", "padding_aware_sampling.num_buckets=1",
-             "padding_aware_sampling.pool_batches=1", "trainer.max_steps=6"),
+        tiny(
+            "plugins=[padding_aware_sampling,recording]",
+            "model.max_seq_len=128",
+            "data.seq_len=128",
+            "padding_aware_sampling.max_tokens=1032",
+            "padding_aware_sampling.num_buckets=1",
+            "padding_aware_sampling.pool_batches=1",
+            "trainer.max_steps=6",
+        ),
         plugins=[("recording", recording)],
     )
     figures = result.summary["plugin_figures"]["padding_aware_sampling"]
@@ -83,9 +89,16 @@ def test_cascade_figures_match_the_network_evaluations_a_hook_counts() -> None:
     from jevons.recipes.diffusion.data import NO_DIGIT
     from jevons.recipes.diffusion.family import DiffusionFamily
 
-    config = compose_config(PluginManager.load(autoload=False), [
-        "recipe=image_lowdiff_tiny", "model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32",
-    ])
+    config = compose_config(
+        PluginManager.load(autoload=False),
+        [
+            "recipe=image_lowdiff_tiny",
+            "model.num_layers=1",
+            "model.num_heads=2",
+            "model.head_dim=16",
+            "model.ffn_dim=32",
+        ],
+    )
     model = DiffusionFamily().build_model(config)
     lowres_cascade.modify_model(model, config)
     sizes: list[int] = []
@@ -125,6 +138,9 @@ def test_figures_table_and_merge() -> None:
     figures = collect([Report({"a_ms": 1.23456}), pl.Callback(), Report({"b": "text"})])
     assert figures == {"p": {"a_ms": 1.23456, "b": "text"}}
     assert format_figures(figures).splitlines() == [
-        "plugin  figure  value", "------  ------  -----", "p       a_ms    1.235", "p       b       text",
+        "plugin  figure  value",
+        "------  ------  -----",
+        "p       a_ms    1.235",
+        "p       b       text",
     ]
     assert format_figures({}) == ""

@@ -10,7 +10,6 @@ from jevons.framework.plugin import hookimpl
 from jevons.recipes.llm.family import LLMFamily
 
 
-
 class RecordedLLM(LLMFamily):
     """A third-party family: the llm family, recording what the framework asks of it."""
 

@@ -29,7 +29,9 @@ def _step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, seed: int) -
 
 
 def _save(root: Path, step: int, model, optimizer, keep_last: int = 3) -> Path:
-    return ckpt.save_checkpoint(root, step, model, [optimizer], {"global_step": step, "note": "x"}, "seed: 0\n", keep_last)
+    return ckpt.save_checkpoint(
+        root, step, model, [optimizer], {"global_step": step, "note": "x"}, "seed: 0\n", keep_last
+    )
 
 
 def test_round_trip_restores_model_optimizer_and_the_next_update(tmp_path: Path) -> None:
@@ -73,7 +75,9 @@ def test_a_crash_while_saving_leaves_no_visible_checkpoint(tmp_path: Path, monke
         monkeypatch.setattr(ckpt, "_write_durably", lambda p, d: crash() if p.name == ckpt.MARKER else original(p, d))
     else:  # the rename that publishes the directory (DCP renames its own files too)
         original_rename = os.rename
-        monkeypatch.setattr(os, "rename", lambda a, b: crash() if Path(a).name.startswith(".step_") else original_rename(a, b))
+        monkeypatch.setattr(
+            os, "rename", lambda a, b: crash() if Path(a).name.startswith(".step_") else original_rename(a, b)
+        )
     with pytest.raises(OSError, match="disk on fire"):
         _save(tmp_path, 2, model, optimizer)
     monkeypatch.undo()

@@ -11,8 +11,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -116,7 +116,7 @@ def test_every_crash_point_of_a_save_leaves_the_newest_complete_checkpoint(tmp_p
     assert set(outcomes) == {2, 3}  # early crashes keep step 2; once step 3 is renamed into place, it is the newest
     # And the next save after any crash succeeds and becomes the newest.
     model, optimizer = _model(0)
-    _save(tmp_path / f"crash-1-False", 4, model, optimizer)
+    _save(tmp_path / "crash-1-False", 4, model, optimizer)
     assert ckpt.step_of(ckpt.latest_checkpoint(tmp_path / "crash-1-False")) == 4
 
 
@@ -150,7 +150,9 @@ def test_a_real_process_exit_mid_save_never_leaves_a_partial_checkpoint(tmp_path
     root = tmp_path / "checkpoints"
     root.mkdir()
     env = dict(os.environ, PYTHONSAFEPATH="1")
-    result = subprocess.run([sys.executable, "-c", CHILD, str(root), str(crash_at)], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), str(crash_at)], env=env, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 17, result.stderr[-2000:]
     snapshots = {step: torch.load(tmp_path / f"expected-{step}.pt", weights_only=True) for step in (1, 2)}
     assert _check_restart(root, snapshots) in (1, 2)

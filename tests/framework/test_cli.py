@@ -25,9 +25,18 @@ def _assert_refused(result, cwd: Path, *fragments: str) -> None:
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["recipe=doesnotexist"], ["Unknown recipe 'doesnotexist'", "Recipes: image_distill_tiny, image_lowdiff_tiny, image_tiny, llm_125m, llm_tiny, llm_tiny_muon,"]),
+        (
+            ["recipe=doesnotexist"],
+            [
+                "Unknown recipe 'doesnotexist'",
+                "Recipes: image_distill_tiny, image_lowdiff_tiny, image_tiny, llm_125m, llm_tiny, llm_tiny_muon,",
+            ],
+        ),
         (["recipe=llm_tiyn"], ["Did you mean 'llm_tiny'?"]),
-        (["recipe=llm_tiny", "trainer.max_step=10"], ["Unknown key 'trainer.max_step'", "Did you mean 'trainer.max_steps'?"]),
+        (
+            ["recipe=llm_tiny", "trainer.max_step=10"],
+            ["Unknown key 'trainer.max_step'", "Did you mean 'trainer.max_steps'?"],
+        ),
         (["recipe=llm_tiny", "trainer.max_steps=abc"], ["trainer.max_steps='abc'", "expected an integer"]),
         (["recipe=llm_tiny", "plugins=[nosuch]"], ["Unknown plugin 'nosuch'", "Installed plugins:"]),
         (["recipe=llm_tiny", "--max-steps", "3"], ["'--max-steps' is not an option"]),
@@ -66,7 +75,9 @@ def test_a_third_party_hook_that_raises_names_plugin_and_hook(command, tmp_path:
     )
     args = ["train", "recipe=llm_tiny", "plugins=[broken_plugin]", "model.hidden_size=32", "model.num_layers=1"]
     result = command(args, cwd=cwd, PYTHONPATH=str(site))
-    _assert_refused(result, cwd, "plugin 'broken_plugin' failed in hook 'make_optimizer': ValueError: learning rate went missing")
+    _assert_refused(
+        result, cwd, "plugin 'broken_plugin' failed in hook 'make_optimizer': ValueError: learning rate went missing"
+    )
 
     listed = command(["jevons", "plugins"], cwd=cwd, PYTHONPATH=str(site))
     assert "broken_plugin" in listed.stdout and "0.1" in listed.stdout

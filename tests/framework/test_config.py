@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -104,7 +104,7 @@ class Inner:
 @dataclass
 class Outer:
     mode: Literal["a", "b"] = "a"
-    size: Optional[int] = None
+    size: int | None = None
     names: list[str] = field(default_factory=list)
     inner: Inner = field(default_factory=Inner)
 

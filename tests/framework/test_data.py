@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from jevons.framework.data.cache import ensure_built
-from jevons.framework.data.sampler import RandomBatchSampler
 from jevons.framework.data.reader import ShardDataset
+from jevons.framework.data.sampler import RandomBatchSampler
 from jevons.framework.data.shards import decode_npy, read_index, write_shards
 from jevons.framework.errors import UsageError
 from jevons.framework.family import DataSource
@@ -20,14 +20,21 @@ def _samples(n: int):
     rng = np.random.default_rng(0)
     for i in range(n):
         length = int(rng.integers(1, 50))
-        yield {"__key__": f"s{i:04d}", "tokens.npy": np.arange(length, dtype=np.uint16), "txt": f"sample {i}"}, [length, i % 7]
+        yield (
+            {"__key__": f"s{i:04d}", "tokens.npy": np.arange(length, dtype=np.uint16), "txt": f"sample {i}"},
+            [length, i % 7],
+        )
 
 
 def test_shards_round_trip_counts_keys_fields_and_lengths(tmp_path: Path) -> None:
     path = write_shards(_samples(25), tmp_path, "train", length_names=["tokens", "other"], max_samples_per_shard=10)
     index = read_index(path)
     assert [s["nsamples"] for s in index.shards] == [10, 10, 5]
-    assert sorted(p.name for p in tmp_path.glob("*.tar")) == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [
+        "train-000000.tar",
+        "train-000001.tar",
+        "train-000002.tar",
+    ]
     assert index.lengths.shape == (25, 2) and index.length_names == ["tokens", "other"]
     dataset = ShardDataset(index, decode=lambda s: s)
     assert len(dataset) == 25

@@ -33,7 +33,10 @@ def test_hook_register_recipes(tmp_path: Path) -> None:
     assert config.model.hidden_size == 256 and config.trainer.max_steps == 500  # the rest from llm_tiny
 
     (tmp_path / "llm_tiny.yaml").write_text("family: llm\n")
-    with pytest.raises(UsageError, match="Recipe 'llm_tiny' is registered by both plugin 'jevons.recipes.llm'.* and plugin 'more_recipes'"):
+    with pytest.raises(
+        UsageError,
+        match="Recipe 'llm_tiny' is registered by both plugin 'jevons.recipes.llm'.* and plugin 'more_recipes'",
+    ):
         PluginManager.load([("more_recipes", Recipes())], autoload=False)
 
 
@@ -64,7 +67,9 @@ def test_hook_register_config() -> None:
         def register_config(self, register):
             register("scale", ScaleConfig)
 
-    with pytest.raises(UsageError, match="Config section 'scale' is registered by both plugin 'scale' and plugin 'other'"):
+    with pytest.raises(
+        UsageError, match="Config section 'scale' is registered by both plugin 'scale' and plugin 'other'"
+    ):
         PluginManager.load([("scale", Scale()), ("other", Other())], autoload=False)
 
 
@@ -72,9 +77,9 @@ def test_hook_register_kernels() -> None:
     class Kernels:
         @hookimpl
         def register_kernels(self, register):
-            register("test_double", "reference", lambda: (lambda x: 2 * x), priority=0)
-            register("test_double", "fast", lambda: (lambda x: x + x), priority=10)
-            register("test_double", "gpu_only", lambda: (lambda x: x), priority=100, available=lambda: False)
+            register("test_double", "reference", lambda: lambda x: 2 * x, priority=0)
+            register("test_double", "fast", lambda: lambda x: x + x, priority=10)
+            register("test_double", "gpu_only", lambda: lambda x: x, priority=100, available=lambda: False)
 
     PluginManager.load([("kernels_under_test", Kernels())], autoload=False)
     dispatch.force({})
@@ -163,7 +168,9 @@ def test_hook_replace_ffn(train, tiny) -> None:
         def register_callbacks(self, register, config):
             register(Check())
 
-    train(tiny("plugins=[zero_ffn,probe]", "trainer.max_steps=1"), plugins=[("zero_ffn", ZeroFFN()), ("probe", Probe())])
+    train(
+        tiny("plugins=[zero_ffn,probe]", "trainer.max_steps=1"), plugins=[("zero_ffn", ZeroFFN()), ("probe", Probe())]
+    )
     assert layers == [("layers.0.ffn", 0, "SwiGLU"), ("layers.1.ffn", 1, "SwiGLU")]
     assert types == ["SwiGLU", "Identity"]
 
@@ -193,7 +200,9 @@ class SmoothedCrossEntropy(Objective):
         self.calls += 1
         logits = model(batch["input_ids"]).float()
         mask = batch["loss_mask"]
-        per_token = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), reduction="none", label_smoothing=0.1)
+        per_token = F.cross_entropy(
+            logits.flatten(0, 1), batch["targets"].flatten(), reduction="none", label_smoothing=0.1
+        )
         tokens = mask.sum()
         return ObjectiveOutput((per_token * mask.flatten()).sum() / tokens, int(tokens))
 
@@ -206,7 +215,9 @@ def test_hook_make_objective(train, tiny) -> None:
         def make_objective(self, model, config):
             return objective
 
-    result = train(tiny("plugins=[smooth]", "trainer.max_steps=2", "trainer.limit_val_batches=1"), plugins=[("smooth", Smooth())])
+    result = train(
+        tiny("plugins=[smooth]", "trainer.max_steps=2", "trainer.limit_val_batches=1"), plugins=[("smooth", Smooth())]
+    )
     assert objective.calls == 2 + 1  # two training steps, then one validation batch at step 2
     assert result.summary["train_loss"] is not None
 
@@ -230,9 +241,14 @@ def test_hook_make_optimizer(train, tiny) -> None:
         def register_callbacks(self, register, config):
             register(Probe())
 
-    train(tiny("plugins=[sgd,watch]", "trainer.max_steps=3", "optimizer.warmup_steps=0", "optimizer.min_lr_ratio=0.5"), plugins=[("sgd", Sgd()), ("watch", Watch())])
+    train(
+        tiny("plugins=[sgd,watch]", "trainer.max_steps=3", "optimizer.warmup_steps=0", "optimizer.min_lr_ratio=0.5"),
+        plugins=[("sgd", Sgd()), ("watch", Watch())],
+    )
     assert made["used"] is made["optimizer"]
-    assert made["lr"] == pytest.approx(0.05 * 0.5)  # the configured cosine schedule was attached, ending at min_lr_ratio
+    assert made["lr"] == pytest.approx(
+        0.05 * 0.5
+    )  # the configured cosine schedule was attached, ending at min_lr_ratio
 
     class Adam:
         @hookimpl
@@ -250,8 +266,15 @@ def test_hook_make_optimizer(train, tiny) -> None:
                 group["lr"] /= 10
             return optimizer
 
-    train(tiny("plugins=[sgd,lower,watch]", "trainer.max_steps=1", "optimizer.warmup_steps=0", "optimizer.schedule=constant"),
-          plugins=[("sgd", Sgd()), ("lower", LowerLr()), ("watch", Watch())])
+    train(
+        tiny(
+            "plugins=[sgd,lower,watch]",
+            "trainer.max_steps=1",
+            "optimizer.warmup_steps=0",
+            "optimizer.schedule=constant",
+        ),
+        plugins=[("sgd", Sgd()), ("lower", LowerLr()), ("watch", Watch())],
+    )
     assert made["lr"] == pytest.approx(0.005)
 
 
@@ -281,7 +304,10 @@ def test_hook_make_batch_sampler(train, tiny) -> None:
             assert len(dataset.lengths) == len(dataset)
             return samplers[stage]
 
-    train(tiny("plugins=[in_order]", "trainer.max_steps=2", "trainer.limit_val_batches=1"), plugins=[("in_order", InOrder())])
+    train(
+        tiny("plugins=[in_order]", "trainer.max_steps=2", "trainer.limit_val_batches=1"),
+        plugins=[("in_order", InOrder())],
+    )
     assert samplers["train"].seen[:2] == [[0, 1, 2], [3, 4, 5]]
     assert samplers["val"].seen[0] == [0, 1, 2, 3, 4]
 
@@ -376,7 +402,9 @@ def test_declared_families_and_conflicts_are_checked_at_config_time() -> None:
 
     plugins = [("video_only", VideoOnly()), ("needy", Needy()), ("jealous", Jealous()), ("plain", Plain())]
     manager = PluginManager.load(plugins, autoload=False)
-    with pytest.raises(UsageError, match="Plugin 'video_only' does not support recipe family 'llm': it supports only diffusion"):
+    with pytest.raises(
+        UsageError, match="Plugin 'video_only' does not support recipe family 'llm': it supports only diffusion"
+    ):
         compose_config(manager, ["recipe=llm_tiny", "plugins=[video_only]"])
     with pytest.raises(UsageError, match="the family's model lacks attention_processors"):
         compose_config(manager, ["recipe=llm_tiny", "plugins=[needy]"])

@@ -14,8 +14,18 @@ from jevons.framework.plugin_manager import hookspec_names
 TESTS = Path(__file__).resolve().parents[1]
 DOCS = TESTS.parent / "docs" / "hooks.md"
 DESIGN_TABLE = [
-    "register_recipes", "register_config", "register_kernels", "configure", "replace_attention", "replace_ffn",
-    "modify_model", "make_objective", "make_optimizer", "make_batch_sampler", "make_generator", "register_callbacks",
+    "register_recipes",
+    "register_config",
+    "register_kernels",
+    "configure",
+    "replace_attention",
+    "replace_ffn",
+    "modify_model",
+    "make_objective",
+    "make_optimizer",
+    "make_batch_sampler",
+    "make_generator",
+    "register_callbacks",
 ]
 
 

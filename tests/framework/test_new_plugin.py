@@ -22,16 +22,24 @@ def test_the_template_installs_in_a_fresh_venv_and_its_tests_pass(command, tmp_p
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(package)],
-                             capture_output=True, text=True)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(package)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert install.returncode == 0, install.stderr[-2000:]
-    listed = command([str(python), "-c", "from jevons.framework.cli.jevons import main; main(['plugins'])"], cwd=tmp_path)
+    listed = command(
+        [str(python), "-c", "from jevons.framework.cli.jevons import main; main(['plugins'])"], cwd=tmp_path
+    )
     assert "grad_norm" in listed.stdout and "Gradient norm of every training step" in listed.stdout
     tests = command([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package / "tests")], cwd=tmp_path)
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
     assert "2 passed" in tests.stdout
     # Installed into the venv only: the interpreter running this test does not see the plugin.
-    outside = command(["python", "-c", "import importlib.util as u; print(u.find_spec('jevons_grad_norm'))"], cwd=tmp_path)
+    outside = command(
+        ["python", "-c", "import importlib.util as u; print(u.find_spec('jevons_grad_norm'))"], cwd=tmp_path
+    )
     assert outside.stdout.strip() == "None"
 
 

@@ -23,10 +23,20 @@ from jevons.framework.optim import Optimization, default_optimizer
 from jevons.framework.plugin_manager import PluginManager
 
 TINY = [
-    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=4", "model.max_seq_len=32",
-    "data.seq_len=32", "data.num_workers=0", "trainer.val_check_interval=100", "trainer.limit_val_batches=0",
-    "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "optimizer.warmup_steps=0",
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.num_workers=0",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "optimizer.warmup_steps=0",
 ]
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -66,7 +76,13 @@ def test_tp2_on_two_processes_equals_tp1_with_adamw(adamw_tp1_and_tp2) -> None:
 
 
 def test_tp2_on_two_processes_equals_tp1_with_muon(run) -> None:
-    common = ["trainer.max_steps=20", "data.batch_size=4", "plugins=[muon]", "muon.ns_dtype=float32", "checkpoint.every_n_steps=20"]
+    common = [
+        "trainer.max_steps=20",
+        "data.batch_size=4",
+        "plugins=[muon]",
+        "muon.ns_dtype=float32",
+        "checkpoint.every_n_steps=20",
+    ]
     _close(run("muon-tp2", *common, "launcher.nproc=2", "parallel.tensor=2"), run("muon-tp1", *common), 1e-5)
 
 
@@ -74,8 +90,9 @@ def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, 
     ranks = [torch.load(runs / "adamw-tp2" / f"state-rank{r}.pt", weights_only=True)["params"] for r in range(2)]
     full = torch.load(runs / "adamw-tp1" / "state-rank0.pt", weights_only=True)["params"]
     sharded = {name: dim for name, (dim, _) in ranks[0].items() if dim is not None}
-    assert set(sharded) == {name for name in full if name.endswith(("qkv.weight", "proj.weight", "gate_up.weight", "down.weight"))} | {
-        "embed.weight", "head.weight"}
+    assert set(sharded) == {
+        name for name in full if name.endswith(("qkv.weight", "proj.weight", "gate_up.weight", "down.weight"))
+    } | {"embed.weight", "head.weight"}
     for name, dim in sharded.items():
         for rank in ranks:
             assert rank[name][1].shape[dim] * 2 == full[name][1].shape[dim]  # the work is split, not replicated
@@ -88,7 +105,9 @@ def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, 
 
 def test_tp2_dp2_on_four_processes_equals_one_process_with_the_same_global_batch(run) -> None:
     single = run("global-batch-1proc", "trainer.max_steps=10", "data.batch_size=8")
-    split = run("global-batch-4proc", "trainer.max_steps=10", "data.batch_size=4", "launcher.nproc=4", "parallel.tensor=2")
+    split = run(
+        "global-batch-4proc", "trainer.max_steps=10", "data.batch_size=4", "launcher.nproc=4", "parallel.tensor=2"
+    )
     _close(split, single, 1e-5)
 
 
@@ -117,14 +136,23 @@ def test_checkpoints_reshard_between_tp2_and_tp1(run, runs: Path) -> None:
         assert torch.equal(value, gathered), name
 
     # Next step after TP=2 -> TP=1, and after TP=1 -> TP=2, against continuing at the saved layout.
-    continued_tp2 = run("save-tp2", *common, "trainer.max_steps=5", "launcher.nproc=2", "parallel.tensor=2", "checkpoint.resume=auto")
+    continued_tp2 = run(
+        "save-tp2", *common, "trainer.max_steps=5", "launcher.nproc=2", "parallel.tensor=2", "checkpoint.resume=auto"
+    )
     as_tp1 = run("load-tp1", *common, "trainer.max_steps=5", f"checkpoint.resume={checkpoint}")
     assert abs(as_tp1[4] - continued_tp2[4]) <= 1e-6
 
     run("save-tp1", *common, "trainer.max_steps=4")
     checkpoint = runs / "save-tp1" / "checkpoints" / "step_00000004"
     continued_tp1 = run("save-tp1", *common, "trainer.max_steps=5", "checkpoint.resume=auto")
-    as_tp2 = run("load-tp2", *common, "trainer.max_steps=5", f"checkpoint.resume={checkpoint}", "launcher.nproc=2", "parallel.tensor=2")
+    as_tp2 = run(
+        "load-tp2",
+        *common,
+        "trainer.max_steps=5",
+        f"checkpoint.resume={checkpoint}",
+        "launcher.nproc=2",
+        "parallel.tensor=2",
+    )
     assert abs(as_tp2[4] - continued_tp1[4]) <= 1e-6
 
 
@@ -134,7 +162,9 @@ def test_impossible_layouts_are_refused_at_config_time() -> None:
         compose_config(manager, [*TINY, "parallel.tensor=3", "launcher.nproc=3"])
     with pytest.raises(UsageError, match=r"parallel.tensor=2 .* does not divide the world of 1 process"):
         compose_config(manager, [*TINY, "parallel.tensor=2"])
-    with pytest.raises(UsageError, match=r"Family 'llm' does not implement pipeline parallelism \(it implements: tensor"):
+    with pytest.raises(
+        UsageError, match=r"Family 'llm' does not implement pipeline parallelism \(it implements: tensor"
+    ):
         compose_config(manager, [*TINY, "parallel.pipeline=2", "launcher.nproc=2"])
     with pytest.raises(UsageError, match=r"parallel.pipeline.* need CUDA"):
         distributed.check_parallel_sizes(ParallelConfig(pipeline=2), world_size=2, cuda=False)
@@ -142,9 +172,20 @@ def test_impossible_layouts_are_refused_at_config_time() -> None:
         distributed.check_parallel_sizes(ParallelConfig(tensor=2, sequence=True), world_size=2, cuda=False)
 
 
-DIFFUSION = ["recipe=image_tiny", "model.num_layers=2", "model.num_heads=4", "model.head_dim=8", "model.ffn_dim=32",
-             "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=8", "trainer.log_every_n_steps=1",
-             "trainer.limit_val_batches=0", "trainer.progress_bar=false", "optimizer.warmup_steps=0"]
+DIFFUSION = [
+    "recipe=image_tiny",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.head_dim=8",
+    "model.ffn_dim=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=8",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=0",
+    "trainer.progress_bar=false",
+    "optimizer.warmup_steps=0",
+]
 
 
 def test_diffusion_transformer_at_tp2_equals_tp1(command, runs: Path) -> None:
@@ -153,7 +194,9 @@ def test_diffusion_transformer_at_tp2_equals_tp1(command, runs: Path) -> None:
     losses = {}
     for tp in (1, 2):
         run_dir = runs / f"diffusion-tp{tp}"
-        result = command(["train", *DIFFUSION, f"launcher.nproc={tp}", f"parallel.tensor={tp}", f"run.dir={run_dir}"], cwd=runs)
+        result = command(
+            ["train", *DIFFUSION, f"launcher.nproc={tp}", f"parallel.tensor={tp}", f"run.dir={run_dir}"], cwd=runs
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         with open(run_dir / "metrics.csv") as handle:
             losses[tp] = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}

@@ -10,9 +10,19 @@ import pytest
 import torch
 
 TINY = [
-    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.max_seq_len=128",
-    "data.seq_len=32", "data.batch_size=4", "trainer.val_check_interval=25", "trainer.limit_val_batches=1",
-    "generate.max_new_tokens=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false", "optimizer.warmup_steps=0",
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.max_seq_len=128",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "trainer.val_check_interval=25",
+    "trainer.limit_val_batches=1",
+    "generate.max_new_tokens=2",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "optimizer.warmup_steps=0",
 ]
 
 
@@ -37,7 +47,9 @@ def test_sigkill_at_three_steps_then_the_same_command_continues_exactly(train_cm
     assert train_cmd(straight, *common).returncode == 0
     killed = tmp_path / "killed"
     for step in (7, 23, 38):  # the first before any checkpoint: the restart starts over, as it must
-        crashed = train_cmd(killed, *common, "checkpoint.resume=auto", "plugins=[jt_dump_state,jt_crash_at]", f"jt_crash_at.step={step}")
+        crashed = train_cmd(
+            killed, *common, "checkpoint.resume=auto", "plugins=[jt_dump_state,jt_crash_at]", f"jt_crash_at.step={step}"
+        )
         assert crashed.returncode == -9, crashed.stderr[-2000:]  # SIGKILL: no handler ran
     finished = train_cmd(killed, *common, "checkpoint.resume=auto")
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -55,8 +67,15 @@ def test_sigkill_at_three_steps_then_the_same_command_continues_exactly(train_cm
 
 def test_nan_on_one_rank_skips_the_same_steps_on_both(train_cmd, tmp_path: Path) -> None:
     run_dir = tmp_path / "nan"
-    result = train_cmd(run_dir, "trainer.max_steps=10", "launcher.nproc=2", "data.num_workers=0",
-                       "plugins=[jt_nan_at]", "jt_nan_at.steps=[3,7]", "jt_nan_at.rank=1")
+    result = train_cmd(
+        run_dir,
+        "trainer.max_steps=10",
+        "launcher.nproc=2",
+        "data.num_workers=0",
+        "plugins=[jt_nan_at]",
+        "jt_nan_at.steps=[3,7]",
+        "jt_nan_at.rank=1",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((run_dir / f"nan-rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["skipped"] == ranks[1]["skipped"] == [2, 6]  # global_step before the 3rd and 7th updates
@@ -68,8 +87,15 @@ def test_nan_on_one_rank_skips_the_same_steps_on_both(train_cmd, tmp_path: Path)
 
 
 def test_nan_with_stop_policy_exits_naming_the_step(train_cmd, tmp_path: Path) -> None:
-    result = train_cmd(tmp_path / "stop", "trainer.max_steps=10", "launcher.nproc=2", "data.num_workers=0",
-                       "trainer.nonfinite=stop", "plugins=[jt_nan_at]", "jt_nan_at.steps=[4]")
+    result = train_cmd(
+        tmp_path / "stop",
+        "trainer.max_steps=10",
+        "launcher.nproc=2",
+        "data.num_workers=0",
+        "trainer.nonfinite=stop",
+        "plugins=[jt_nan_at]",
+        "jt_nan_at.steps=[4]",
+    )
     assert result.returncode != 0
     assert "non-finite loss or gradient at step 3 (trainer.nonfinite=stop)" in result.stderr
     assert "Traceback" not in result.stderr.split("non-finite loss")[-1]
@@ -91,10 +117,23 @@ def test_two_ranks_two_workers_resume_mid_epoch_without_duplicates_or_gaps(train
     epoch = RandomBatchSampler(windows, 8, seed=0, world_size=2)
     steps = len(epoch)  # global batches of 16 in one epoch
     run_dir = tmp_path / "epoch"
-    common = ["data.seq_len=128", "data.batch_size=8", "data.num_workers=2", "launcher.nproc=2", "seed=0",
-              f"trainer.max_steps={steps}", "checkpoint.every_n_steps=20", "trainer.limit_val_batches=0"]
-    crashed = train_cmd(run_dir, *common, "plugins=[jt_record_batches,jt_crash_at]", f"jt_crash_at.step={steps // 2 + 3}",
-                        "jt_crash_at.rank=1")
+    common = [
+        "data.seq_len=128",
+        "data.batch_size=8",
+        "data.num_workers=2",
+        "launcher.nproc=2",
+        "seed=0",
+        f"trainer.max_steps={steps}",
+        "checkpoint.every_n_steps=20",
+        "trainer.limit_val_batches=0",
+    ]
+    crashed = train_cmd(
+        run_dir,
+        *common,
+        "plugins=[jt_record_batches,jt_crash_at]",
+        f"jt_crash_at.step={steps // 2 + 3}",
+        "jt_crash_at.rank=1",
+    )
     assert crashed.returncode != 0
     resumed = train_cmd(run_dir, *common, "plugins=[jt_record_batches]", "checkpoint.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -113,9 +152,20 @@ def test_two_ranks_two_workers_resume_mid_epoch_without_duplicates_or_gaps(train
 
 def test_a_diffusion_run_killed_and_resumed_matches_exactly(train_cmd, tmp_path: Path) -> None:
     """Noise, timesteps and condition dropout come from the restored RNG streams: bitwise equal losses."""
-    diffusion = ["recipe=image_tiny", "model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32",
-                 "data.batch_size=4", "data.num_workers=1", "trainer.max_steps=16", "checkpoint.every_n_steps=5",
-                 "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "trainer.progress_bar=false"]
+    diffusion = [
+        "recipe=image_tiny",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.head_dim=16",
+        "model.ffn_dim=32",
+        "data.batch_size=4",
+        "data.num_workers=1",
+        "trainer.max_steps=16",
+        "checkpoint.every_n_steps=5",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "trainer.progress_bar=false",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert train_cmd(straight, base=diffusion).returncode == 0
     crashed = train_cmd(killed, "checkpoint.resume=auto", "plugins=[jt_crash_at]", "jt_crash_at.step=8", base=diffusion)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -12,9 +13,20 @@ from PIL import Image
 from jevons.framework.reports import comparison_rows, first_reach, load_run
 
 RUN = [
-    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.max_seq_len=32",
-    "data.seq_len=32", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=6", "trainer.val_check_interval=2",
-    "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1", "generate.max_new_tokens=2", "trainer.progress_bar=false",
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=2",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "generate.max_new_tokens=2",
+    "trainer.progress_bar=false",
 ]
 
 
@@ -23,8 +35,10 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from jevons.framework.run import train
 
     root = tmp_path_factory.mktemp("runs")
-    return [train([*RUN, f"plugins={p}", f"run.root={root / name}"], autoload=False).run_dir
-            for name, p in (("adamw", "[]"), ("muon", "[muon]"))]
+    return [
+        train([*RUN, f"plugins={p}", f"run.root={root / name}"], autoload=False).run_dir
+        for name, p in (("adamw", "[]"), ("muon", "[muon]"))
+    ]
 
 
 def test_compare_prints_the_table_and_draws_both_runs(command, two_runs: list[Path], tmp_path: Path) -> None:
@@ -57,9 +71,9 @@ def test_time_to_target_comes_from_the_validation_curve_and_the_training_clock(t
     val = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
     clock = [(int(r["step"]), float(r["time/train_s"])) for r in rows if r.get("time/train_s")]
     assert run.curves["val/loss"] == val and len(clock) == 6
-    assert all(b[1] > a[1] for a, b in zip(clock, clock[1:]))  # cumulative training time grows
+    assert all(b[1] > a[1] for a, b in itertools.pairwise(clock))  # cumulative training time grows
     target = val[0][1]  # reached at the first evaluation, exactly
-    header, rows_out, used = comparison_rows([run], target)
+    _header, rows_out, used = comparison_rows([run], target)
     table = {row[0]: row[1] for row in rows_out}
     assert used == target and float(table[f"steps_to_val_loss<={target:.4g}"]) == val[0][0]
     assert float(table[f"train_s_to_val_loss<={target:.4g}"]) == pytest.approx(dict(clock)[val[0][0]], rel=1e-3)

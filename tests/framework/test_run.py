@@ -24,12 +24,22 @@ def test_run_directory_holds_config_versions_metrics_checkpoints_samples_and_sum
     run_dir = result.run_dir
     assert run_dir.parent.name == "llm_tiny"
     names = {p.name for p in run_dir.iterdir()}
-    assert {"config.yaml", "versions.json", "metrics.csv", "tensorboard", "checkpoints", "samples", "summary.json"} <= names
+    assert {
+        "config.yaml",
+        "versions.json",
+        "metrics.csv",
+        "tensorboard",
+        "checkpoints",
+        "samples",
+        "summary.json",
+    } <= names
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["recipe"] == "llm_tiny" and config["seed"] == 3 and config["trainer"]["max_steps"] == 4
     versions = json.loads((run_dir / "versions.json").read_text())
-    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith(torch.__version__.split("+")[0])
+    assert versions["torch"] == torch.__version__.split("+")[0] or versions["torch"].startswith(
+        torch.__version__.split("+")[0]
+    )
     assert {"jevons.recipes.llm", "jevons.kernels"} <= set(versions["plugins"])
     assert list(_losses(run_dir)) == [0, 1, 2, 3]  # every step logged, Lightning's 0-based step
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

@@ -16,7 +16,11 @@ from jevons.kernels.block_sparse_attention import (
 )
 
 SHAPES = [  # (S, block_size, density): whole and ragged last blocks, several densities
-    (256, 64, 0.25), (200, 64, 0.5), (130, 32, 0.125), (96, 32, 1.0), (257, 64, 0.3),
+    (256, 64, 0.25),
+    (200, 64, 0.5),
+    (130, 32, 0.125),
+    (96, 32, 1.0),
+    (257, 64, 0.3),
 ]
 
 
@@ -61,8 +65,12 @@ def test_gather_path_equals_the_reference_outputs_and_gradients(length: int, blo
 @pytest.mark.parametrize("length, block, density", [(256, 64, 0.25), (200, 64, 0.5), (130, 32, 0.3)])
 def test_flex_attention_forward_equals_the_reference(length: int, block: int, density: float) -> None:
     q, k, v, mask = _inputs(length, block, density, dtype=torch.float32)
-    torch.testing.assert_close(block_sparse_attention_flex(q, k, v, mask, block),
-                               block_sparse_attention_reference(q, k, v, mask, block), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        block_sparse_attention_flex(q, k, v, mask, block),
+        block_sparse_attention_reference(q, k, v, mask, block),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_bad_masks_are_refused() -> None:
@@ -82,7 +90,12 @@ def test_dispatch_trains_with_the_gather_path_on_cpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("on CUDA FlexAttention is the default")
     assert dispatch.choose("block_sparse_attention").name == "gather"
-    assert [i.name for i in dispatch.implementations("block_sparse_attention")] == ["flex", "triton", "gather", "reference"]
+    assert [i.name for i in dispatch.implementations("block_sparse_attention")] == [
+        "flex",
+        "triton",
+        "gather",
+        "reference",
+    ]
 
 
 @pytest.mark.parametrize("length, block, density", [(128, 32, 0.4), (100, 32, 0.5), (130, 16, 0.3)])

@@ -21,7 +21,9 @@ def _mapped_singular_values(G: torch.Tensor, X: torch.Tensor) -> tuple[torch.Ten
     return S, mapped
 
 
-@pytest.mark.parametrize("shape", [(48, 160), (160, 48), (96, 96), (3, 40, 72)], ids=["wide", "tall", "square", "stack"])
+@pytest.mark.parametrize(
+    "shape", [(48, 160), (160, 48), (96, 96), (3, 40, 72)], ids=["wide", "tall", "square", "stack"]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_singular_values_land_in_the_quintic_band(shape, dtype) -> None:
     torch.manual_seed(0)
@@ -55,7 +57,9 @@ def test_zero_update_stays_zero() -> None:
     assert torch.equal(newton_schulz_reference(torch.zeros(8, 16)), torch.zeros(8, 16))
 
 
-@pytest.mark.parametrize("shape", [(40, 72), (72, 40), (70, 70), (2, 33, 65)], ids=["wide", "tall", "ragged-square", "stack"])
+@pytest.mark.parametrize(
+    "shape", [(40, 72), (72, 40), (70, 70), (2, 33, 65)], ids=["wide", "tall", "ragged-square", "stack"]
+)
 def test_triton_kernel_equals_the_reference_under_the_interpreter(shape) -> None:
     from jevons.kernels.newton_schulz_triton import newton_schulz_triton, symmetric_product
 

@@ -18,8 +18,15 @@ from jevons.framework.errors import UsageError
 
 CLUSTER = Path(__file__).resolve().parents[1] / "slurm" / "cluster.sh"
 TINY = [
-    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "data.seq_len=32",
-    "data.num_workers=0", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "trainer.progress_bar=false",
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "data.seq_len=32",
+    "data.num_workers=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.limit_val_batches=0",
+    "trainer.progress_bar=false",
     "optimizer.warmup_steps=0",
 ]
 
@@ -31,7 +38,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = dict(os.environ, JEVONS_SLURM_DIR=str(state))
     subprocess.run(["bash", str(CLUSTER), "start"], env=env, check=True, timeout=600)
     yield {"JEVONS_SLURM_DIR": str(state), "SLURM_CONF": str(state / "slurm.conf")}
-    subprocess.run(["bash", str(CLUSTER), "stop"], env=env, timeout=120)
+    subprocess.run(["bash", str(CLUSTER), "stop"], env=env, timeout=120, check=False)
 
 
 def _submit(command, slurm: dict[str, str], cwd: Path, plugin_site: Path, *overrides: str) -> tuple[str, Path]:
@@ -43,7 +50,9 @@ def _submit(command, slurm: dict[str, str], cwd: Path, plugin_site: Path, *overr
 
 
 def _job(slurm: dict[str, str], job: str) -> dict[str, str]:
-    text = subprocess.run(["scontrol", "show", "job", "-o", job], env={**os.environ, **slurm}, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["scontrol", "show", "job", "-o", job], env={**os.environ, **slurm}, capture_output=True, text=True, check=False
+    ).stdout
     return dict(item.split("=", 1) for item in text.split() if "=" in item)
 
 
@@ -61,8 +70,9 @@ def _wait_nodes_idle(slurm: dict[str, str], timeout: float = 120) -> None:
     """Until every node has finished cleaning up after the last job (no node COMPLETING or ALLOCATED)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        states = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env={**os.environ, **slurm}, capture_output=True,
-                                text=True).stdout.split()
+        states = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"], env={**os.environ, **slurm}, capture_output=True, text=True, check=False
+        ).stdout.split()
         if states and all(state == "idle" for state in states):
             return
         time.sleep(0.5)
@@ -75,11 +85,25 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_dry_run_prints_the_pinned_script(command, tmp_path: Path) -> None:
-    result = command(["train", "recipe=llm_tiny", "launcher=slurm", "launcher.nodes=2", "launcher.gpus_per_node=8",
-                      "launcher.partition=gpu", "launcher.time=02:00:00", "launcher.python=python3",
-                      'launcher.setup=["module load cuda"]', 'launcher.sbatch_args=["--qos=high"]',
-                      'launcher.srun_args=["--container-image=nvcr.io/nvidia/pytorch"]', "launcher.dry_run=true",
-                      "trainer.max_steps=20", "run.dir=/runs/demo"], cwd=tmp_path)
+    result = command(
+        [
+            "train",
+            "recipe=llm_tiny",
+            "launcher=slurm",
+            "launcher.nodes=2",
+            "launcher.gpus_per_node=8",
+            "launcher.partition=gpu",
+            "launcher.time=02:00:00",
+            "launcher.python=python3",
+            'launcher.setup=["module load cuda"]',
+            'launcher.sbatch_args=["--qos=high"]',
+            'launcher.srun_args=["--container-image=nvcr.io/nvidia/pytorch"]',
+            "launcher.dry_run=true",
+            "trainer.max_steps=20",
+            "run.dir=/runs/demo",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == EXPECTED_SCRIPT
     assert list(tmp_path.iterdir()) == []  # a dry run writes nothing
@@ -142,9 +166,19 @@ def test_bad_launcher_config_fails_before_submission(train, tmp_path: Path, over
     assert list(tmp_path.iterdir()) == []
 
 
-def test_two_node_job_equals_one_process_with_the_same_global_batch(command, slurm, plugin_site, tmp_path: Path, train) -> None:
-    job, run_dir = _submit(command, slurm, tmp_path, plugin_site, "launcher.nodes=2", "data.batch_size=2",
-                           "trainer.max_steps=12", f"run.root={tmp_path}")
+def test_two_node_job_equals_one_process_with_the_same_global_batch(
+    command, slurm, plugin_site, tmp_path: Path, train
+) -> None:
+    job, run_dir = _submit(
+        command,
+        slurm,
+        tmp_path,
+        plugin_site,
+        "launcher.nodes=2",
+        "data.batch_size=2",
+        "trainer.max_steps=12",
+        f"run.root={tmp_path}",
+    )
     info = _wait(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"})
     log = (run_dir / "slurm" / f"{job}.out").read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
@@ -155,7 +189,9 @@ def test_two_node_job_equals_one_process_with_the_same_global_batch(command, slu
     assert max(abs(slurm_losses[k] - local[k]) for k in local) <= 1e-5
 
 
-def test_time_limit_warning_checkpoints_requeues_and_resumes_to_the_same_weights(command, slurm, plugin_site, tmp_path: Path) -> None:
+def test_time_limit_warning_checkpoints_requeues_and_resumes_to_the_same_weights(
+    command, slurm, plugin_site, tmp_path: Path
+) -> None:
     steps = ["trainer.max_steps=120", "data.batch_size=2", "plugins=[jt_dump_state]"]
     job, run_dir = _submit(command, slurm, tmp_path, plugin_site, "launcher.nodes=2", *steps, f"run.root={tmp_path}")
     deadline = time.monotonic() + 300
@@ -178,10 +214,14 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes_to_the_same_weights
     assert f"resuming from {run_dir}/checkpoints/step_{saved:08d}" in log  # the log shows the resume step
 
     straight = tmp_path / "straight"
-    result = command(["train", *TINY, *steps, "launcher.nproc=2", f"run.dir={straight}"], cwd=tmp_path, PYTHONPATH=str(plugin_site))
+    result = command(
+        ["train", *TINY, *steps, "launcher.nproc=2", f"run.dir={straight}"], cwd=tmp_path, PYTHONPATH=str(plugin_site)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in range(2):
-        preempted, uninterrupted = (torch.load(d / f"state-rank{rank}.pt", weights_only=True)["params"] for d in (run_dir, straight))
+        preempted, uninterrupted = (
+            torch.load(d / f"state-rank{rank}.pt", weights_only=True)["params"] for d in (run_dir, straight)
+        )
         for name, (_, value) in uninterrupted.items():
             assert torch.equal(preempted[name][1], value), name
 
@@ -189,19 +229,39 @@ def test_time_limit_warning_checkpoints_requeues_and_resumes_to_the_same_weights
 def test_without_slurm_requeue_the_checkpoint_is_saved_and_the_exit_is_clear(plugin_site, tmp_path: Path) -> None:
     """A task that gets the warning outside a batch script (an `srun` by hand, a container without
     scontrol): it saves, leaves the marker, says so, and exits 75 instead of losing the work."""
-    env = dict(os.environ, SLURM_JOB_ID="4242", SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_LOCALID="0",
-               PYTHONSAFEPATH="1", PYTHONPATH=str(plugin_site))
+    env = dict(
+        os.environ,
+        SLURM_JOB_ID="4242",
+        SLURM_PROCID="0",
+        SLURM_NTASKS="1",
+        SLURM_LOCALID="0",
+        PYTHONSAFEPATH="1",
+        PYTHONPATH=str(plugin_site),
+    )
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "jevons.framework.cli.train", *TINY, "trainer.max_steps=100000", "data.batch_size=2",
-         f"run.dir={run_dir}"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jevons.framework.cli.train",
+            *TINY,
+            "trainer.max_steps=100000",
+            "data.batch_size=2",
+            f"run.dir={run_dir}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.csv").exists() or len(_losses(run_dir)) < 5:
-        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read() if process.poll() else "slow"
+        assert time.monotonic() < deadline and process.poll() is None, (
+            process.stderr.read() if process.poll() else "slow"
+        )
         time.sleep(0.3)
     process.send_signal(signal.SIGUSR1)
-    out, err = process.communicate(timeout=300)
+    _out, err = process.communicate(timeout=300)
     assert process.returncode == 75, err[-3000:]
     step = int(re.search(r"checkpoint saved at step (\d+), stopping", err).group(1))
     assert (run_dir / "checkpoints" / f"step_{step:08d}" / "COMPLETE").exists()

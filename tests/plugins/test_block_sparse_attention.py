@@ -40,7 +40,10 @@ def test_adaptive_mask_keeps_the_diagonal_covers_the_mass_and_respects_the_clamp
         assert kept.min() >= max(1, -(-low * n // 1)) and kept.max() <= max(1, int(high * n))
     # Without clamps, the kept blocks carry the coverage and one block fewer would not.
     counts = torch.tensor([64] * 7 + [52], dtype=torch.float32)
-    pooled = lambda x: torch.stack([x[..., 64 * i : 64 * i + int(c), :].mean(-2) for i, c in enumerate(counts)], -2)
+
+    def pooled(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[..., 64 * i : 64 * i + int(c), :].mean(-2) for i, c in enumerate(counts)], -2)
+
     importance = torch.softmax(pooled(q) @ pooled(k).transpose(-1, -2) / 4.0, -1)
     mask = adaptive_block_mask(q, k, 64, 0.9)
     covered = (importance * mask).sum(-1)
@@ -76,11 +79,14 @@ def test_the_processor_at_full_density_equals_dense_attention() -> None:
     assert stats.calls == 1 and 0.25 <= stats.kept_blocks / stats.total_blocks <= 0.5
 
 
-@pytest.mark.parametrize("override, message", [
-    ("block_sparse_attention.max_density=1.5", "densities"),
-    ("block_sparse_attention.tile=[2,2,2]", "product"),
-    ("block_sparse_attention.coverage=0", "coverage"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("block_sparse_attention.max_density=1.5", "densities"),
+        ("block_sparse_attention.tile=[2,2,2]", "product"),
+        ("block_sparse_attention.coverage=0", "coverage"),
+    ],
+)
 def test_bad_settings_are_refused(override: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         compose_config(PluginManager.load(autoload=False), [*SMALL, "plugins=[block_sparse_attention]", override])
@@ -92,12 +98,27 @@ def test_llm_is_refused() -> None:
 
 
 def test_a_short_video_run_trains_sparse_and_reports_its_density(train, run_root) -> None:
-    result = train([*SMALL, "data.source=moving-digits", "data.frames=4", "data.resolution=16", "data.batch_size=4",
-                    "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3",
-                    "trainer.limit_val_batches=1", "sample.steps=2", "sample.grid_rows=1", "sample.fd_samples=0",
-                    "trainer.progress_bar=false", "plugins=[block_sparse_attention]",
-                    "block_sparse_attention.block_size=16", "block_sparse_attention.max_density=0.5",
-                    f"run.root={run_root}"])
+    result = train(
+        [
+            *SMALL,
+            "data.source=moving-digits",
+            "data.frames=4",
+            "data.resolution=16",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.limit_val_batches=1",
+            "sample.steps=2",
+            "sample.grid_rows=1",
+            "sample.fd_samples=0",
+            "trainer.progress_bar=false",
+            "plugins=[block_sparse_attention]",
+            "block_sparse_attention.block_size=16",
+            "block_sparse_attention.max_density=0.5",
+            f"run.root={run_root}",
+        ]
+    )
     figures = result.summary["plugin_figures"]["block_sparse_attention"]
     assert 0.0 < figures["mean_density"] <= 0.5 and figures["kernel"] == "gather"
     assert result.summary["train_loss"] is not None

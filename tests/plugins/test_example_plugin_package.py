@@ -16,17 +16,40 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "jevons-example-plu
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(EXAMPLE)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "--target",
+            str(target),
+            str(EXAMPLE),
+        ],
+        check=True,
+        capture_output=True,
     )
     return target
 
 
 def test_installed_example_plugin_acts_on_a_run(command, site: Path, tmp_path: Path) -> None:
     args = [
-        "train", "recipe=llm_tiny", "plugins=[example]", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-        "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=4", "trainer.max_steps=4",
-        "trainer.val_check_interval=2", "trainer.limit_val_batches=1", "generate.max_new_tokens=2", f"run.root={tmp_path}",
+        "train",
+        "recipe=llm_tiny",
+        "plugins=[example]",
+        "model.hidden_size=32",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.max_seq_len=32",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "generate.max_new_tokens=2",
+        f"run.root={tmp_path}",
     ]
     result = command(args, cwd=tmp_path, PYTHONPATH=str(site))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -40,7 +63,9 @@ def test_installed_example_plugin_acts_on_a_run(command, site: Path, tmp_path: P
 
 def test_the_example_packages_own_tests_pass(command, site: Path, tmp_path: Path) -> None:
     result = command(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")], cwd=tmp_path, PYTHONPATH=str(site)
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLE / "tests")],
+        cwd=tmp_path,
+        PYTHONPATH=str(site),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 passed" in result.stdout

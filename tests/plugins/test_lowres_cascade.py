@@ -12,11 +12,17 @@ from jevons.framework.config.compose import compose_config
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
 from jevons.plugins import lowres_cascade
-from jevons.plugins.lowres_cascade_parts import CascadeObjective, CascadeSampler, low_resolution_condition, resize
+from jevons.plugins.lowres_cascade_parts import CascadeObjective, CascadeSampler, low_resolution_condition
 from jevons.recipes.diffusion.data import NO_DIGIT
 from jevons.recipes.diffusion.family import DiffusionFamily
 
-SMALL = ["recipe=image_lowdiff_tiny", "model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32"]
+SMALL = [
+    "recipe=image_lowdiff_tiny",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.head_dim=16",
+    "model.ffn_dim=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +67,9 @@ def test_the_condition_comes_only_from_the_previous_resolution() -> None:
     assert (low_resolution_condition(other, 2, resolutions) - condition).abs().max() < 0.02
     interior = (low_resolution_condition(other, 2, resolutions) - condition)[..., 4:-4, 4:-4]
     assert interior.abs().max() < 1e-5
-    assert (low_resolution_condition(other, 1, resolutions) - low_resolution_condition(clean, 1, resolutions)).abs().max() < 0.02
+    assert (
+        low_resolution_condition(other, 1, resolutions) - low_resolution_condition(clean, 1, resolutions)
+    ).abs().max() < 0.02
 
 
 def test_one_set_of_weights_serves_every_stage(model) -> None:
@@ -98,9 +106,20 @@ def test_bad_cascades_are_refused(manager) -> None:
 
 
 def test_a_short_run_lowers_the_loss_at_every_stage(train, run_root) -> None:
-    result = train([*SMALL, "data.batch_size=16", "data.num_workers=0", "trainer.max_steps=50", "trainer.log_every_n_steps=1",
-                    "trainer.limit_val_batches=0", "optimizer.warmup_steps=0", "optimizer.lr=3e-3", "trainer.progress_bar=false",
-                    f"run.root={run_root}"])
+    result = train(
+        [
+            *SMALL,
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "trainer.max_steps=50",
+            "trainer.log_every_n_steps=1",
+            "trainer.limit_val_batches=0",
+            "optimizer.warmup_steps=0",
+            "optimizer.lr=3e-3",
+            "trainer.progress_bar=false",
+            f"run.root={run_root}",
+        ]
+    )
     with open(result.run_dir / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for stage in (0, 1):

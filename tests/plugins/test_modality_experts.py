@@ -86,9 +86,13 @@ def test_token_choice_keeps_each_expert_within_capacity() -> None:
     assert "load_balancing_loss" in tokens_context.aux_losses
 
 
-@pytest.mark.parametrize("experts, routing", [([1, 1], "expert_choice"), ([1], "expert_choice"), ([1, 1], "token_choice")])
+@pytest.mark.parametrize(
+    "experts, routing", [([1, 1], "expert_choice"), ([1], "expert_choice"), ([1, 1], "token_choice")]
+)
 def test_one_expert_per_group_at_capacity_one_equals_the_dense_ffn(groups, experts: list[int], routing: str) -> None:
-    shape = TransformerShape(vocab_size=32, hidden_size=HIDDEN, num_layers=2, num_heads=2, ffn_hidden_size=FFN, max_seq_len=8)
+    shape = TransformerShape(
+        vocab_size=32, hidden_size=HIDDEN, num_layers=2, num_heads=2, ffn_hidden_size=FFN, max_seq_len=8
+    )
     torch.manual_seed(1)
     dense = DenseFFN(shape)
     moe = layer(experts, routing=routing, capacity_factor=1.0).train()

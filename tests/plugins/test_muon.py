@@ -34,7 +34,9 @@ def _roles(model: torch.nn.Module, **kwargs) -> dict[str, str]:
 
 
 def _llm(tie: bool) -> DecoderLM:
-    shape = TransformerShape(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie)
+    shape = TransformerShape(
+        vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie
+    )
     return DecoderLM(shape)
 
 
@@ -93,10 +95,23 @@ def test_split_of_a_model_without_embeddings_with_convs_and_an_expert_stack() ->
 
 def _muon(params_and_views, lr=0.1, decay=0.0, rule="keller", nesterov=True) -> Muon:
     groups = parameter_groups(
-        params_and_views, [], [], lr=lr, muon_lr=lr, weight_decay=decay, muon_weight_decay=decay,
-        momentum=0.95, nesterov=nesterov, ns_steps=5, rule=rule, betas=(0.9, 0.95), eps=1e-8,
+        params_and_views,
+        [],
+        [],
+        lr=lr,
+        muon_lr=lr,
+        weight_decay=decay,
+        muon_weight_decay=decay,
+        momentum=0.95,
+        nesterov=nesterov,
+        ns_steps=5,
+        rule=rule,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
-    return Muon(groups, newton_schulz=lambda g, steps: newton_schulz_reference(g, steps=steps, compute_dtype=torch.float32))
+    return Muon(
+        groups, newton_schulz=lambda g, steps: newton_schulz_reference(g, steps=steps, compute_dtype=torch.float32)
+    )
 
 
 def test_update_matches_the_written_out_rule() -> None:
@@ -112,7 +127,9 @@ def test_update_matches_the_written_out_rule() -> None:
         optimizer.step()
         momentum = 0.95 * momentum + 0.05 * g
         nesterov = g + 0.95 * (momentum - g)
-        expected = expected * (1 - 0.1 * 0.5) - 0.1 * 0.2 * math.sqrt(24) * newton_schulz_reference(nesterov, compute_dtype=torch.float32)
+        expected = expected * (1 - 0.1 * 0.5) - 0.1 * 0.2 * math.sqrt(24) * newton_schulz_reference(
+            nesterov, compute_dtype=torch.float32
+        )
     assert torch.allclose(w.detach(), expected, atol=1e-6)
 
 
@@ -158,7 +175,9 @@ def test_matches_torch_optim_muon_on_matrices() -> None:
     ours = [torch.nn.Parameter(torch.randn(32, 16)), torch.nn.Parameter(torch.randn(16, 48))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     optimizer = _muon([(p, MATRIX) for p in ours], lr=0.02, rule="keller")
-    reference = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, adjust_lr_fn="original")
+    reference = torch.optim.Muon(
+        theirs, lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, adjust_lr_fn="original"
+    )
     for _ in range(3):
         grads = [torch.randn_like(p) for p in ours]
         for p, q, g in zip(ours, theirs, grads):
@@ -173,11 +192,28 @@ def test_adamw_half_is_torch_adamw_exactly() -> None:
     torch.manual_seed(3)
     ours = [torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(5, 3))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    groups = parameter_groups([], [ours[1]], [ours[0]], lr=0.01, muon_lr=0.01, weight_decay=0.1, muon_weight_decay=0.1,
-                              momentum=0.95, nesterov=True, ns_steps=5, rule="keller", betas=(0.9, 0.95), eps=1e-8)
+    groups = parameter_groups(
+        [],
+        [ours[1]],
+        [ours[0]],
+        lr=0.01,
+        muon_lr=0.01,
+        weight_decay=0.1,
+        muon_weight_decay=0.1,
+        momentum=0.95,
+        nesterov=True,
+        ns_steps=5,
+        rule="keller",
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
     optimizer = Muon(groups, newton_schulz=newton_schulz_reference)
-    reference = torch.optim.AdamW([{"params": [theirs[1]], "weight_decay": 0.1}, {"params": [theirs[0]], "weight_decay": 0.0}],
-                                  lr=0.01, betas=(0.9, 0.95), eps=1e-8)
+    reference = torch.optim.AdamW(
+        [{"params": [theirs[1]], "weight_decay": 0.1}, {"params": [theirs[0]], "weight_decay": 0.0}],
+        lr=0.01,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
     for _ in range(4):
         for p, q in zip(ours, theirs):
             p.grad = torch.randn_like(p)
@@ -210,7 +246,9 @@ def test_bad_muon_config_is_refused_at_config_time(manager: PluginManager) -> No
 
 
 def test_routing_a_vector_to_muon_is_refused_before_training(train, tiny, run_root) -> None:
-    with pytest.raises(UsageError, match=r"muon.include routes 'norm.weight' .* to Muon, but Muon orthogonalises matrices only"):
+    with pytest.raises(
+        UsageError, match=r"muon.include routes 'norm.weight' .* to Muon, but Muon orthogonalises matrices only"
+    ):
         train(tiny("plugins=[muon]", "muon.include=[norm.*]"))
     assert not run_root.exists()
 
@@ -235,7 +273,9 @@ def test_a_muon_run_prints_its_split_and_resumes_exactly(train, tiny, tmp_path: 
         def register_callbacks(self, register, config):
             register(CrashAt())
 
-    common = tiny("trainer.max_steps=6", "checkpoint.every_n_steps=3", "optimizer.warmup_steps=0", "trainer.limit_val_batches=0")
+    common = tiny(
+        "trainer.max_steps=6", "checkpoint.every_n_steps=3", "optimizer.warmup_steps=0", "trainer.limit_val_batches=0"
+    )
     straight = train([*common, "plugins=[muon]", f"run.dir={tmp_path / 'straight'}"])
     err = capsys.readouterr().err
     assert "Muon: 8 tensors" in err and "embed.weight" in err and "embedding" in err

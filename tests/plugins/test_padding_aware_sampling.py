@@ -82,7 +82,9 @@ def _padding(lengths: np.ndarray, batches: list[list[int]], column: int) -> floa
 def test_two_d_buckets_bound_both_lengths() -> None:
     lengths = _speech_like(8000)
     one = _epoch(BucketingBatchSampler(lengths, PaddingAwareSamplingConfig(max_tokens=600, dims=1)), 0)
-    two = _epoch(BucketingBatchSampler(lengths, PaddingAwareSamplingConfig(max_tokens=600, dims=2, output_buckets=4)), 0)
+    two = _epoch(
+        BucketingBatchSampler(lengths, PaddingAwareSamplingConfig(max_tokens=600, dims=2, output_buckets=4)), 0
+    )
     random = np.random.default_rng(0).permutation(len(lengths))
     random_batches = [random[i : i + 60].tolist() for i in range(0, len(random), 60)]
     assert _padding(lengths, two, 0) < 0.04 and _padding(lengths, one, 0) < 0.02
@@ -98,8 +100,14 @@ def test_bad_lengths_are_refused() -> None:
 
 
 def test_the_plugin_trains_the_llm_family(train, tiny) -> None:
-    result = train(tiny("plugins=[padding_aware_sampling]", "padding_aware_sampling.max_tokens=264",
-                        "padding_aware_sampling.num_buckets=4", "trainer.max_steps=3"))
+    result = train(
+        tiny(
+            "plugins=[padding_aware_sampling]",
+            "padding_aware_sampling.max_tokens=264",
+            "padding_aware_sampling.num_buckets=4",
+            "trainer.max_steps=3",
+        )
+    )
     assert result.summary["steps"] == 3 and result.summary["train_loss"] is not None
 
 

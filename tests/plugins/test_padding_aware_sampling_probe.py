@@ -13,7 +13,9 @@ from jevons.plugins.padding_aware_sampling import BucketingBatchSampler, Padding
 from jevons.plugins.padding_aware_sampling_probe import CAPS_FILE, largest_fitting, probe_bucket_caps, step_memory
 
 
-@pytest.mark.parametrize("threshold, upper, expected", [(37, 100, 37), (37, 20, 20), (1, 64, 1), (0, 8, 0), (64, 64, 64)])
+@pytest.mark.parametrize(
+    "threshold, upper, expected", [(37, 100, 37), (37, 20, 20), (1, 64, 1), (0, 8, 0), (64, 64, 64)]
+)
 def test_largest_fitting_doubles_then_bisects(threshold: int, upper: int, expected: int) -> None:
     tried: list[int] = []
 
@@ -71,9 +73,19 @@ def _speech_config(corpus: Path, *extra: str):
     from jevons.framework.plugin_manager import PluginManager
 
     manager = PluginManager.load(autoload=False)
-    overrides = ["recipe=speech_tiny", f"data.source={corpus}", "data.num_mels=40", "model.hidden_size=32",
-                 "model.num_heads=2", "model.encoder_layers=1", "model.decoder_layers=1", "model.ffn_hidden_size=64",
-                 "model.subsampling_channels=8", "data.num_workers=0", *extra]
+    overrides = [
+        "recipe=speech_tiny",
+        f"data.source={corpus}",
+        "data.num_mels=40",
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.ffn_hidden_size=64",
+        "model.subsampling_channels=8",
+        "data.num_workers=0",
+        *extra,
+    ]
     return manager, compose_config(manager, overrides)
 
 
@@ -99,28 +111,55 @@ def test_probe_caps_only_the_buckets_where_memory_binds(speech_corpus: Path) -> 
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
 
 
-def test_a_run_with_the_probe_writes_caps_and_its_batches_respect_them(train, run_root, speech_corpus: Path, repo: Path) -> None:
+def test_a_run_with_the_probe_writes_caps_and_its_batches_respect_them(
+    train, run_root, speech_corpus: Path, repo: Path
+) -> None:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("jt_record_batches", repo / "tests/plugins_for_tests/jt_record_batches.py")
+    spec = importlib.util.spec_from_file_location(
+        "jt_record_batches", repo / "tests/plugins_for_tests/jt_record_batches.py"
+    )
     recorder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recorder)
-    sampling = ["padding_aware_sampling.dims=2", "padding_aware_sampling.max_tokens=3000",
-                "padding_aware_sampling.num_buckets=3", "padding_aware_sampling.output_buckets=1"]
+    sampling = [
+        "padding_aware_sampling.dims=2",
+        "padding_aware_sampling.max_tokens=3000",
+        "padding_aware_sampling.num_buckets=3",
+        "padding_aware_sampling.output_buckets=1",
+    ]
     manager, config = _speech_config(speech_corpus, "plugins=[padding_aware_sampling]", *sampling)
-    result = train(["recipe=speech_tiny", f"data.source={speech_corpus}", "data.num_mels=40", "model.hidden_size=32",
-                    "model.num_heads=2", "model.encoder_layers=1", "model.decoder_layers=1", "model.ffn_hidden_size=64",
-                    "model.subsampling_channels=8", "data.num_workers=0", "trainer.max_steps=12",
-                    "trainer.val_check_interval=12", "trainer.limit_val_batches=1", "decode.eval_utterances=2",
-                    "trainer.progress_bar=false", "plugins=[padding_aware_sampling,jt_record_batches]", *sampling,
-                    "padding_aware_sampling.memory_probe=true", "padding_aware_sampling.memory_limit_gb=0.004",
-                    f"run.root={run_root}"], plugins=[("jt_record_batches", recorder)])
+    result = train(
+        [
+            "recipe=speech_tiny",
+            f"data.source={speech_corpus}",
+            "data.num_mels=40",
+            "model.hidden_size=32",
+            "model.num_heads=2",
+            "model.encoder_layers=1",
+            "model.decoder_layers=1",
+            "model.ffn_hidden_size=64",
+            "model.subsampling_channels=8",
+            "data.num_workers=0",
+            "trainer.max_steps=12",
+            "trainer.val_check_interval=12",
+            "trainer.limit_val_batches=1",
+            "decode.eval_utterances=2",
+            "trainer.progress_bar=false",
+            "plugins=[padding_aware_sampling,jt_record_batches]",
+            *sampling,
+            "padding_aware_sampling.memory_probe=true",
+            "padding_aware_sampling.memory_limit_gb=0.004",
+            f"run.root={run_root}",
+        ],
+        plugins=[("jt_record_batches", recorder)],
+    )
     saved = json.loads((result.run_dir / CAPS_FILE).read_text())
     caps = {int(bucket): n for bucket, n in saved["caps"].items()}
     assert saved["memory_limit_gb"] == 0.004 and caps, saved  # 4 MB binds on the longest bucket at least
     assert result.summary["steps"] == 12
-    buckets = BucketingBatchSampler(manager.family("speech").build_dataset(config, "train").lengths,
-                                    config.padding_aware_sampling).buckets
+    buckets = BucketingBatchSampler(
+        manager.family("speech").build_dataset(config, "train").lengths, config.padding_aware_sampling
+    ).buckets
     steps = [json.loads(line)["indices"] for line in (result.run_dir / "batches-rank0.jsonl").read_text().splitlines()]
     capped = [batch for batch in steps if int(buckets[batch].max()) in caps]
     assert capped, "no step drew from a capped bucket"

@@ -21,10 +21,19 @@ from jevons.plugins.step_distillation_objectives import bellman_optimal_schedule
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = REPO / "benchmarks" / "teachers" / "image-16px"
-DISTILL = ["recipe=image_distill_tiny", f"model.pretrained={TEACHER}", "data.num_workers=0", "data.batch_size=8",
-           "step_distillation.val_samples=8", "step_distillation.teacher_steps=8", "step_distillation.calibration_samples=8",
-           "step_distillation.pool_size=32",
-           "sample.fd_samples=0", "trainer.progress_bar=false", "optimizer.warmup_steps=0"]
+DISTILL = [
+    "recipe=image_distill_tiny",
+    f"model.pretrained={TEACHER}",
+    "data.num_workers=0",
+    "data.batch_size=8",
+    "step_distillation.val_samples=8",
+    "step_distillation.teacher_steps=8",
+    "step_distillation.calibration_samples=8",
+    "step_distillation.pool_size=32",
+    "sample.fd_samples=0",
+    "trainer.progress_bar=false",
+    "optimizer.warmup_steps=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,12 @@ def test_flow_arithmetic_inverts_and_diffuses_to_the_right_marginal() -> None:
     torch.testing.assert_close(back_x0, x0)
     torch.testing.assert_close(back_noise, noise)
     clean = torch.zeros(20000)
-    diffused = diffuse(renoise(clean, torch.randn(20000), torch.full((20000,), 0.3)).view(-1, 1),
-                       torch.full((20000,), 0.3), torch.full((20000,), 0.8), torch.randn(20000, 1))
+    diffused = diffuse(
+        renoise(clean, torch.randn(20000), torch.full((20000,), 0.3)).view(-1, 1),
+        torch.full((20000,), 0.3),
+        torch.full((20000,), 0.8),
+        torch.randn(20000, 1),
+    )
     assert diffused.std().item() == pytest.approx(0.8, abs=0.02)  # x_0.8 of a zero image has std 0.8
     assert shifted_schedule(4, 1.0).tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
 
@@ -61,13 +74,17 @@ def test_tdm_teacher_frozen_gradients_reach_the_student_and_the_fake_in_its_own_
     teacher_before = {k: v.clone() for k, v in objective.teacher.state_dict().items()}
     fake_before = {k: v.clone() for k, v in objective.fake.state_dict().items()}
     teacher_params = dict(objective.teacher.named_parameters())
-    assert all(torch.equal(p, teacher_params[name]) for name, p in model.named_parameters())  # the student starts as the teacher
+    assert all(
+        torch.equal(p, teacher_params[name]) for name, p in model.named_parameters()
+    )  # the student starts as the teacher
     batch = built.datasets["train"].collate([built.datasets["train"][i] for i in range(8)])
     model.train()
     objective.train()
     out = objective(model, batch)
     out.loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer.blocks.parameters() if p.requires_grad)
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.transformer.blocks.parameters() if p.requires_grad
+    )
     assert all(p.grad is None for p in objective.fake.parameters())  # the fake was stepped inside, nothing left over
     assert all(p.grad is None for p in objective.teacher.parameters())
     assert any(not torch.equal(fake_before[k], v) for k, v in objective.fake.state_dict().items())
@@ -121,7 +138,9 @@ def test_boss_training_lowers_the_distillation_loss_and_guard_reports(groups, tr
     seeds = untrained.datasets["val"]
     untrained.model.eval()
     before = untrained.objective(untrained.model, seeds.collate([seeds[i] for i in range(len(seeds))])).loss.item()
-    result = train([*DISTILL, *settings, "trainer.max_steps=30", "trainer.val_check_interval=15", f"run.root={run_root}"])
+    result = train(
+        [*DISTILL, *settings, "trainer.max_steps=30", "trainer.val_check_interval=15", f"run.root={run_root}"]
+    )
     with open(result.run_dir / "metrics.csv") as handle:
         val = [float(r["val/loss"]) for r in csv.DictReader(handle) if r.get("val/loss")]
     assert len(val) == 2 and val[-1] < 0.8 * before, (before, val)
@@ -131,8 +150,15 @@ def test_boss_training_lowers_the_distillation_loss_and_guard_reports(groups, tr
 
 
 def test_tdm_trains_the_fake_score_and_stays_diverse(train, run_root: Path) -> None:
-    result = train([*DISTILL, "trainer.max_steps=20", "trainer.val_check_interval=20", "trainer.log_every_n_steps=1",
-                    f"run.root={run_root}"])
+    result = train(
+        [
+            *DISTILL,
+            "trainer.max_steps=20",
+            "trainer.val_check_interval=20",
+            "trainer.log_every_n_steps=1",
+            f"run.root={run_root}",
+        ]
+    )
     with open(result.run_dir / "metrics.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if r.get("train/fake_score_loss")]
     assert len(rows) == 20 and all(0 < float(r["train/fake_score_loss"]) < 1 for r in rows)
@@ -142,19 +168,35 @@ def test_tdm_trains_the_fake_score_and_stays_diverse(train, run_root: Path) -> N
 
 
 def _crash_plugin():
-    spec = importlib.util.spec_from_file_location("jt_crash_at", REPO / "tests" / "plugins_for_tests" / "jt_crash_at.py")
+    spec = importlib.util.spec_from_file_location(
+        "jt_crash_at", REPO / "tests" / "plugins_for_tests" / "jt_crash_at.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_tdm_resumed_mid_distillation_equals_an_uninterrupted_run(train, tmp_path: Path) -> None:
-    common = [*DISTILL, "trainer.max_steps=6", "checkpoint.every_n_steps=3", "trainer.limit_val_batches=0",
-              "trainer.log_every_n_steps=1", "step_distillation.collapse_guard=off"]
+    common = [
+        *DISTILL,
+        "trainer.max_steps=6",
+        "checkpoint.every_n_steps=3",
+        "trainer.limit_val_batches=0",
+        "trainer.log_every_n_steps=1",
+        "step_distillation.collapse_guard=off",
+    ]
     straight = train([*common, f"run.dir={tmp_path / 'straight'}"])
     with pytest.raises(RuntimeError, match="injected crash after step 4"):
-        train([*common, f"run.dir={tmp_path / 'crashed'}", "plugins=[step_distillation,jt_crash_at]", "jt_crash_at.step=4",
-               "jt_crash_at.how=raise"], plugins=[("jt_crash_at", _crash_plugin())])
+        train(
+            [
+                *common,
+                f"run.dir={tmp_path / 'crashed'}",
+                "plugins=[step_distillation,jt_crash_at]",
+                "jt_crash_at.step=4",
+                "jt_crash_at.how=raise",
+            ],
+            plugins=[("jt_crash_at", _crash_plugin())],
+        )
     resumed = train([*common, f"run.dir={tmp_path / 'crashed'}", "checkpoint.resume=auto"])
     assert resumed.summary["resumed_from_step"] == 3
 
@@ -169,13 +211,25 @@ def test_collapse_guard_stops_a_collapsed_student(train, run_root: Path, monkeyp
     from jevons.plugins import step_distillation_guard
 
     # A student whose samples ignore the noise (every sample of a class identical) is collapsed by definition.
-    monkeypatch.setattr(step_distillation_guard, "sample_on_schedule",
-                        lambda model, noise, labels, sigmas, guidance=1.0: sample_on_schedule(
-                            model, torch.zeros_like(noise), labels, sigmas, guidance) if guidance == 1.0
-                        else sample_on_schedule(model, noise, labels, sigmas, guidance))
+    monkeypatch.setattr(
+        step_distillation_guard,
+        "sample_on_schedule",
+        lambda model, noise, labels, sigmas, guidance=1.0: (
+            sample_on_schedule(model, torch.zeros_like(noise), labels, sigmas, guidance)
+            if guidance == 1.0
+            else sample_on_schedule(model, noise, labels, sigmas, guidance)
+        ),
+    )
     with pytest.raises(TrainingStopped, match="within-class sample diversity is 0.000 of the teacher's"):
-        train([*DISTILL, "trainer.max_steps=2", "trainer.val_check_interval=2", "step_distillation.collapse_guard=stop",
-               f"run.root={run_root}"])
+        train(
+            [
+                *DISTILL,
+                "trainer.max_steps=2",
+                "trainer.val_check_interval=2",
+                "step_distillation.collapse_guard=stop",
+                f"run.root={run_root}",
+            ]
+        )
 
 
 def test_diversity_is_zero_for_identical_samples_and_positive_otherwise() -> None:
@@ -195,13 +249,19 @@ def test_collapse_guard_draws_guard_per_class_samples_of_every_digit() -> None:
     assert torch.bincount(labels[:, 0], minlength=10).tolist() == [2] * 10
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.pretrained=null", "needs a dense teacher"),
-    ("step_distillation.teacher=/nonexistent", "is not a Jevons diffusion export"),
-    ("step_distillation.steps=0", "step_distillation.steps=0"),
-    ("step_distillation.guard_per_class=1", "guard_per_class=1 must be at least 2"),
-    (f"model.pretrained=null step_distillation.teacher={TEACHER} model.num_layers=2", "is not the student's architecture"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.pretrained=null", "needs a dense teacher"),
+        ("step_distillation.teacher=/nonexistent", "is not a Jevons diffusion export"),
+        ("step_distillation.steps=0", "step_distillation.steps=0"),
+        ("step_distillation.guard_per_class=1", "guard_per_class=1 must be at least 2"),
+        (
+            f"model.pretrained=null step_distillation.teacher={TEACHER} model.num_layers=2",
+            "is not the student's architecture",
+        ),
+    ],
+)
 def test_bad_distillation_settings_are_refused(train, run_root: Path, override: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         train([*DISTILL, *override.split(), "trainer.max_steps=1", f"run.root={run_root}"])
@@ -211,8 +271,11 @@ def test_blade_student_attends_sparsely_while_the_teacher_stays_dense(groups) ->
     """plugins=[block_sparse_attention, step_distillation]: BLADE, with no code in either plugin naming the other."""
     from jevons.plugins.block_sparse_attention_processor import BlockSparseWanProcessor
 
-    built = _built("plugins=[block_sparse_attention,step_distillation]", "block_sparse_attention.block_size=16",
-                   "block_sparse_attention.max_density=0.5")
+    built = _built(
+        "plugins=[block_sparse_attention,step_distillation]",
+        "block_sparse_attention.block_size=16",
+        "block_sparse_attention.max_density=0.5",
+    )
     student = [b.attn1.processor for b in built.model.transformer.blocks]
     teacher = [b.attn1.processor for b in built.objective.teacher.transformer.blocks]
     assert all(isinstance(p, BlockSparseWanProcessor) for p in student)
@@ -222,8 +285,14 @@ def test_blade_student_attends_sparsely_while_the_teacher_stays_dense(groups) ->
     built.objective(built.model, batch).loss.backward()
     import ast
 
-    for plugin, other in (("block_sparse_attention", "step_distillation"), ("step_distillation", "block_sparse_attention")):
+    for plugin, other in (
+        ("block_sparse_attention", "step_distillation"),
+        ("step_distillation", "block_sparse_attention"),
+    ):
         for path in (REPO / "plugins").glob(f"{plugin}*.py"):
-            imported = [getattr(node, "module", None) or ",".join(a.name for a in node.names)
-                        for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Import, ast.ImportFrom))]
+            imported = [
+                getattr(node, "module", None) or ",".join(a.name for a in node.names)
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, (ast.Import, ast.ImportFrom))
+            ]
             assert not [m for m in imported if other in m], f"{path.name} imports {other}"

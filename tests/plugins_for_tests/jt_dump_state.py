@@ -19,6 +19,9 @@ def register_callbacks(register, config):
             }
             rank = dist.get_rank() if dist.is_initialized() else 0
             optimizer = trainer.optimizers[0].state_dict()
-            torch.save({"params": shards, "optimizer": optimizer["state"]}, os.path.join(trainer.default_root_dir, f"state-rank{rank}.pt"))
+            torch.save(
+                {"params": shards, "optimizer": optimizer["state"]},
+                os.path.join(trainer.default_root_dir, f"state-rank{rank}.pt"),
+            )
 
     register(Dump())

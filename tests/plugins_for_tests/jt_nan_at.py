@@ -41,7 +41,6 @@ def modify_model(model, config):
 @hookimpl
 def register_callbacks(register, config):
     import pytorch_lightning as pl
-    import torch
     import torch.distributed as dist
 
     class Watch(pl.Callback):

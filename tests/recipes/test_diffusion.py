@@ -18,7 +18,7 @@ from jevons.recipes.diffusion.data import NO_DIGIT, DigitClips
 from jevons.recipes.diffusion.family import DiffusionDataConfig, DiffusionFamily
 from jevons.recipes.diffusion.generate import FlowSampler
 from jevons.recipes.diffusion.metrics import classifier, features_and_predictions, frechet_distance
-from jevons.recipes.diffusion.model import ClassConditioner, DiffusionModel
+from jevons.recipes.diffusion.model import DiffusionModel
 from jevons.recipes.diffusion.objective import RectifiedFlowObjective
 
 SMALL = ["model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32"]
@@ -48,8 +48,10 @@ def test_image_and_video_shards_round_trip(manager, family) -> None:
     for source, split_sizes, frames in (("digits-images", (8086, 899), 1), ("moving-digits", (5400, 600), 16)):
         config = _config(manager, f"data.source={source}", "data.resolution=32", f"data.frames={frames}")
         folder = family.data_dir(config)
-        sizes = tuple(sum(s["nsamples"] for s in json.loads((folder / f"{split}.json").read_text())["shardlist"])
-                      for split in ("train", "val"))
+        sizes = tuple(
+            sum(s["nsamples"] for s in json.loads((folder / f"{split}.json").read_text())["shardlist"])
+            for split in ("train", "val")
+        )
         assert sizes == split_sizes
         clips = DigitClips.from_folder(folder, "val", DiffusionDataConfig(source=source, resolution=32, frames=frames))
         assert len(clips) == split_sizes[1] and clips.lengths.shape == (split_sizes[1], 1)
@@ -64,17 +66,29 @@ def test_image_and_video_shards_round_trip(manager, family) -> None:
 
 def test_clips_resize_and_subsample_on_read(manager, family) -> None:
     folder = family.data_dir(_config(manager, "data.source=moving-digits", "data.frames=16"))
-    full = DigitClips.from_folder(folder, "val", DiffusionDataConfig(source="moving-digits", resolution=32, frames=16))[0]
-    small = DigitClips.from_folder(folder, "val", DiffusionDataConfig(source="moving-digits", resolution=16, frames=8))[0]
+    full = DigitClips.from_folder(folder, "val", DiffusionDataConfig(source="moving-digits", resolution=32, frames=16))[
+        0
+    ]
+    small = DigitClips.from_folder(folder, "val", DiffusionDataConfig(source="moving-digits", resolution=16, frames=8))[
+        0
+    ]
     assert small["video"].shape == (1, 8, 16, 16)
-    expected = F.interpolate(torch.from_numpy(full["video"][0, ::2])[:, None], size=(16, 16), mode="bilinear",
-                             antialias=True, align_corners=False)[:, 0]
+    expected = F.interpolate(
+        torch.from_numpy(full["video"][0, ::2])[:, None],
+        size=(16, 16),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[:, 0]
     assert torch.allclose(torch.from_numpy(small["video"][0]), expected, atol=2 / 255 * 2 + 1e-6)
 
 
 def test_objective_equals_an_independent_rectified_flow_loss(model) -> None:
     torch.manual_seed(1)
-    batch = {"video": torch.rand(3, 1, 1, 16, 16) * 2 - 1, "labels": torch.tensor([[1, NO_DIGIT], [4, NO_DIGIT], [9, 2]])}
+    batch = {
+        "video": torch.rand(3, 1, 1, 16, 16) * 2 - 1,
+        "labels": torch.tensor([[1, NO_DIGIT], [4, NO_DIGIT], [9, 2]]),
+    }
     objective = RectifiedFlowObjective(condition_dropout=0.0)
     torch.manual_seed(7)
     out = objective(model, batch)
@@ -123,14 +137,22 @@ def test_save_pretrained_then_from_pretrained_gives_equal_outputs(model, tmp_pat
 
 def test_a_config_pointing_at_an_export_rebuilds_the_same_model(manager, model, family, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
-    rebuilt = family.build_model(_config(manager, f"model.pretrained={tmp_path}", "model.pretrained_subfolder=transformer"))
+    rebuilt = family.build_model(
+        _config(manager, f"model.pretrained={tmp_path}", "model.pretrained_subfolder=transformer")
+    )
     assert all(module.training for module in rebuilt.modules())  # fine-tuning starts in train mode
     x, sigma, labels = torch.randn(2, 1, 1, 16, 16), torch.tensor([0.3, 0.8]), torch.tensor([[2, NO_DIGIT], [7, 1]])
     with torch.no_grad():
         assert torch.equal(model(x, sigma, labels), rebuilt(x, sigma, labels))  # the class table came along
     with pytest.raises(UsageError, match="class table of shape"):
-        family.build_model(_config(manager, f"model.pretrained={tmp_path}", "model.pretrained_subfolder=transformer",
-                                   "conditioning.tokens=2"))
+        family.build_model(
+            _config(
+                manager,
+                f"model.pretrained={tmp_path}",
+                "model.pretrained_subfolder=transformer",
+                "conditioning.tokens=2",
+            )
+        )
 
 
 def test_video_sparse_tiny_is_the_4096_token_video_model_with_block_sparse_attention(manager) -> None:
@@ -177,9 +199,21 @@ def test_quality_metric_and_classifier(manager, family) -> None:
 
 
 def test_a_short_run_lowers_the_loss(train, run_root) -> None:
-    result = train(["recipe=image_tiny", *SMALL, "data.batch_size=16", "data.num_workers=0", "trainer.max_steps=40",
-                    "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "optimizer.warmup_steps=0",
-                    "optimizer.lr=3e-3", "trainer.progress_bar=false", f"run.root={run_root}"])
+    result = train(
+        [
+            "recipe=image_tiny",
+            *SMALL,
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "trainer.max_steps=40",
+            "trainer.log_every_n_steps=1",
+            "trainer.limit_val_batches=0",
+            "optimizer.warmup_steps=0",
+            "optimizer.lr=3e-3",
+            "trainer.progress_bar=false",
+            f"run.root={run_root}",
+        ]
+    )
     with open(result.run_dir / "metrics.csv") as handle:
         losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
     assert len(losses) == 40 and np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
@@ -189,8 +223,10 @@ def test_full_size_recipe_composes_and_builds_at_reduced_size(manager, family) -
     full = compose_config(manager, ["recipe=video_wan_1_3b"])
     assert (full.model.num_layers, full.model.num_heads, full.model.head_dim, full.model.ffn_dim) == (30, 12, 128, 8960)
     assert full.model.text_dim == 4096 and full.model.channels == 16
-    reduced = compose_config(manager, ["recipe=video_wan_1_3b", "model.num_layers=1", "model.head_dim=8", "model.ffn_dim=16",
-                                       "model.text_dim=16"])
+    reduced = compose_config(
+        manager,
+        ["recipe=video_wan_1_3b", "model.num_layers=1", "model.head_dim=8", "model.ffn_dim=16", "model.text_dim=16"],
+    )
     model = family.build_model(reduced)
     assert model.transformer.config.num_attention_heads == 12 and model.transformer.config.in_channels == 16
     assert [name for name, _ in family.attention_modules(model)] == ["transformer.blocks.0.attn1"]

@@ -53,7 +53,9 @@ def test_windows_cover_every_target_token_exactly_once(data_dir: Path) -> None:
     documents = windows.documents
     targets = sum(len(windows[i]) - 1 for i in range(len(windows)))
     assert targets == int((documents.lengths[:, 0] - 1).sum())
-    assert windows.lengths.max() == 65 and np.array_equal(windows.lengths, [len(windows[i]) for i in range(len(windows))])
+    assert windows.lengths.max() == 65 and np.array_equal(
+        windows.lengths, [len(windows[i]) for i in range(len(windows))]
+    )
     first = documents[0]
     assert np.array_equal(windows[0], first[:65]) and np.array_equal(windows[1][:1], first[64:65])  # one token overlap
 
@@ -67,7 +69,9 @@ def test_collate_pads_right_and_masks_the_padding() -> None:
 
 def _tiny_model(tie: bool = False) -> DecoderLM:
     torch.manual_seed(0)
-    shape = TransformerShape(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie)
+    shape = TransformerShape(
+        vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie
+    )
     return DecoderLM(shape)
 
 
@@ -105,7 +109,9 @@ def test_objective_equals_masked_cross_entropy(groups) -> None:
 def test_generator_continues_prompts_deterministically(groups, data_dir: Path) -> None:
     tokenizer = load_tokenizer(data_dir)
     torch.manual_seed(0)
-    model = DecoderLM(TransformerShape(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64, max_seq_len=32))
+    model = DecoderLM(
+        TransformerShape(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64, max_seq_len=32)
+    )
     generate = TextGenerator(model, tokenizer)
     first = generate(["The function"], max_new_tokens=8, seed=1)
     assert first == generate(["The function"], max_new_tokens=8, seed=1)
@@ -116,9 +122,16 @@ def test_generator_continues_prompts_deterministically(groups, data_dir: Path) -
 
 def test_llm_125m_composes_and_builds_at_reduced_size(groups, manager: PluginManager) -> None:
     full = compose_config(manager, ["recipe=llm_125m"])
-    assert (full.model.hidden_size, full.model.num_layers, full.model.num_heads, full.model.max_seq_len) == (768, 12, 12, 1024)
+    assert (full.model.hidden_size, full.model.num_layers, full.model.num_heads, full.model.max_seq_len) == (
+        768,
+        12,
+        12,
+        1024,
+    )
     assert full.model.tie_embeddings and full.trainer.precision == "bf16-mixed"
-    reduced = compose_config(manager, ["recipe=llm_125m", "model.hidden_size=96", "model.num_layers=2", "model.num_heads=3"])
+    reduced = compose_config(
+        manager, ["recipe=llm_125m", "model.hidden_size=96", "model.num_layers=2", "model.num_heads=3"]
+    )
     model = LLMFamily().build_model(reduced)
     per_layer = 4 * 96 * 96 + 3 * 96 * 256 + 2 * 96  # attention, SwiGLU (8/3 x 96 -> 256), two norms
     assert sum(p.numel() for p in model.parameters()) == 2 * per_layer + 512 * 96 + 96

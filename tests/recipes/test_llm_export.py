@@ -11,9 +11,19 @@ import torch
 transformers = pytest.importorskip("transformers")  # in the test extra, so CI runs this
 
 RUN = [
-    "recipe=llm_tiny", "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.max_seq_len=32",
-    "data.seq_len=32", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3", "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=1", "generate.max_new_tokens=2", "trainer.progress_bar=false",
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=3",
+    "trainer.val_check_interval=3",
+    "trainer.limit_val_batches=1",
+    "generate.max_new_tokens=2",
+    "trainer.progress_bar=false",
 ]
 
 
@@ -39,7 +49,12 @@ def test_transformers_loads_the_export_and_its_logits_match(command, run_dir: Pa
     out = tmp_path / "hf"
     result = command(["jevons", "export", f"run_dir={run_dir}", f"out={out}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(model).__name__ == "LlamaForCausalLM"
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
@@ -65,8 +80,15 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
     from jevons.recipes.llm.export import export_llama
     from jevons.recipes.llm.model import DecoderLM, TransformerShape
 
-    shape = TransformerShape(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16,
-                             tie_embeddings=True)
+    shape = TransformerShape(
+        vocab_size=128,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        ffn_hidden_size=64,
+        max_seq_len=16,
+        tie_embeddings=True,
+    )
     tokenizer = tmp_path / "tokenizer.json"
     tokenizer.write_text("{}")
     with distributed.initialized(ParallelConfig()):
@@ -87,6 +109,9 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
 
 def test_export_mistakes_are_refused_before_anything_loads(command, tmp_path: Path) -> None:
     result = command(["jevons", "export", f"run_dir={tmp_path}", "format=onnx"], cwd=tmp_path)
-    assert result.returncode == 2 and "Unknown export option(s) format; options: run_dir, checkpoint, out." in result.stderr
+    assert (
+        result.returncode == 2
+        and "Unknown export option(s) format; options: run_dir, checkpoint, out." in result.stderr
+    )
     result = command(["jevons", "export", "out=x"], cwd=tmp_path)
     assert result.returncode == 2 and "jevons export needs run_dir=PATH" in result.stderr

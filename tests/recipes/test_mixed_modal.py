@@ -13,7 +13,13 @@ from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
 from jevons.recipes.llm.model import TransformerShape
 from jevons.recipes.mixed_modal.captions import NUMBER_WORDS
-from jevons.recipes.mixed_modal.data import CAPTIONED_DIGITS, CaptionedImages, decode_codes, load_codebook, load_vocabulary
+from jevons.recipes.mixed_modal.data import (
+    CAPTIONED_DIGITS,
+    CaptionedImages,
+    decode_codes,
+    load_codebook,
+    load_vocabulary,
+)
 from jevons.recipes.mixed_modal.evaluate import names_digit, per_modality
 from jevons.recipes.mixed_modal.generate import MixedModalGenerator
 from jevons.recipes.mixed_modal.model import MixedModalDecoder
@@ -41,7 +47,11 @@ class _Data:
 
 def test_corpus_holds_out_whole_digits_and_captions_name_the_digit(data_dir: Path) -> None:
     meta = json.loads((data_dir / "meta.json").read_text())
-    assert meta["splits"]["train"] == {"samples": 51744, "digits": 1617, "reconstruction_mse": pytest.approx(0.00215, abs=3e-4)}
+    assert meta["splits"]["train"] == {
+        "samples": 51744,
+        "digits": 1617,
+        "reconstruction_mse": pytest.approx(0.00215, abs=3e-4),
+    }
     assert meta["splits"]["val"]["digits"] == 180
     val = CaptionedImages.from_folder(data_dir, "val", _Data())
     train = CaptionedImages.from_folder(data_dir, "train", _Data())
@@ -92,8 +102,14 @@ def test_collate_masks_padding_and_marks_target_modalities(data_dir: Path) -> No
 
 def _model(vocab, layers: int = 1) -> MixedModalDecoder:
     torch.manual_seed(0)
-    shape = TransformerShape(vocab_size=vocab.size + (-vocab.size) % 8, hidden_size=32, num_layers=layers, num_heads=2,
-                             ffn_hidden_size=64, max_seq_len=96)
+    shape = TransformerShape(
+        vocab_size=vocab.size + (-vocab.size) % 8,
+        hidden_size=32,
+        num_layers=layers,
+        num_heads=2,
+        ffn_hidden_size=64,
+        max_seq_len=96,
+    )
     return MixedModalDecoder(shape, vocab.first_code)
 
 
@@ -133,11 +149,22 @@ def test_digit_names_are_matched_as_words() -> None:
 
 
 def test_tiny_recipe_trains_and_writes_images_and_captions(train, run_root: Path) -> None:
-    result = train([
-        "recipe=mixed_modal_tiny", "model.hidden_size=64", "model.num_layers=2", "data.num_workers=0",
-        "data.batch_size=16", "trainer.max_steps=40", "trainer.val_check_interval=40", "trainer.limit_val_batches=4",
-        "generate.images_per_caption=2", "generate.caption_images=4", "trainer.progress_bar=false", f"run.root={run_root}",
-    ])
+    result = train(
+        [
+            "recipe=mixed_modal_tiny",
+            "model.hidden_size=64",
+            "model.num_layers=2",
+            "data.num_workers=0",
+            "data.batch_size=16",
+            "trainer.max_steps=40",
+            "trainer.val_check_interval=40",
+            "trainer.limit_val_batches=4",
+            "generate.images_per_caption=2",
+            "generate.caption_images=4",
+            "trainer.progress_bar=false",
+            f"run.root={run_root}",
+        ]
+    )
     metrics = result.summary["metrics"]
     assert metrics["val/loss_image"] < 0.8 * np.log(256)  # well below a uniform guess over the codebook
     assert metrics["val/loss_text"] < 0.9 * np.log(61)  # and over the 56 words and 5 specials

@@ -16,16 +16,39 @@ from jevons.recipes.speech.features import HOP, SAMPLE_RATE, WINDOW, log_mel, me
 from jevons.recipes.speech.model import ASRShape, SpeechRecognizer, subsampled_lengths
 from jevons.recipes.speech.objective import HybridCTCAttentionObjective
 
-SMALL = ASRShape(num_mels=40, hidden_size=32, num_heads=2, encoder_layers=2, decoder_layers=1, ffn_hidden_size=64,
-                 subsampling_channels=8, dropout=0.0)
+SMALL = ASRShape(
+    num_mels=40,
+    hidden_size=32,
+    num_heads=2,
+    encoder_layers=2,
+    decoder_layers=1,
+    ffn_hidden_size=64,
+    subsampling_channels=8,
+    dropout=0.0,
+)
 
 
 def _speech_overrides(corpus: Path, run_root: Path, *extra: str) -> list[str]:
-    return ["recipe=speech_tiny", f"data.source={corpus}", "data.num_mels=40", "model.hidden_size=32",
-            "model.num_heads=2", "model.encoder_layers=2", "model.decoder_layers=1", "model.ffn_hidden_size=64",
-            "model.subsampling_channels=8", "data.batch_size=8", "data.num_workers=0", "trainer.progress_bar=false",
-            "decode.eval_utterances=8", "decode.eval_methods=[greedy,beam,ctc]", "decode.samples_written=8", "decode.beam_size=2",
-            f"run.root={run_root}", *extra]
+    return [
+        "recipe=speech_tiny",
+        f"data.source={corpus}",
+        "data.num_mels=40",
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.encoder_layers=2",
+        "model.decoder_layers=1",
+        "model.ffn_hidden_size=64",
+        "model.subsampling_channels=8",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.progress_bar=false",
+        "decode.eval_utterances=8",
+        "decode.eval_methods=[greedy,beam,ctc]",
+        "decode.samples_written=8",
+        "decode.beam_size=2",
+        f"run.root={run_root}",
+        *extra,
+    ]
 
 
 def test_mel_filter_bank_is_triangles_of_unit_area_rising_in_frequency() -> None:
@@ -94,10 +117,10 @@ def test_padding_changes_neither_the_encoder_nor_the_decoder_outputs() -> None:
     model = SpeechRecognizer(SMALL).eval()
     features = torch.randn(1, 57, SMALL.num_mels)
     tokens = torch.tensor([[vocab.BOS, 5, 9, 12]])
-    alone, enc_alone, _ = model(features, torch.tensor([57]), tokens)
+    alone, _enc_alone, _ = model(features, torch.tensor([57]), tokens)
     padded = torch.cat([features, torch.randn(1, 40, SMALL.num_mels)], dim=1)  # padding frames full of noise
     batch = torch.cat([padded, torch.randn(1, 97, SMALL.num_mels)])
-    logits, encoder_out, lengths = model(batch, torch.tensor([57, 97]), tokens.expand(2, -1))
+    logits, _encoder_out, lengths = model(batch, torch.tensor([57, 97]), tokens.expand(2, -1))
     assert lengths.tolist() == [15, 25]
     torch.testing.assert_close(logits[0], alone[0], atol=1e-5, rtol=1e-5)
     # Causal decoder: a later token never changes an earlier position's prediction.
@@ -112,8 +135,10 @@ def test_objective_mixes_ctc_and_attention_and_reaches_every_parameter() -> None
     from jevons.framework.config.schema import DataConfig  # noqa: F401  (only the collate is needed)
     from jevons.recipes.speech.data import Utterances
 
-    samples = [{"features": torch.randn(n, SMALL.num_mels), "tokens": np.asarray(vocab.encode(t)), "text": t}
-               for n, t in ((80, "hello there"), (60, "a cat"))]
+    samples = [
+        {"features": torch.randn(n, SMALL.num_mels), "tokens": np.asarray(vocab.encode(t)), "text": t}
+        for n, t in ((80, "hello there"), (60, "a cat"))
+    ]
     batch = Utterances.collate(samples)
     out = HybridCTCAttentionObjective(ctc_weight=0.3, label_smoothing=0.1)(model, batch)
     assert out.weight == len("hello there") + 1 + len("a cat") + 1
@@ -191,8 +216,14 @@ def test_ctc_prefix_score_of_a_finished_transcript_is_its_ctc_likelihood() -> No
             # A prefix score is a sum over longer transcripts too: never below the finished one's.
         finished = scorer.extend(state, torch.tensor([vocab.encode(transcript)[-1]]), empty=False)[0][0, vocab.EOS]
         target = torch.tensor([vocab.encode(transcript)])
-        expected = -torch.nn.functional.ctc_loss(log_probs[:, None], target, torch.tensor([12]), torch.tensor([len(transcript)]),
-                                                 blank=vocab.BLANK, reduction="sum")
+        expected = -torch.nn.functional.ctc_loss(
+            log_probs[:, None],
+            target,
+            torch.tensor([12]),
+            torch.tensor([len(transcript)]),
+            blank=vocab.BLANK,
+            reduction="sum",
+        )
         torch.testing.assert_close(finished, expected)
         assert score >= finished
 
@@ -227,9 +258,18 @@ def test_a_short_run_lowers_the_loss_and_reports_error_rates(train, run_root, sp
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
 
-    result = train(_speech_overrides(speech_corpus, run_root, "trainer.max_steps=40", "trainer.val_check_interval=40",
-                                     "trainer.limit_val_batches=2", "trainer.log_every_n_steps=5",
-                                     "optimizer.warmup_steps=5", "optimizer.lr=3e-3"))
+    result = train(
+        _speech_overrides(
+            speech_corpus,
+            run_root,
+            "trainer.max_steps=40",
+            "trainer.val_check_interval=40",
+            "trainer.limit_val_batches=2",
+            "trainer.log_every_n_steps=5",
+            "optimizer.warmup_steps=5",
+            "optimizer.lr=3e-3",
+        )
+    )
     rows = [r for r in csv.DictReader((result.run_dir / "metrics.csv").open()) if r.get("train/loss")]
     first, last = float(rows[0]["train/loss"]), float(rows[-1]["train/loss"])
     assert last < 0.8 * first, (first, last)
@@ -250,13 +290,16 @@ def test_a_short_run_lowers_the_loss_and_reports_error_rates(train, run_root, sp
         run.family.sample(run, run_root / "sampled", {"method": "sampling"})
 
 
-@pytest.mark.parametrize("override, message", [
-    ("parallel.tensor=2", "parallel.tensor"),
-    ("decode.eval_methods=[greedy,sampling]", "decode.eval_methods"),
-    ("loss.ctc_weight=1.5", "loss.ctc_weight=1.5 must be between 0 and 1"),
-    ("decode.ctc_weight=-0.1", "decode.ctc_weight=-0.1 must be between 0 and 1"),
-    ("model.num_heads=5", "multiple of model.num_heads=5"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("parallel.tensor=2", "parallel.tensor"),
+        ("decode.eval_methods=[greedy,sampling]", "decode.eval_methods"),
+        ("loss.ctc_weight=1.5", "loss.ctc_weight=1.5 must be between 0 and 1"),
+        ("decode.ctc_weight=-0.1", "decode.ctc_weight=-0.1 must be between 0 and 1"),
+        ("model.num_heads=5", "multiple of model.num_heads=5"),
+    ],
+)
 def test_bad_speech_settings_are_refused_before_anything_runs(override: str, message: str) -> None:
     from jevons.framework.config.compose import compose_config
     from jevons.framework.errors import UsageError

@@ -10,9 +10,18 @@ from jevons.framework.errors import UsageError
 from jevons.framework.run import train
 
 TINY = [
-    "recipe=llm_tiny", "plugins=[example]", "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2",
-    "model.max_seq_len=32", "data.seq_len=32", "data.batch_size=4", "data.num_workers=0", "trainer.max_steps=3",
-    "trainer.limit_val_batches=0", "trainer.progress_bar=false",
+    "recipe=llm_tiny",
+    "plugins=[example]",
+    "model.hidden_size=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=3",
+    "trainer.limit_val_batches=0",
+    "trainer.progress_bar=false",
 ]
 
 
