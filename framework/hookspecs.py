@@ -30,9 +30,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import pytorch_lightning as pl
     import torch
 
     from jevons.framework.config.schema import Config
+    from jevons.framework.family import Family, RecipeDirectory
+    from jevons.framework.objective import Objective
+    from jevons.framework.optim import Optimization
+    from jevons.framework.protocols import AttentionProcessor, BatchSampler, Generator, KernelRegistrar, MapDataset
 
 hookspec = pluggy.HookspecMarker("jevons")
 
@@ -43,7 +48,7 @@ hookspec = pluggy.HookspecMarker("jevons")
 
 
 @hookspec
-def register_recipes(register: Callable[[Any], None]) -> None:
+def register_recipes(register: Callable[[Family[Any] | RecipeDirectory], None]) -> None:
     """Add recipe families and recipe directories.
 
     Called once per process while plugins load, on every loaded plugin (enabled
@@ -60,7 +65,7 @@ def register_recipes(register: Callable[[Any], None]) -> None:
 
 
 @hookspec
-def register_config(register: Callable[[str, type], None]) -> None:
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     """Add the typed schema of this plugin's config section.
 
     Called on every loaded plugin while plugins load. The section is named
@@ -75,7 +80,7 @@ def register_config(register: Callable[[str, type], None]) -> None:
 
 
 @hookspec
-def register_kernels(register: Callable[..., None]) -> None:
+def register_kernels(register: KernelRegistrar) -> None:
     """Add an implementation of a compute kernel op.
 
     Called on every loaded plugin while plugins load; the implementation is
@@ -115,7 +120,9 @@ def configure(config: Config) -> None:
 
 
 @hookspec
-def replace_attention(module: torch.nn.Module, name: str, config: Config) -> Any:
+def replace_attention(
+    module: torch.nn.Module, name: str, config: Config
+) -> torch.nn.Module | AttentionProcessor | None:
     """Return a replacement for one attention module, or None.
 
     Called after the family built the model, once per attention module the
@@ -132,7 +139,7 @@ def replace_attention(module: torch.nn.Module, name: str, config: Config) -> Any
 
 
 @hookspec
-def replace_ffn(module: torch.nn.Module, name: str, layer_index: int, config: Config) -> Any:
+def replace_ffn(module: torch.nn.Module, name: str, layer_index: int, config: Config) -> torch.nn.Module | None:
     """Return a replacement feed-forward module, or None.
 
     Called after ``replace_attention``, once per feed-forward module the family
@@ -160,7 +167,7 @@ def modify_model(model: torch.nn.Module, config: Config) -> None:
 
 
 @hookspec(firstresult=True)
-def make_objective(model: torch.nn.Module, config: Config) -> Any:
+def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
     """Return the training objective, or None.
 
     Called once per run after ``modify_model``. At most one enabled plugin may
@@ -176,7 +183,7 @@ def make_objective(model: torch.nn.Module, config: Config) -> Any:
 
 
 @hookspec(firstresult=True)
-def make_optimizer(model: torch.nn.Module, config: Config) -> Any:
+def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer | Optimization | None:
     """Return the optimizer(s) and schedule for the model's parameters, or None.
 
     Called once per run after ``make_objective``. At most one enabled plugin may
@@ -193,7 +200,7 @@ def make_optimizer(model: torch.nn.Module, config: Config) -> Any:
 
 
 @hookspec(firstresult=True)
-def make_batch_sampler(dataset: Any, config: Config, stage: str) -> Any:
+def make_batch_sampler(dataset: MapDataset, config: Config, stage: str) -> BatchSampler | None:
     """Return a batch sampler, or None.
 
     Called once per dataset split after the family built the datasets. At most
@@ -211,7 +218,7 @@ def make_batch_sampler(dataset: Any, config: Config, stage: str) -> Any:
 
 
 @hookspec(firstresult=True)
-def make_generator(model: torch.nn.Module, config: Config) -> Any:
+def make_generator(model: torch.nn.Module, config: Config) -> Generator | None:
     """Return the inference sampler (steps, cascade), or None.
 
     Called once per run after the batch samplers. At most one enabled plugin may
@@ -226,7 +233,7 @@ def make_generator(model: torch.nn.Module, config: Config) -> Any:
 
 
 @hookspec
-def register_callbacks(register: Callable[[Any], None], config: Config) -> None:
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
     """Add Lightning callbacks to the run.
 
     Called once per run on each enabled plugin, last in the build, before

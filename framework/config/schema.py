@@ -9,7 +9,7 @@ A new feature is new config here, never a new CLI flag (docs/architecture.md, "C
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 
 @dataclass
@@ -201,6 +201,28 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+SectionT = TypeVar("SectionT")
+
+
+def section(config: Config, name: str, schema: type[SectionT]) -> SectionT:
+    """The run's ``name`` section, typed as ``schema``: how a plugin reads its own section.
+
+    A run's :class:`Config` gains the enabled plugins' sections at run time, so
+    ``config.muon`` is unknown to a type checker; ``section(config, "muon",
+    MuonConfig)`` is the same object, checked and typed.
+    """
+    value = getattr(config, name, None)
+    if not isinstance(value, schema):
+        from jevons.framework.errors import UsageError
+
+        got = "no such section" if value is None else f"a {type(value).__name__}"
+        raise UsageError(
+            f"Config section '{name}' should be a {schema.__name__}, but the run's config has {got}. "
+            f"Is the plugin that registers it enabled in plugins:?"
+        )
+    return value
 
 
 def require(ok: bool, key: str, value: object, expected: str) -> None:
