@@ -17,9 +17,9 @@ pins this order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from jevons.framework.family import Family
 from jevons.framework.objective import Objective
 from jevons.framework.optim import Optimization, as_optimization, default_optimizer
 from jevons.framework.plugin_manager import PluginManager
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 
 @dataclass
@@ -62,9 +65,7 @@ def build(manager: PluginManager, family: Family, config: Config) -> Built:
     if generator is None:
         generator = family.default_generator(model, config)
 
-    callbacks: list[Any] = []
-    manager.call_each("register_callbacks", enabled, register=callbacks.append, config=config)
-    _check_callbacks(manager, enabled, callbacks)
+    callbacks = plugin_callbacks(manager, config)
     return Built(model, objective, optimization, datasets, samplers, generator, callbacks, replaced)
 
 
@@ -85,7 +86,7 @@ def build_model_and_objective(
         _replace(manager, enabled, "replace_attention", model, name, module, replaced, config=config)
     for name, layer_index, module in family.ffn_modules(model):
         _replace(manager, enabled, "replace_ffn", model, name, module, replaced, layer_index=layer_index, config=config)
-    manager.call_each("modify_model", enabled, model=model, config=config)
+    manager.call_all("modify_model", enabled, model=model, config=config)
     objective = manager.call_first("make_objective", enabled, model=model, config=config)
     if objective is None:
         objective = family.default_objective(model, config)
@@ -140,10 +141,18 @@ def _replace(
     replaced[name] = plugin
 
 
-def _check_callbacks(manager: PluginManager, enabled: Iterable[str], callbacks: list[Any]) -> None:
+def plugin_callbacks(manager: PluginManager, config: Config) -> list[pl.Callback]:
+    """The enabled plugins' ``register_callbacks``, in plugin registration order; each reporting callback
+    learns the name of the plugin that registered it (``PluginReport.plugin``)."""
     import pytorch_lightning as pl
 
-    for callback in callbacks:
+    registered: list[tuple[str, Any]] = []
+    manager.call_registering(
+        "register_callbacks", config.plugins, lambda plugin, item: registered.append((plugin, item)), config=config
+    )
+    order = {name: position for position, name in enumerate(manager.names())}
+    registered.sort(key=lambda pair: order[pair[0]])  # sort is stable: a plugin's own order is kept
+    for plugin, callback in registered:
         if not isinstance(callback, pl.Callback):
             hint = (
                 " (a lightning.pytorch.Callback? Jevons uses pytorch_lightning)"
@@ -152,5 +161,8 @@ def _check_callbacks(manager: PluginManager, enabled: Iterable[str], callbacks: 
             )
             raise UsageError(
                 f"register_callbacks got {type(callback).__name__}{hint}, expected a pytorch_lightning.Callback "
-                f"from one of the plugins {', '.join(enabled)}."
+                f"from plugin '{plugin}'."
             )
+        if callable(getattr(callback, "report", None)):  # a PluginReport: named by its registration
+            callback.plugin = plugin
+    return [callback for _, callback in registered]

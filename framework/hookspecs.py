@@ -1,14 +1,24 @@
 """Every hook a Jevons plugin can implement, in one place.
 
-Naming follows one rule (docs/architecture.md, "Hooks"):
+The rules (docs/architecture.md, "Hooks"; one test each in
+``tests/framework/test_hooks.py``):
 
-* ``register_*`` hooks are called on every loaded plugin. Each plugin calls the
-  ``register`` callback it is given; registering a name twice is a
-  :class:`~jevons.framework.errors.UsageError` that names both plugins.
-* ``make_*`` hooks are answered by at most one *enabled* plugin (one listed in
-  the run's ``plugins:``). Two enabled plugins implementing the same ``make_*``
-  hook are refused when the config is checked, unless one of them is a pluggy
-  wrapper (``@hookimpl(wrapper=True)``), which wraps the other's answer. The
+* A function marked ``@hookimpl`` whose name is none of these hooks, or whose
+  arguments are not the hook's, is refused when its plugin loads.
+* ``register_recipes``, ``register_config`` and ``register_kernels`` are called
+  once per process on every loaded plugin, enabled or not, while plugins load.
+  Each plugin calls the ``register`` callback it is given; registering a name
+  twice is a :class:`~jevons.framework.errors.UsageError` that names both
+  plugins.
+* Every other hook acts per run and only for *enabled* plugins (those listed in
+  the run's ``plugins:``), ``register_callbacks`` included.
+* Every hook is called through pluggy, so wrappers (``@hookimpl(wrapper=True)``)
+  work on each. ``replace_*`` and the load-time ``register_*`` hooks are asked
+  once per answering plugin (wrappers around each call), so every answer is
+  attributed; the others are one call over the enabled plugins.
+* ``make_*`` hooks are answered by at most one enabled plugin. Two enabled
+  plugins implementing the same ``make_*`` hook are refused when the config is
+  checked, unless one of them is a wrapper, which wraps the other's answer. The
   framework or the recipe's family answers when no plugin does.
 * ``replace_*`` hooks are asked once per module; two plugins answering for the
   same module is an error naming both.

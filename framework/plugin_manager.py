@@ -1,14 +1,22 @@
-"""Loading plugins and calling their hooks.
+"""Loading plugins and calling their hooks, all through pluggy.
 
-Step 1 of a run's lifecycle (docs/architecture.md): built-ins first, then third-party
-entry points in the group ``jevons`` (skipped, not even imported, when
-``JEVONS_DISABLE_PLUGIN_AUTOLOAD=1``); then every plugin's ``register_*`` hooks
-fill the registries of families, recipes, config sections and kernels.
+Step 1 of a run's lifecycle (docs/architecture.md, "Lifecycle of a run"):
+built-ins first, then third-party entry points in the group ``jevons``
+(skipped, not even imported, when ``JEVONS_DISABLE_PLUGIN_AUTOLOAD=1``); a
+hook implementation whose name is no Jevons hook is refused as the plugin
+registers. Then the load-time ``register_recipes``, ``register_config`` and
+``register_kernels`` hooks of every loaded plugin fill the registries of
+families, recipes, config sections and kernels.
 
-Hook calls go through this class so that (a) a failing hook becomes a
-:class:`PluginError` naming plugin and hook, (b) conflicts name both plugins,
-(c) only enabled plugins act on a run, and (d) ``JEVONS_TRACE_HOOKS=1`` prints
-every call.
+Every hook is called through a pluggy hook caller, so pluggy wrappers
+(``@hookimpl(wrapper=True)``) work on every hook; only enabled plugins act on
+a run. Hooks whose answers must be attributed to one plugin (the load-time
+``register_*`` hooks and ``replace_*``) are called once per answering plugin,
+with every wrapper of the hook around each call; the others are one call over
+the enabled plugins, in pluggy's order (the plugin registered last runs
+first). A failing hook becomes a :class:`PluginError` naming plugin and hook;
+``JEVONS_TRACE_HOOKS=1`` prints every call through pluggy's hook-call
+monitoring.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import importlib.metadata
 import os
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -33,8 +41,9 @@ from jevons.framework.plugin import ENTRY_POINT_GROUP, PluginInfo, plugin_info
 
 T = TypeVar("T")
 
-REGISTER_HOOKS = ("register_recipes", "register_config", "register_kernels")
-"""Hooks called on every loaded plugin; all others act only for enabled plugins."""
+LOAD_HOOKS = ("register_recipes", "register_config", "register_kernels")
+"""Called once per process on every loaded plugin, while plugins load; all other hooks act per run,
+on enabled plugins only (``register_callbacks`` included)."""
 
 MAKE_HOOKS = ("make_objective", "make_optimizer", "make_batch_sampler", "make_generator")
 
@@ -69,8 +78,8 @@ class PluginManager:
         self.families: dict[str, Registered[Family]] = {}
         self.recipes: dict[str, Recipe] = {}
         self.config_sections: dict[str, Registered[type]] = {}
-        self.trace = _env_flag("JEVONS_TRACE_HOOKS")
-        self._collected = False
+        if _env_flag("JEVONS_TRACE_HOOKS"):
+            self._pm.add_hookcall_monitoring(_trace_before, _trace_after)
 
     # -- loading -------------------------------------------------------------
 
@@ -92,13 +101,28 @@ class PluginManager:
         return manager
 
     def register(self, plugin: object, name: str, version: str | None = None) -> None:
+        """Add one plugin; refuse a name taken twice, a misspelt hook or a hook with wrong arguments."""
         existing = self._pm.get_plugin(name)
         if existing is not None:
             raise UsageError(
                 f"Two plugins are named '{name}': {_describe_plugin(existing)} and {_describe_plugin(plugin)}. "
                 f"Uninstall one of them or rename its entry point."
             )
-        self._pm.register(plugin, name=name)
+        try:
+            self._pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as error:
+            detail = "; ".join(line.strip() for line in str(error).splitlines()[1:])
+            raise UsageError(
+                f"Plugin '{name}' cannot be loaded: {detail}. Each hook's arguments are in docs/hooks.md."
+            ) from None
+        unknown = [c.name for c in self._pm.get_hookcallers(plugin) or [] if not c.has_spec()]
+        if unknown:
+            self._pm.unregister(plugin)
+            hooks = hookspec_names()
+            raise UsageError(
+                f"Plugin '{name}' implements '{unknown[0]}', which is not a Jevons hook.{did_you_mean(unknown[0], hooks)} "
+                f"Hooks: {', '.join(hooks)} (docs/hooks.md)."
+            )
         self.versions[name] = version or getattr(plugin, "__version__", "") or "unknown"
 
     def _load_entry_points(self) -> None:
@@ -111,22 +135,17 @@ class PluginManager:
             self.register(plugin, entry_point.name, version=version)
 
     def collect(self) -> None:
-        """Call every plugin's ``register_*`` hooks and fill the registries."""
+        """Call every plugin's load-time ``register_*`` hooks, in registration order, and fill the registries."""
         from jevons.kernels import dispatch
 
-        for impl in self._impls("register_recipes"):
-            self._call_impl(
-                impl, "register_recipes", register=lambda item, _p=impl.plugin_name: self._add_recipes(item, _p)
+        for plugin in self._answering("register_recipes"):
+            self._call_one("register_recipes", plugin, register=lambda item, _p=plugin: self._add_recipes(item, _p))
+        for plugin in self._answering("register_config"):
+            self._call_one(
+                "register_config", plugin, register=lambda name, schema, _p=plugin: self._add_section(name, schema, _p)
             )
-        for impl in self._impls("register_config"):
-            self._call_impl(
-                impl,
-                "register_config",
-                register=lambda name, schema, _p=impl.plugin_name: self._add_section(name, schema, _p),
-            )
-        for impl in self._impls("register_kernels"):
-            self._call_impl(impl, "register_kernels", register=dispatch.registrar(impl.plugin_name))
-        self._collected = True
+        for plugin in self._answering("register_kernels"):
+            self._call_one("register_kernels", plugin, register=dispatch.registrar(plugin))
 
     def _add_recipes(self, item: Any, plugin: str) -> None:
         if isinstance(item, RecipeDirectory):
@@ -181,7 +200,7 @@ class PluginManager:
 
     def run_plugins(self) -> list[str]:
         """Plugins that can be enabled in ``plugins:``: those implementing a hook that acts on a run."""
-        return [name for name in self.names() if any(h not in REGISTER_HOOKS for h in self.hooks_of(name))]
+        return [name for name in self.names() if any(h not in LOAD_HOOKS for h in self.hooks_of(name))]
 
     def family(self, name: str) -> Family:
         if name not in self.families:
@@ -225,44 +244,81 @@ class PluginManager:
 
     # -- calling hooks -------------------------------------------------------
 
-    def call_each(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call ``hook`` on each enabled plugin, in plugin order; ``(plugin, answer)`` pairs."""
-        return [(impl.plugin_name, self._call_impl(impl, hook, **kwargs)) for impl in self._impls(hook, enabled)]
-
-    def call_first(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> Any:
-        """Call a ``make_*`` hook on the enabled plugins, wrappers included; first answer or None."""
+    def call_all(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> list[Any]:
+        """One pluggy call of ``hook`` over the enabled plugins, wrappers included; the non-None answers."""
         impls = self._impls(hook, enabled)
         if not impls:
-            return None
-        others = [p for name, p in self._pm.list_name_plugin() if name not in {i.plugin_name for i in impls}]
-        caller = self._pm.subset_hook_caller(hook, remove_plugins=others)
-        self._trace(hook, ", ".join(i.plugin_name for i in impls))
+            return []
         try:
-            return caller(**kwargs)
+            return list(self._caller(hook, {i.plugin_name for i in impls})(**kwargs))
         except UsageError:
             raise
         except Exception as error:
             raise PluginError(_blame(error, impls), hook, error) from error
+
+    def call_first(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> Any:
+        """Call a ``make_*`` (firstresult) hook on the enabled plugins, wrappers included; the answer or None."""
+        impls = self._impls(hook, enabled)
+        if not impls:
+            return None
+        try:
+            return self._caller(hook, {i.plugin_name for i in impls})(**kwargs)
+        except UsageError:
+            raise
+        except Exception as error:
+            raise PluginError(_blame(error, impls), hook, error) from error
+
+    def call_each(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> list[tuple[str, Any]]:
+        """Ask each enabled plugin that answers ``hook`` in turn (registration order), every enabled wrapper
+        of the hook around each call: ``(plugin, answer)`` pairs, so each answer is attributed."""
+        return [(plugin, self._call_one(hook, plugin, enabled, **kwargs)) for plugin in self._answering(hook, enabled)]
+
+    def call_registering(
+        self, hook: str, enabled: Sequence[str], add: Callable[[str, Any], None], **kwargs: Any
+    ) -> None:
+        """One pluggy call of a per-run ``register_*`` hook; ``add(plugin, item)`` for each ``register(item)``,
+        attributed to the plugin whose hook function made the call."""
+        impls = self._impls(hook, enabled)
+        codes = {impl.function.__code__: impl.plugin_name for impl in impls}
+
+        def register(item: Any) -> None:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code not in codes:
+                frame = frame.f_back  # type: ignore[assignment]  # f_back is None only past the outermost frame
+            add(codes[frame.f_code] if frame is not None else impls[0].plugin_name, item)
+
+        self.call_all(hook, enabled, register=register, **kwargs)
+
+    def _answering(self, hook: str, enabled: Iterable[str] | None = None) -> list[str]:
+        """The plugins with a non-wrapper implementation of ``hook``, in registration order."""
+        return [impl.plugin_name for impl in self._impls(hook, enabled) if not _is_wrapper(impl)]
+
+    def _call_one(self, hook: str, plugin: str, enabled: Iterable[str] | None = None, **kwargs: Any) -> Any:
+        """Call ``plugin``'s implementation of ``hook`` through pluggy, inside the enabled wrappers of the hook."""
+        wrappers = {impl.plugin_name for impl in self._impls(hook, enabled) if _is_wrapper(impl)}
+        caller = self._caller(hook, {plugin} | wrappers)
+        try:
+            answers = caller(**kwargs)
+        except UsageError:
+            raise
+        except Exception as error:
+            raise PluginError(plugin, hook, error) from error
+        if caller.spec is not None and caller.spec.opts.get("firstresult"):
+            return answers
+        return answers[0] if answers else None
+
+    def _caller(self, hook: str, plugins: set[str]) -> Any:
+        """A pluggy hook caller of ``hook`` limited to ``plugins``."""
+        others = [p for name, p in self._pm.list_name_plugin() if name not in plugins]
+        return self._pm.subset_hook_caller(hook, remove_plugins=others)
 
     def _impls(self, hook: str, enabled: Iterable[str] | None = None) -> list[pluggy.HookImpl]:
         impls = getattr(self._pm.hook, hook).get_hookimpls()
         if enabled is not None:
             wanted = set(enabled)
             impls = [i for i in impls if i.plugin_name in wanted]
-        return list(impls)  # registration order: built-ins, entry points, then extras
-
-    def _call_impl(self, impl: pluggy.HookImpl, hook: str, **kwargs: Any) -> Any:
-        self._trace(hook, impl.plugin_name)
-        try:
-            return impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-        except UsageError:
-            raise
-        except Exception as error:
-            raise PluginError(impl.plugin_name, hook, error) from error
-
-    def _trace(self, hook: str, plugins: str) -> None:
-        if self.trace:
-            print(f"jevons: hook {hook} -> {plugins}", file=sys.stderr, flush=True)
+        order = {name: position for position, name in enumerate(self.names())}
+        return sorted(impls, key=lambda impl: order[impl.plugin_name])  # registration order
 
 
 def hookspec_names() -> list[str]:
@@ -278,6 +334,15 @@ def unsupported_reason(info: PluginInfo, family: Family) -> str:
     if missing:
         return f"the family's model lacks {', '.join(missing)}"
     return ""
+
+
+def _trace_before(hook: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+    print(f"jevons: hook {hook} -> {', '.join(impl.plugin_name for impl in impls)}", file=sys.stderr, flush=True)
+
+
+def _trace_after(outcome: Any, hook: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+    if outcome.exception is not None:
+        print(f"jevons: hook {hook} raised {type(outcome.exception).__name__}", file=sys.stderr, flush=True)
 
 
 def _is_wrapper(impl: pluggy.HookImpl) -> bool:

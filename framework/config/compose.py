@@ -93,7 +93,7 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
     check_model_parallel(config.parallel, config.launcher.world_size)
     check_family_parallelism(config.parallel, family)
     family.validate(config)
-    manager.call_each("configure", enabled, config=config)
+    manager.call_all("configure", enabled, config=config)
     return config
 
 

@@ -425,3 +425,120 @@ def test_trace_hooks_prints_every_call(train, tiny, capsys, monkeypatch) -> None
     err = capsys.readouterr().err
     assert "jevons: hook register_recipes -> jevons.recipes.llm" in err
     assert "jevons: hook modify_model -> quiet" in err
+
+
+# -- the rules of docs/hooks.md, one test each ------------------------------------------------
+
+
+def test_a_misspelt_hook_is_refused_naming_the_plugin_and_the_hook_it_meant() -> None:
+    class Typo:
+        @hookimpl
+        def make_optimiser(self, model, config):
+            return None
+
+    with pytest.raises(
+        UsageError,
+        match="Plugin 'typo' implements 'make_optimiser', which is not a Jevons hook. Did you mean 'make_optimizer'",
+    ):
+        PluginManager.load([("typo", Typo())], autoload=False)
+
+
+def test_a_hook_with_arguments_the_hook_lacks_is_refused_naming_the_plugin() -> None:
+    class WrongArguments:
+        @hookimpl
+        def modify_model(self, model, cfg):
+            pass
+
+    with pytest.raises(
+        UsageError,
+        match=r"Plugin 'wrong_arguments' cannot be loaded: hookimpl definition: modify_model\(model, cfg\); Argument\(s\) {'cfg'}",
+    ):
+        PluginManager.load([("wrong_arguments", WrongArguments())], autoload=False)
+
+
+def test_load_time_hooks_run_on_every_loaded_plugin_and_run_hooks_only_on_enabled_ones(tmp_path: Path) -> None:
+    (tmp_path / "llm_other.yaml").write_text("family: llm\ndefaults: [llm_tiny, _self_]\n")
+    calls: list[str] = []
+
+    class Quiet:
+        @hookimpl
+        def register_recipes(self, register):
+            calls.append("register_recipes")
+            register(RecipeDirectory(tmp_path))
+
+        @hookimpl
+        def configure(self, config):
+            calls.append("configure")
+
+    manager = PluginManager.load([("quiet", Quiet())], autoload=False)
+    assert calls == ["register_recipes"] and "llm_other" in manager.recipes  # loaded, not enabled
+    compose_config(manager, ["recipe=llm_other"])
+    assert calls == ["register_recipes"]
+    compose_config(manager, ["recipe=llm_other", "plugins=[quiet]"])
+    assert calls == ["register_recipes", "configure"]
+
+
+def test_a_wrapper_on_modify_model_sees_the_other_plugins_changes_and_its_own_take_effect(train, tiny) -> None:
+    seen = {}
+
+    class Freeze:
+        @hookimpl
+        def modify_model(self, model, config):
+            model.embed.weight.requires_grad_(False)
+
+    class FreezeNormsToo:
+        @hookimpl(wrapper=True)
+        def modify_model(self, model, config):
+            seen["before_inner"] = model.embed.weight.requires_grad
+            result = yield
+            seen["after_inner"] = model.embed.weight.requires_grad
+            model.norm.weight.requires_grad_(False)
+            seen["norm"] = model.norm.weight.detach().clone()
+            seen["model"] = model
+            return result
+
+    train(
+        tiny("plugins=[freeze,freeze_norms]", "trainer.max_steps=2", "trainer.limit_val_batches=0"),
+        plugins=[("freeze", Freeze()), ("freeze_norms", FreezeNormsToo())],
+    )
+    assert seen["before_inner"] is True and seen["after_inner"] is False
+    model = seen["model"]
+    assert not model.norm.weight.requires_grad and torch.equal(model.norm.weight, seen["norm"])
+
+
+def test_a_wrapper_on_register_callbacks_takes_effect_and_reports_are_named_by_registration(train, tiny) -> None:
+    class Counter(pl.Callback):
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def on_train_batch_end(self, *args):
+            self.batches += 1
+
+        def report(self) -> dict[str, int]:
+            return {"batches": self.batches}
+
+    inner, outer = Counter(), Counter()
+    order: list[str] = []
+
+    class Inner:
+        @hookimpl
+        def register_callbacks(self, register, config):
+            order.append("inner")
+            register(inner)
+
+    class Outer:
+        @hookimpl(wrapper=True)
+        def register_callbacks(self, register, config):
+            result = yield
+            order.append("outer, after inner")
+            register(outer)
+            return result
+
+    result = train(
+        tiny("plugins=[inner,outer]", "trainer.max_steps=3", "trainer.limit_val_batches=0"),
+        plugins=[("inner", Inner()), ("outer", Outer())],
+    )
+    assert order == ["inner", "outer, after inner"]
+    assert inner.batches == outer.batches == 3
+    assert (inner.plugin, outer.plugin) == ("inner", "outer")
+    assert result.summary["plugin_figures"] == {"inner": {"batches": 3}, "outer": {"batches": 3}}
