@@ -132,8 +132,8 @@ def _replace(
     if isinstance(replacement, torch.nn.Module):
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, replacement)
-    elif hasattr(module, "set_processor"):  # a diffusers attention processor: parameter names are kept
-        module.set_processor(replacement)
+    elif callable(getattr(module, "set_processor", None)):  # a diffusers attention: parameter names are kept
+        module.set_processor(replacement)  # type: ignore[operator]  # diffusers' Attention method
     else:
         raise PluginError(
             plugin, hook, TypeError(f"returned {type(replacement).__name__} for '{name}', expected an nn.Module")
@@ -164,5 +164,5 @@ def plugin_callbacks(manager: PluginManager, config: Config) -> list[pl.Callback
                 f"from plugin '{plugin}'."
             )
         if callable(getattr(callback, "report", None)):  # a PluginReport: named by its registration
-            callback.plugin = plugin
+            callback.plugin = plugin  # type: ignore[attr-defined]  # the PluginReport protocol's attribute
     return [callback for _, callback in registered]

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from jevons.framework.checkpoint import checkpoint_name
+from jevons.framework.compat import lightning_logged_step, lightning_should_update_logs
 from jevons.framework.family import EvalContext, Family
 
 
@@ -71,7 +72,8 @@ class ResumableState(pl.Callback):
 
 def _rng_state() -> dict[str, Any]:
     version, mt_state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state: Any = np.random.get_state(legacy=True)  # the legacy form is a 5-tuple
+    kind, keys, pos, has_gauss, cached = numpy_state
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": [version, list(mt_state), gauss],
@@ -139,9 +141,8 @@ class Throughput(pl.Callback):
         self.total_weight += weight
         self.total_seconds += seconds
         self._recent = ([*self._recent, (weight, seconds)])[-20:]
-        # Lightning's log() costs ~1 ms on CPU (measured: 3% of an llm_tiny step for three calls), and
-        # loggers only record every log_every_n_steps: log on those steps alone.
-        if not getattr(trainer._logger_connector, "should_update_logs", True):
+        # Loggers only record every log_every_n_steps, and log() costs ~1 ms: log on those steps alone.
+        if not lightning_should_update_logs(trainer):
             return
         recent = sum(w for w, _ in self._recent) / max(1e-9, sum(s for _, s in self._recent))
         pl_module.log(self._bar_label, recent, prog_bar=True, logger=False)
@@ -189,15 +190,17 @@ class Evaluation(pl.Callback):
             tensorboard=tensorboard if trainer.is_global_zero else None,
             metrics=val,
         )
-        was_training = pl_module.model.training
-        pl_module.model.eval()
+        model = pl_module.model
+        assert isinstance(model, torch.nn.Module)
+        was_training = model.training
+        model.eval()
         with torch.no_grad():
             extra = self.family.evaluate(context) or {}
-        pl_module.model.train(was_training)
+        model.train(was_training)
         self.metrics = {**val, **{k: float(v) for k, v in extra.items()}}
         self.artifacts = context.artifacts
         if extra:
             # The step Lightning used for this validation's own metrics, so they share a row.
-            step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
+            step = lightning_logged_step(trainer)
             for logger in trainer.loggers:
                 logger.log_metrics({k: float(v) for k, v in extra.items()}, step=step)

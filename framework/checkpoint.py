@@ -162,7 +162,7 @@ def _tensor_parallel_sharding(module: torch.nn.Module) -> dict[str, tuple[int, t
     if tensor_parallel_size() == 1:
         return {}
     return {
-        name: (p.partition_dim, p.shape)
+        name: (int(p.partition_dim), p.shape)  # type: ignore[attr-defined]  # Megatron sets it on TP parameters
         for name, p in module.named_parameters()
         if getattr(p, "tensor_model_parallel", False)
     }
@@ -175,6 +175,7 @@ def _wrap_shards(state: dict[str, Any], sharding: dict[str, tuple[int, torch.Siz
     from jevons.framework.tensor_parallel import tensor_parallel_group
 
     group = tensor_parallel_group()
+    assert group is not None, "TP > 1 has a tensor-parallel group"
     mesh = DeviceMesh.from_group(group, device_type="cuda" if torch.cuda.is_available() else "cpu")
 
     def wrap(tensor: torch.Tensor, dim: int) -> Any:

@@ -48,7 +48,7 @@ class MetricsCSV(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        row = {k: float(v) for k, v in metrics.items()}
+        row: dict[str, float | int | str] = {k: float(v) for k, v in metrics.items()}
         row["step"] = step if step is not None else ""
         self._pending.append(row)
         self.save()

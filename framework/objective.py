@@ -39,7 +39,7 @@ class Objective(nn.Module):
     for state outside its parameters (an auxiliary network's optimizer).
     """
 
-    def forward(self, model: nn.Module, batch: Any) -> ObjectiveOutput:  # type: ignore[override]
+    def forward(self, model: nn.Module, batch: Any) -> ObjectiveOutput:
         raise NotImplementedError
 
     def dataset(self, split: str) -> Any:

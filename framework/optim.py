@@ -34,7 +34,9 @@ def default_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Opt
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps
+    )
 
 
 def lr_multiplier(step: int, cfg: OptimizerConfig, max_steps: int) -> float:

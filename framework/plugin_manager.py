@@ -148,6 +148,8 @@ class PluginManager:
             self._call_one("register_kernels", plugin, register=dispatch.registrar(plugin))
 
     def _add_recipes(self, item: Any, plugin: str) -> None:
+        directory: Path | None
+        family: str | None
         if isinstance(item, RecipeDirectory):
             directory, family = Path(item.path), None
         elif isinstance(item, Family):

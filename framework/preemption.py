@@ -43,7 +43,6 @@ class Preemption(pl.Callback):
         self.requested = NONE
         self.stopped: str | None = None
         """``"sigterm"`` or ``"requeue"`` once the run stopped on a signal."""
-        self.stopped_at_step = -1
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -73,7 +72,6 @@ class Preemption(pl.Callback):
             if dist.is_initialized() and dist.get_world_size() > 1:
                 dist.barrier()  # the marker exists before any rank exits
         self.stopped = "requeue" if wanted == REQUEUE else "sigterm"
-        self.stopped_at_step = trainer.global_step
         trainer.should_stop = True
         if trainer.is_global_zero:
             reason = "Slurm's time-limit warning (SIGUSR1)" if wanted == REQUEUE else "SIGTERM"

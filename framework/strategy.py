@@ -35,6 +35,8 @@ class _FrameworkCheckpoints:
 
     config_yaml: str
     keep_last: int
+    lightning_module: Any  # provided by the Lightning strategy this is mixed into
+    optimizers: Any
 
     @property
     def restore_checkpoint_after_setup(self) -> bool:
@@ -106,7 +108,7 @@ class JevonsParallelStrategy(_FrameworkCheckpoints, DDPStrategy):
         assert self.cluster_environment is not None
         self.cluster_environment.set_global_rank(dist.get_rank())
         self.cluster_environment.set_world_size(dist.get_world_size())
-        rank_zero_only.rank = dist.get_rank()
+        rank_zero_only.rank = dist.get_rank()  # type: ignore[attr-defined]  # Lightning sets it this way too
 
     @property
     def global_rank(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, Required, TypedDict, Unpack
 
 import torch
 from megatron.core import ModelParallelConfig, parallel_state, tensor_parallel
@@ -60,6 +61,25 @@ def scaled_init(std: float, num_layers: int) -> Callable[[torch.Tensor], torch.T
     return normal_init(std / math.sqrt(2.0 * num_layers))
 
 
+class LinearOptions(TypedDict, total=False):
+    """What both parallel linears take besides their shape."""
+
+    init_method: Required[Callable[[torch.Tensor], torch.Tensor]]
+    bias: bool
+    """Default False."""
+    config: ModelParallelConfig | None
+    """Default :func:`megatron_config`."""
+
+
+def _megatron_options(options: LinearOptions) -> dict[str, Any]:
+    return {
+        "config": options.get("config") or megatron_config(),
+        "init_method": options["init_method"],
+        "bias": options.get("bias", False),
+        "tp_group": tensor_parallel_group(),
+    }
+
+
 class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
     """``y = x W^T (+ b)`` with W split by output rows across TP ranks; returns ``y`` only.
 
@@ -68,26 +88,11 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
     """
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        init_method: Callable[[torch.Tensor], torch.Tensor],
-        bias: bool = False,
-        gather_output: bool = False,
-        config: ModelParallelConfig | None = None,
+        self, in_features: int, out_features: int, *, gather_output: bool = False, **options: Unpack[LinearOptions]
     ) -> None:
-        super().__init__(
-            in_features,
-            out_features,
-            config=config or megatron_config(),
-            init_method=init_method,
-            bias=bias,
-            gather_output=gather_output,
-            tp_group=tensor_parallel_group(),
-        )
+        super().__init__(in_features, out_features, gather_output=gather_output, **_megatron_options(options))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         output, _ = super().forward(x)
         return output
 
@@ -99,27 +104,12 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
     output ``(..., out_features)``, summed over TP ranks.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        init_method: Callable[[torch.Tensor], torch.Tensor],
-        bias: bool = False,
-        config: ModelParallelConfig | None = None,
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, **options: Unpack[LinearOptions]) -> None:
         super().__init__(
-            in_features,
-            out_features,
-            config=config or megatron_config(),
-            init_method=init_method,
-            bias=bias,
-            input_is_parallel=True,
-            skip_bias_add=False,
-            tp_group=tensor_parallel_group(),
+            in_features, out_features, input_is_parallel=True, skip_bias_add=False, **_megatron_options(options)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         output, _ = super().forward(x)
         return output
 

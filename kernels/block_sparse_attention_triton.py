@@ -138,7 +138,7 @@ class _TritonAttention(torch.autograd.Function):
         q, k, v, block_mask = ctx.saved_tensors
         with torch.enable_grad():
             inputs = [x.detach().requires_grad_() for x in (q, k, v)]
-            out = block_sparse_attention_gather(*inputs, block_mask, ctx.block_size, ctx.scale)
+            out = block_sparse_attention_gather(inputs[0], inputs[1], inputs[2], block_mask, ctx.block_size, ctx.scale)
             grads = torch.autograd.grad(out, inputs, grad)
         return (*grads, None, None, None)
 

@@ -93,8 +93,3 @@ def get(op: str) -> Callable[..., Any]:
     if op not in _CACHE:
         _CACHE[op] = choose(op).loader()
     return _CACHE[op]
-
-
-def get_impl(op: str, name: str) -> Callable[..., Any]:
-    """A named implementation, for tests and benchmarks that compare paths."""
-    return _REGISTRY[op][name].loader()

@@ -93,15 +93,18 @@ def launch_slurm(manager: PluginManager, config: Config, overrides: Sequence[str
 
     if under_slurm():
         return run_training(manager, config)
-    return submit(config, overrides)
+    submit(config, overrides)
+    return None
 
 
 def submit(config: Config, overrides: Sequence[str]) -> None:
     from jevons.framework.rundir import choose_run_dir, config_yaml
 
+    launcher = config.launcher
+    assert isinstance(launcher, SlurmLauncherConfig), "launcher=slurm composes a SlurmLauncherConfig"
     run_dir = choose_run_dir(config).resolve()
     script = sbatch_script(config, overrides, run_dir)
-    if config.launcher.dry_run:
+    if launcher.dry_run:
         print(script, end="")
         return None
     slurm_dir = run_dir / "slurm"
@@ -118,7 +121,7 @@ def submit(config: Config, overrides: Sequence[str]) -> None:
     if result.returncode != 0:
         raise UsageError(f"sbatch refused {path}: {result.stderr.strip() or result.stdout.strip()}")
     job_id = result.stdout.strip().split(";")[0]
-    print(f"submitted job {job_id}: {config.launcher.nodes} node(s) x {config.launcher.tasks} task(s)")
+    print(f"submitted job {job_id}: {launcher.nodes} node(s) x {launcher.tasks} task(s)")
     print(f"  script: {path}")
     print(f"  log:    {slurm_dir / f'{job_id}.out'}")
     print(f"  run:    {run_dir}")

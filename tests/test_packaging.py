@@ -26,15 +26,29 @@ def _pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def test_every_package_folder_is_listed_under_its_jevons_name() -> None:
-    setuptools = _pyproject()["tool"]["setuptools"]
-    assert setuptools["package-dir"] == {v: k for k, v in FOLDERS.items()}
+def test_src_jevons_links_each_folder_and_setuptools_finds_every_package_under_its_jevons_name() -> None:
+    import setuptools
+
+    config = _pyproject()["tool"]["setuptools"]
+    assert config["package-dir"] == {"": "src"}  # an editable install is then a plain .pth line
+    for folder in FOLDERS:
+        link = REPO / "src" / "jevons" / folder
+        assert link.is_symlink() and Path(link.readlink()) == Path("..", "..", folder)  # relative: clones keep it
     expected = {
         ".".join([FOLDERS[init.relative_to(REPO).parts[0]], *init.relative_to(REPO).parts[1:-1]])
         for folder in FOLDERS
         for init in (REPO / folder).rglob("__init__.py")
     }
-    assert set(setuptools["packages"]) == expected
+    found = set(setuptools.find_packages(str(REPO / "src"), include=["jevons*"]))
+    assert found == expected | {"jevons"}
+
+
+def test_python_and_the_type_checker_resolve_jevons_to_the_same_files() -> None:
+    import jevons.framework
+
+    assert Path(jevons.framework.__file__).resolve() == REPO / "framework" / "__init__.py"
+    # mypy reads the same src/ entry (pyproject's mypy_path; the editable install's .pth).
+    assert _pyproject()["tool"]["mypy"]["mypy_path"] == "src"
 
 
 @pytest.mark.parametrize("name", ["kernels", "plugins", "framework", "launch", "recipes"])
@@ -53,7 +67,7 @@ def test_top_level_folders_do_not_shadow_installed_packages(name: str) -> None:
         text=True,
     )
     assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
-    assert importlib.import_module(f"jevons.{name}").__file__.startswith(str(REPO / name))
+    assert str(Path(importlib.import_module(f"jevons.{name}").__file__ or "").resolve()).startswith(str(REPO / name))
 
 
 def test_torch_range_takes_the_local_cpu_build_and_never_admits_2_14() -> None:

@@ -6,11 +6,17 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jevons.framework.cli.common import guarded
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
 from jevons.framework.text_table import format_table
+
+if TYPE_CHECKING:
+    from jevons.framework.inference import LoadedRun
+    from jevons.framework.plugin_manager import PluginManager
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return guarded(lambda: handlers[args.command](args))
 
 
-def _manager():  # type: ignore[no-untyped-def]
+def _manager() -> PluginManager:
     from jevons.framework.plugin_manager import PluginManager
 
     return PluginManager.load()
@@ -154,7 +160,7 @@ def _settings(command: str, settings: Sequence[str]) -> dict[str, str]:
     return options
 
 
-def _with_loaded_run(options: dict[str, str], act) -> list:  # type: ignore[no-untyped-def]
+def _with_loaded_run(options: dict[str, str], act: Callable[[LoadedRun], list[Path]]) -> list[Path]:
     """Load the run (newest or given checkpoint) at TP=1 in this one process and call ``act(run)``."""
     from pathlib import Path
 
@@ -191,7 +197,7 @@ def _export(args: argparse.Namespace) -> int:
 
     run_dir = Path(options["run_dir"])
 
-    def export(run):  # type: ignore[no-untyped-def]
+    def export(run: LoadedRun) -> list[Path]:
         return run.family.export(run, Path(out) if out else run_dir / "export" / f"step_{run.step:08d}")
 
     for path in _with_loaded_run(options, export):
