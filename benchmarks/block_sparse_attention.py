@@ -83,7 +83,7 @@ def saved_bytes(run) -> int:
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     from jevons.kernels.block_sparse_attention import block_sparse_attention_flex, block_sparse_attention_gather
-    from jevons.plugins.block_sparse_attention_mask import adaptive_block_mask, tile_for_block, tile_order
+    from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
 
     sizes = (16,) if args.quick else (16, 32)  # frames: S = 4096, 8192
     densities = (0.125,) if args.quick else (0.0625, 0.125, 0.25)

@@ -42,7 +42,7 @@ STEPS, CLIPS, ROUNDS = 300, 40, 3
 
 
 def sparse_processors(model: torch.nn.Module) -> list:
-    from jevons.plugins.block_sparse_attention_processor import BlockSparseWanProcessor
+    from jevons.plugins.block_sparse_attention.processor import BlockSparseWanProcessor
 
     return [m.processor for m in model.modules() if isinstance(getattr(m, "processor", None), BlockSparseWanProcessor)]
 
@@ -63,7 +63,7 @@ def density(model: torch.nn.Module) -> float:
 
 
 def reset_density(model: torch.nn.Module) -> None:
-    from jevons.plugins.block_sparse_attention_processor import SparsityStats
+    from jevons.plugins.block_sparse_attention.processor import SparsityStats
 
     for processor in sparse_processors(model):
         processor.stats = SparsityStats()

@@ -94,7 +94,7 @@ def block_sparse_attention() -> dict:
 
     from jevons.kernels.block_sparse_attention import block_sparse_attention_flex, block_sparse_attention_reference
     from jevons.kernels.block_sparse_attention_triton import block_sparse_attention_forward_triton
-    from jevons.plugins.block_sparse_attention_mask import adaptive_block_mask
+    from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask
 
     out = {}
     torch.manual_seed(0)

@@ -67,7 +67,7 @@ def _build(overrides: list[str]) -> tuple[Any, ...]:
 
 
 def _moe_layers(model: Any) -> list[Any]:
-    from jevons.plugins.modality_experts_layer import ModalityExperts
+    from jevons.plugins.modality_experts.layer import ModalityExperts
 
     return [m for m in model.modules() if isinstance(m, ModalityExperts)]
 
@@ -160,7 +160,7 @@ def train_arm(name: str, overrides: list[str], steps: int, eval_every: int) -> d
                     )
                 if step == steps:
                     break
-        from jevons.plugins.modality_experts_report import expert_figures
+        from jevons.plugins.modality_experts.report import expert_figures
 
         return {
             "curve": curve,

@@ -164,8 +164,8 @@ def step_time_vs_torch_muon(rounds: int, steps: int) -> tuple[float, float, floa
 
     from jevons.framework import distributed
     from jevons.kernels import dispatch
-    from jevons.plugins.muon import split_parameters
-    from jevons.plugins.muon_optimizer import Muon, parameter_groups
+    from jevons.plugins.muon.optimizer import Muon, parameter_groups
+    from jevons.plugins.muon.split import split_parameters
 
     with distributed.initialized(ParallelConfig()):
         _config, model, *_ = _setup("muon", 3e-3, 0, [])

@@ -77,7 +77,8 @@ def random_batches(data: np.ndarray, seed: int = 0) -> list[list[int]]:
 
 
 def jevons_batches(data: np.ndarray, dims: int) -> list[list[int]]:
-    from jevons.plugins.padding_aware_sampling import BucketingBatchSampler, PaddingAwareSamplingConfig
+    from jevons.plugins.padding_aware_sampling import PaddingAwareSamplingConfig
+    from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
     cfg = PaddingAwareSamplingConfig(max_tokens=BUDGET, dims=dims, num_buckets=30, output_buckets=6 if dims == 2 else 1)
     return list(BucketingBatchSampler(data, cfg, seed=0))
@@ -104,7 +105,8 @@ def llm_throughput(steps: int) -> dict[str, float]:
     from jevons.framework.data.sampler import RandomBatchSampler
     from jevons.framework.optim import default_optimizer
     from jevons.framework.plugin_manager import PluginManager
-    from jevons.plugins.padding_aware_sampling import BucketingBatchSampler, PaddingAwareSamplingConfig
+    from jevons.plugins.padding_aware_sampling import PaddingAwareSamplingConfig
+    from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
     manager = PluginManager.load(autoload=False)
     # Variable-length documents of up to 512 tokens: where batching matters for a language model.

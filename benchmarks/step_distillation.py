@@ -54,7 +54,7 @@ def main() -> None:
     from jevons.framework.inference import load_run
     from jevons.framework.plugin_manager import PluginManager
     from jevons.framework.run import train
-    from jevons.plugins.step_distillation_guard import within_class_diversity
+    from jevons.plugins.step_distillation.guard import within_class_diversity
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel

@@ -4,7 +4,8 @@ Composer records that an algorithm ran; Jevons reports what it bought. A
 plugin takes part by registering (through ``register_callbacks``) a Lightning
 callback that also satisfies :class:`PluginReport`: it measures during
 training (its own timers, its own counters) and ``report()`` returns flat
-figures at the end. The summary prints them as a table and writes them to
+figures at the end. By convention the class lives in the plugin package's
+``report.py``. The summary prints them as a table and writes them to
 ``summary.json`` under ``plugin_figures``; ``jevons compare`` lines them up
 across runs.
 """
@@ -22,9 +23,17 @@ Figure = float | int | str
 
 @runtime_checkable
 class PluginReport(Protocol):
-    """A callback that reports figures for one plugin."""
+    """A callback that reports figures for one plugin.
+
+    The class defines ``report()`` only. ``plugin`` is the name of the plugin that
+    registered the callback: the framework sets it on every registered callback that has
+    a ``report`` method, right after that plugin's ``register_callbacks``
+    (:mod:`jevons.framework.build`), so a report never repeats its plugin's name and one
+    plugin's several reporters are filed under the same name.
+    """
 
     plugin: str
+    """Set by the framework at registration: the registering plugin's name."""
 
     def report(self) -> dict[str, Figure]:
         """Flat ``name -> value``; names say the unit (``_ms``, ``_s``, ``_fraction``, ``_per_s``)."""

@@ -45,5 +45,6 @@ def wan_qkv_projections(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.T
     """
     from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
-    query, key, value = _get_qkv_projections(attn, hidden_states, None)  # type: ignore[arg-type]  # None: self-attention
+    # Self-attention: keys and values come from the hidden states too (diffusers' None means the same).
+    query, key, value = _get_qkv_projections(attn, hidden_states, hidden_states)
     return query, key, value

@@ -6,22 +6,33 @@ framework knows no model: it asks the family to build one, to list the modules
 plugins may replace, to build map-style datasets with per-sample lengths, and
 for the default objective, generator and evaluation. See ``docs/families.md``.
 
+A family declares its config as a type: ``config_class``, a dataclass
+subclass of :class:`~jevons.framework.config.schema.Config` whose added (or
+narrowed) fields are the family's sections with their defaults. ``Family`` and
+``FamilyBase`` are generic in that class, so ``LLMFamily(FamilyBase[LLMConfig])``
+annotates ``build_model(self, config: LLMConfig)`` and a type checker follows
+``config.model.hidden_size``; the framework holds families as ``Family[Any]``.
+
 Subclass :class:`FamilyBase` to get the optional parts with sensible defaults.
-Keep the module that defines the family light (no torch at import time): the
-family is constructed while plugins load, before the config is known.
+Keep the module that defines the family (and its config classes) light (no
+torch at import time): the family is constructed while plugins load, before the
+config is known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
     from jevons.framework.config.schema import Config
+
+ConfigT = TypeVar("ConfigT", bound="Config")
+"""A family's config class: :class:`~jevons.framework.config.schema.Config` and the family's sections."""
 
 
 @dataclass(frozen=True)
@@ -69,18 +80,22 @@ class EvalContext:
 
 
 @runtime_checkable
-class Family(Protocol):
-    """A recipe family. Attributes and methods, in the order the build uses them."""
+class Family(Protocol[ConfigT]):
+    """A recipe family, generic in its config class. Attributes and methods, in the order the build uses them."""
 
     name: str
     """Unique family name; recipes say ``family: <name>``."""
 
-    recipe_dir: Path | None
-    """Directory of ``*.yaml`` recipes shipped with the family, or None."""
+    @property
+    def recipe_dir(self) -> Path | None:
+        """Directory of ``*.yaml`` recipes shipped with the family, or None (a class attribute will do)."""
 
-    config_sections: Mapping[str, type]
-    """Typed schemas for the family's sections, e.g. ``{"model": ModelConfig}``.
-    ``"data"`` extends :class:`jevons.framework.config.schema.DataConfig`."""
+    config_class: type[ConfigT]
+    """The family's config: a dataclass subclass of :class:`~jevons.framework.config.schema.Config`
+    whose fields add the family's sections (``model: ModelConfig = field(default_factory=ModelConfig)``)
+    or narrow the framework's (``data`` to a subclass of
+    :class:`~jevons.framework.config.schema.DataConfig`). Its defaults are the composition's
+    defaults; the run's config is an instance of a subclass of it (plus plugin and launcher sections)."""
 
     capabilities: frozenset[str]
     """What the family's model offers to plugins (``"attention_processors"``,
@@ -93,14 +108,14 @@ class Family(Protocol):
     """Which of ``tensor``, ``sequence``, ``pipeline``, ``context``, ``expert`` its model
     implements (data parallelism always works); larger sizes of the others are refused."""
 
-    def validate(self, config: Config) -> None:
+    def validate(self, config: ConfigT) -> None:
         """Check the family's sections against the whole config (e.g. heads divisible by TP);
         raise UsageError. Called at config time: no torch."""
 
     def data_sources(self) -> Iterable[DataSource]:
         """Built-in datasets this family can generate (``jevons data NAME``)."""
 
-    def build_model(self, config: Config) -> torch.nn.Module:
+    def build_model(self, config: ConfigT) -> torch.nn.Module:
         """Build the model, tensor-parallel-aware from the start."""
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
@@ -109,13 +124,13 @@ class Family(Protocol):
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
         """``(qualified_name, layer_index, module)`` for each module ``replace_ffn`` may replace."""
 
-    def build_dataset(self, config: Config, split: str) -> Any:
+    def build_dataset(self, config: ConfigT, split: str) -> Any:
         """A map-style dataset with ``lengths`` (one or two per sample) and ``collate``."""
 
-    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: ConfigT) -> Any:
         """The objective used when no plugin answers ``make_objective``."""
 
-    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: ConfigT) -> Any:
         """The generator used when no plugin answers ``make_generator``."""
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
@@ -129,21 +144,33 @@ class Family(Protocol):
         folder another library loads); return the files."""
 
 
-class FamilyBase:
-    """Defaults for the optional parts of :class:`Family`."""
+class FamilyBase(Generic[ConfigT]):
+    """Defaults for the optional parts of :class:`Family`, and helpers every family uses.
 
-    def validate(self, config: Config) -> None:
-        """Check the family's sections against the whole config at config time (no torch here)."""
+    A subclass names its config class twice, once for the type checker and once at run time:
+    ``class LLMFamily(FamilyBase[LLMConfig]): config_class = LLMConfig``.
+    """
 
     name: str = ""
     recipe_dir: Path | None = None
-    config_sections: Mapping[str, type] = {}
+    config_class: type[ConfigT]
     capabilities: frozenset[str] = frozenset()
     parallelism: frozenset[str] = frozenset()
     weight_unit: str = "samples"
 
+    def validate(self, config: ConfigT) -> None:
+        """Check the family's sections against the whole config at config time (no torch here)."""
+
     def data_sources(self) -> Iterable[DataSource]:
         return ()
+
+    def data_dir(self, config: ConfigT) -> Path:
+        """The folder ``config.data.source`` names: one of :meth:`data_sources` (built into the
+        data cache on first use) or a user's folder of shard indexes."""
+        from jevons.framework.data.cache import data_root, resolve_source
+
+        sources = {source.name: source for source in self.data_sources()}
+        return resolve_source(config.data.source, data_root(config.data.root), sources)
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
         return ()

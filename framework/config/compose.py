@@ -1,7 +1,8 @@
 """Step 2 of a run: compose the config with Hydra's Compose API, then validate it.
 
-The primary config holds every registered section's defaults (framework,
-family, plugins), so any default can be overridden with ``a.b=c``; the
+The primary config holds every registered section's defaults (the family's
+``config_class``, which holds the framework's sections and the family's, and
+every plugin's), so any default can be overridden with ``a.b=c``; the
 ``recipe`` group holds every registered recipe (package ``_global_``, so a
 recipe's keys land at the top level) and the ``launcher`` group every
 launcher's schema. Recipes are put in Hydra's ConfigStore rather than on its
@@ -50,7 +51,7 @@ def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
     family = manager.family(manager.recipes[name].family)
 
     sections = {section: reg.value for section, reg in manager.config_sections.items()}
-    raw = _compose(manager, family.config_sections, sections, LAUNCHER_SCHEMAS, overrides)
+    raw = _compose(manager, family.config_class, sections, LAUNCHER_SCHEMAS, overrides)
     raw["recipe"] = name
     return validate_config(manager, raw)
 
@@ -84,7 +85,7 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
         except TypeError as error:  # a schema the validator cannot read: the plugin's bug, not the user's
             raise PluginError(manager.config_sections[section].plugin, "register_config", error) from None
     schema = run_schema(
-        family.config_sections, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name]
+        family.config_class, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name]
     )
     config = to_dataclass(schema, raw, "")
     recipe = manager.recipes.get(config.recipe)
@@ -141,21 +142,17 @@ def check_model_parallel(parallel: Any, world_size: int) -> None:
         )
 
 
-def run_schema(family_sections: dict[str, type], plugin_sections: dict[str, type], launcher: type) -> type:
-    """The run's Config class: framework sections, the family's, the enabled plugins', the launcher's."""
-    extra = {**family_sections, **plugin_sections, "launcher": launcher}
+def run_schema(family_config: type[Config], plugin_sections: dict[str, type], launcher: type) -> type:
+    """The run's Config class: the family's ``config_class`` (framework and family sections) with the
+    enabled plugins' sections and the launcher's added, so a run's config is an instance of the family's."""
+    extra = {**plugin_sections, "launcher": launcher}
     fields = [(key, schema, field(default_factory=schema)) for key, schema in extra.items()]
-    return make_dataclass("Config", fields, bases=(Config,), namespace={"__module__": __name__})
-
-
-def config_to_dict(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data, for ``config.yaml``."""
-    return asdict(config)
+    return make_dataclass("Config", fields, bases=(family_config,), namespace={"__module__": __name__})
 
 
 def _compose(
     manager: PluginManager,
-    family_sections: dict[str, type],
+    family_config: type[Config],
     plugin_sections: dict[str, type],
     launchers: dict[str, type],
     overrides: Sequence[str],
@@ -166,16 +163,16 @@ def _compose(
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    defaults: dict[str, Any] = asdict(Config())
+    defaults: dict[str, Any] = asdict(family_config())
     del defaults["launcher"]
-    for key, schema in {**family_sections, **plugin_sections}.items():
-        defaults[key] = asdict(schema())
+    for section, section_schema in plugin_sections.items():
+        defaults[section] = asdict(section_schema())
     store = ConfigStore.instance()
     store.repo.pop("recipe", None)
     store.repo.pop("launcher", None)
     store.store(name=PRIMARY, node={"defaults": ["_self_", {"launcher": "local"}, {"recipe": "???"}], **defaults})
-    for launcher, schema in launchers.items():
-        store.store(group="launcher", name=launcher, node=asdict(schema(name=launcher)), package="launcher")
+    for launcher, launcher_schema in launchers.items():
+        store.store(group="launcher", name=launcher, node=asdict(launcher_schema(name=launcher)), package="launcher")
     for recipe in manager.recipes.values():
         store.store(group="recipe", name=recipe.name, node=_load_yaml(recipe.path), package="_global_")
 
@@ -186,7 +183,7 @@ def _compose(
     except (HydraException, OmegaConfBaseException) as error:
         key = _failing_key(error)
         if key is not None:
-            schema = run_schema(family_sections, plugin_sections, launchers.get("local", object))
+            schema = run_schema(family_config, plugin_sections, launchers.get("local", object))
             raise UsageError(_unknown_key_message(schema, key)) from None
         raise UsageError(f"Cannot compose the config: {error}") from None
 

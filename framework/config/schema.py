@@ -1,8 +1,9 @@
 """Typed schemas of the framework's config sections, with their defaults explained.
 
 A run's config is one :class:`Config`: these framework sections, plus the
-family's sections (``model``, an extended ``data``) and one section per enabled
-plugin, added per run by :func:`jevons.framework.config.compose.compose_config`.
+family's sections (``model``, an extended ``data``), declared by the family's
+``config_class`` (a subclass of :class:`Config`), and one section per enabled
+plugin, added per run by :func:`jevons.framework.config.compose.run_schema`.
 A new feature is new config here, never a new CLI flag (docs/architecture.md, "Conventions").
 """
 
@@ -183,7 +184,8 @@ class RunConfig:
 
 @dataclass
 class Config:
-    """The framework's sections. Per run, a subclass adds the family's and plugins' sections."""
+    """The framework's sections. A family's ``config_class`` subclasses it with the family's sections;
+    per run, a subclass of that adds the enabled plugins' sections and the launcher's."""
 
     family: str = ""
     """The recipe's family; every recipe YAML sets it."""

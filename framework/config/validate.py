@@ -42,7 +42,7 @@ def check_value(tp: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return to_dataclass(tp, value, path)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)

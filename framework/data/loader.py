@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from jevons.framework.data.reader import Corrupt, Loss
 from jevons.framework.errors import DataError
@@ -26,7 +26,7 @@ class LoadedBatch:
     lost: list[Loss] = field(default_factory=list)
 
 
-class _Indexed:
+class _Indexed(Dataset[tuple[int, Any]]):
     """``dataset[i]`` as ``(i, sample)``, so the collated batch knows which samples it holds."""
 
     def __init__(self, dataset: Any) -> None:

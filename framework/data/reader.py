@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -192,6 +193,42 @@ class ShardDataset:
         state = dict(self.__dict__)
         state["_files"], state["_pid"] = {}, -1
         return state
+
+
+class ShardBackedDataset(ABC):
+    """A family's map-style dataset over one split's :class:`ShardDataset` (``samples``).
+
+    It satisfies :class:`~jevons.framework.protocols.MapDataset` with what every family's
+    dataset shares: ``lengths``, ``len()``, the losses of the scan (``lost``) and the policy
+    check (``check_losses``) come from ``samples``. A subclass implements ``__getitem__``
+    (turning ``samples[i]`` into a training sample; a :class:`Corrupt` passes through) and
+    ``collate``. One whose items are not the samples (windows over documents) sets its own
+    ``lengths`` and overrides ``__len__``.
+    """
+
+    def __init__(self, samples: ShardDataset) -> None:
+        self.samples = samples
+        self.lengths: np.ndarray = samples.lengths
+
+    @property
+    def lost(self) -> list[Loss]:
+        """Samples lost when the shards were scanned (truncated shards, duplicate keys)."""
+        return self.samples.lost
+
+    def check_losses(self, lost_while_reading: int) -> None:
+        """Abort once too much of the split is lost (:meth:`ShardDataset.check_losses`)."""
+        self.samples.check_losses(lost_while_reading)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @abstractmethod
+    def __getitem__(self, i: int) -> Any:
+        """Sample ``i`` ready for ``collate``, or the :class:`Corrupt` that ``samples`` returned."""
+
+    @abstractmethod
+    def collate(self, samples: list[Any]) -> Any:
+        """A batch of samples (a static method in the families)."""
 
 
 def open_split(folder: Any, split: str, decode: Callable[[dict[str, Any]], Any], data_config: Any) -> ShardDataset:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from jevons.framework.data.reader import Corrupt, open_split
+from jevons.framework.data.reader import Corrupt, ShardBackedDataset, ShardDataset, open_split
 from jevons.framework.data.shards import decode_npy, write_shards
 from jevons.framework.family import DataSource
 
@@ -129,25 +129,17 @@ def _decode(sample: dict[str, Any]) -> dict[str, Any]:
     return {"frames": frames, "labels": json.loads(sample["labels.json"])}
 
 
-class DigitClips:
+class DigitClips(ShardBackedDataset):
     """Map-style samples ``{"video": (C, F, H, W) float in [-1, 1], "labels": (2,)}`` at the recipe's size."""
 
-    def __init__(self, samples: Any, resolution: int, frames: int) -> None:
-        self.samples = samples
+    def __init__(self, samples: ShardDataset, resolution: int, frames: int) -> None:
+        super().__init__(samples)
         self.resolution = resolution
         self.frames = frames
-        self.lengths = samples.lengths
-        self.lost = samples.lost
 
     @classmethod
     def from_folder(cls, folder: Path, split: str, data_config: Any) -> DigitClips:
         return cls(open_split(folder, split, _decode, data_config), data_config.resolution, data_config.frames)
-
-    def check_losses(self, lost: int) -> None:
-        self.samples.check_losses(lost)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, i: int) -> Any:
         sample = self.samples[i]

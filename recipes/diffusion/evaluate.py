@@ -41,7 +41,9 @@ def save_grid(frames: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
     images = [
-        Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f).resize((f.shape[1] * 4, f.shape[0] * 4), Image.NEAREST)
+        Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f).resize(
+            (f.shape[1] * 4, f.shape[0] * 4), Image.Resampling.NEAREST
+        )
         for f in frames
     ]
     if len(images) == 1:

@@ -14,19 +14,19 @@ This module stays light (no torch at import).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, cast
 
-from jevons.framework.config.schema import DataConfig
+from jevons.framework.config.schema import Config, DataConfig
 from jevons.framework.errors import UsageError
 from jevons.framework.family import DataSource, EvalContext, FamilyBase
 
 if TYPE_CHECKING:
     import torch
 
-    from jevons.framework.config.schema import Config
+    from jevons.recipes.diffusion.model import DiffusionModel
 
 
 @dataclass
@@ -82,19 +82,25 @@ class SampleConfig:
     eval_batch: int = 250
 
 
-class DiffusionFamily(FamilyBase):
+@dataclass
+class DiffusionConfig(Config):
+    """A diffusion run's config: the framework's sections, ``model``, the extended ``data``,
+    ``conditioning`` and ``sample``."""
+
+    data: DiffusionDataConfig = field(default_factory=DiffusionDataConfig)
+    model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+class DiffusionFamily(FamilyBase[DiffusionConfig]):
     name = "diffusion"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections: ClassVar[Mapping[str, type]] = {
-        "model": DiffusionModelConfig,
-        "data": DiffusionDataConfig,
-        "conditioning": ConditioningConfig,
-        "sample": SampleConfig,
-    }
+    config_class = DiffusionConfig
     capabilities = frozenset({"attention_processors", "video", "diffusion"})
     parallelism = frozenset({"tensor"})
 
-    def validate(self, config: Config) -> None:
+    def validate(self, config: DiffusionConfig) -> None:
         cfg, data = config.model, config.data
         pf, ph, pw = cfg.patch_size
         if data.resolution % ph or data.resolution % pw or data.frames % pf:
@@ -116,24 +122,21 @@ class DiffusionFamily(FamilyBase):
 
         return (IMAGES, VIDEOS)
 
-    def data_dir(self, config: Config) -> Path:
-        from jevons.framework.data.cache import data_root, resolve_source
-
-        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
-
-    def images_dir(self, config: Config) -> Path:
+    def images_dir(self, config: DiffusionConfig) -> Path:
         """The digit images the quality classifier is trained on (built if missing)."""
         from jevons.framework.data.cache import data_root, ensure_built
         from jevons.recipes.diffusion.data import IMAGES
 
         return ensure_built(IMAGES, data_root(config.data.root))
 
-    def build_model(self, config: Config) -> torch.nn.Module:
+    def build_model(self, config: DiffusionConfig) -> torch.nn.Module:
         from jevons.recipes.diffusion.model import ClassConditioner, DiffusionModel, build_transformer
         from jevons.recipes.diffusion.tensor_parallel import apply_tensor_parallel
 
         transformer = apply_tensor_parallel(build_transformer(config.model))
-        model = DiffusionModel(transformer, ClassConditioner(transformer.config.text_dim, config.conditioning.tokens))
+        model = DiffusionModel(
+            transformer, ClassConditioner(transformer.config["text_dim"], config.conditioning.tokens)
+        )
         table = Path(config.model.pretrained or "") / "conditioner.safetensors"
         if config.model.pretrained and table.exists():  # a Jevons export: the class table comes with it
             from safetensors.torch import load_file
@@ -148,17 +151,19 @@ class DiffusionFamily(FamilyBase):
         return model.train()  # diffusers' from_pretrained hands modules back in eval mode
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
-        return [(f"transformer.blocks.{i}.attn1", block.attn1) for i, block in enumerate(model.transformer.blocks)]
+        blocks = cast("DiffusionModel", model).blocks
+        return [(f"transformer.blocks.{i}.attn1", block.attn1) for i, block in enumerate(blocks)]
 
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
-        return [(f"transformer.blocks.{i}.ffn", i, block.ffn) for i, block in enumerate(model.transformer.blocks)]
+        blocks = cast("DiffusionModel", model).blocks
+        return [(f"transformer.blocks.{i}.ffn", i, block.ffn) for i, block in enumerate(blocks)]
 
-    def build_dataset(self, config: Config, split: str) -> Any:
+    def build_dataset(self, config: DiffusionConfig, split: str) -> Any:
         from jevons.recipes.diffusion.data import DigitClips
 
         return DigitClips.from_folder(self.data_dir(config), split, config.data)
 
-    def real_reference(self, config: Config, count: int) -> torch.Tensor:
+    def real_reference(self, config: DiffusionConfig, count: int) -> torch.Tensor:
         """Up to ``count`` held-out samples ``(N, C, F, H, W)`` to compare generated ones with."""
         import numpy as np
         import torch
@@ -166,12 +171,12 @@ class DiffusionFamily(FamilyBase):
         dataset = self.build_dataset(config, "val")
         return torch.from_numpy(np.stack([dataset[i]["video"] for i in range(min(count, len(dataset)))]))
 
-    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: DiffusionConfig) -> Any:
         from jevons.recipes.diffusion.objective import RectifiedFlowObjective
 
         return RectifiedFlowObjective(config.conditioning.dropout)
 
-    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: DiffusionConfig) -> Any:
         from jevons.recipes.diffusion.generate import FlowSampler
 
         return FlowSampler(model, config.sample.steps, config.sample.guidance, config.sample.shift)

@@ -34,7 +34,7 @@ class FlowSampler:
         guidance: float | None = None,
         seed: int = 0,
     ) -> torch.Tensor:
-        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
         steps = steps or self.steps
         guidance = self.guidance if guidance is None else guidance

@@ -16,10 +16,15 @@ second possibly "none"); conditioning ``(B, 2 * tokens, text_dim)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
+
+    from jevons.recipes.diffusion.family import DiffusionModelConfig
 
 NUM_LABELS = 11  # ten digits and "no digit", which doubles as the unconditional input
 
@@ -41,10 +46,15 @@ class ClassConditioner(nn.Module):
 class DiffusionModel(nn.Module):
     """``transformer(x_t, t * 1000, conditioner(labels))``: the velocity of rectified flow."""
 
-    def __init__(self, transformer: nn.Module, conditioner: ClassConditioner) -> None:
+    def __init__(self, transformer: WanTransformer3DModel, conditioner: ClassConditioner) -> None:
         super().__init__()
         self.transformer = transformer
         self.conditioner = conditioner
+
+    @property
+    def blocks(self) -> list[WanTransformerBlock]:
+        """The transformer's blocks, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return cast("list[WanTransformerBlock]", list(self.transformer.blocks))
 
     def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         condition = self.conditioner(labels)
@@ -62,18 +72,18 @@ class DiffusionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: Path, tokens: int) -> DiffusionModel:
-        from diffusers import WanTransformer3DModel
+        from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from safetensors.torch import load_file
 
         directory = Path(directory)
         transformer = WanTransformer3DModel.from_pretrained(directory / "transformer")
-        conditioner = ClassConditioner(transformer.config.text_dim, tokens)
+        conditioner = ClassConditioner(transformer.config["text_dim"], tokens)
         conditioner.table.weight.data.copy_(load_file(str(directory / "conditioner.safetensors"))["table"])
         return cls(transformer, conditioner)
 
 
-def build_transformer(cfg: Any) -> nn.Module:
-    from diffusers import WanTransformer3DModel
+def build_transformer(cfg: DiffusionModelConfig) -> WanTransformer3DModel:
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
     if cfg.pretrained:
         return WanTransformer3DModel.from_pretrained(cfg.pretrained, subfolder=cfg.pretrained_subfolder or None)

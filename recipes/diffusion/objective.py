@@ -30,7 +30,7 @@ class RectifiedFlowObjective(Objective):
         super().__init__()
         self.condition_dropout = condition_dropout
 
-    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:  # type: ignore[override]
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         clean, labels = batch["video"], batch["labels"]  # (B, C, F, H, W), (B, 2)
         batch_size = clean.shape[0]
         sigma = torch.sigmoid(torch.randn(batch_size, device=clean.device))  # logit-normal(0, 1)

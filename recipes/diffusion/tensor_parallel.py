@@ -19,7 +19,10 @@ and the output projection stay replicated.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from torch import nn
 
 from jevons.framework.tensor_parallel import (
@@ -28,6 +31,9 @@ from jevons.framework.tensor_parallel import (
     tensor_parallel_group,
     tensor_parallel_size,
 )
+
+if TYPE_CHECKING:
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 
 def _rank() -> int:
@@ -63,16 +69,14 @@ def _row(linear: nn.Linear) -> RowParallelLinear:
 class ShardedRMSNorm(nn.Module):
     """RMS norm over a dimension split across TP ranks: the mean square is summed over the group."""
 
-    def __init__(self, norm: nn.Module) -> None:
+    def __init__(self, norm: nn.RMSNorm) -> None:
         super().__init__()
         self.eps = norm.eps if norm.eps is not None else torch.finfo(torch.float32).eps
         self.full_dim = norm.weight.shape[0]
         local = self.full_dim // tensor_parallel_size()
         start = _rank() * local
         self.weight = nn.Parameter(norm.weight.detach()[start : start + local].clone())
-        self.weight.tensor_model_parallel = True
-        self.weight.partition_dim = 0
-        self.weight.partition_stride = 1
+        set_tensor_model_parallel_attributes(self.weight, is_parallel=True, dim=0, stride=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torch.distributed.nn.functional import all_reduce
@@ -83,12 +87,13 @@ class ShardedRMSNorm(nn.Module):
         return (x.float() * torch.rsqrt(mean_square + self.eps)).type_as(x) * self.weight
 
 
-def apply_tensor_parallel(transformer: nn.Module) -> nn.Module:
+def apply_tensor_parallel(transformer: WanTransformer3DModel) -> WanTransformer3DModel:
     """Shard a ``WanTransformer3DModel`` in place over the current TP group (a no-op at TP=1)."""
     tp = tensor_parallel_size()
     if tp == 1:
         return transformer
-    for block in transformer.blocks:
+    blocks: list[Any] = list(transformer.blocks)  # diffusers' modules, reached into and swapped by attribute name
+    for block in blocks:
         for attention in (block.attn1, block.attn2):
             if attention.heads % tp:
                 raise ValueError(f"{attention.heads} attention heads cannot be split over tensor parallel size {tp}")

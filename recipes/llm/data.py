@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jevons.framework.data.reader import Corrupt, ShardDataset, open_split
+from jevons.framework.data.reader import Corrupt, ShardBackedDataset, ShardDataset, open_split
 from jevons.framework.data.shards import decode_npy, write_shards
 from jevons.framework.errors import UsageError
 from jevons.framework.family import DataSource
@@ -83,8 +83,8 @@ def _stdlib_docstrings() -> list[tuple[str, str]]:
             except (SyntaxError, UnicodeDecodeError, ValueError):
                 continue
             kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-            texts = [ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds)]
-            texts = [t for t in texts if t and len(t) > 40]
+            docstrings = [ast.get_docstring(node) for node in ast.walk(tree) if isinstance(node, kinds)]
+            texts = [t for t in docstrings if t and len(t) > 40]
             if texts:
                 documents.append((f"module/{os.path.relpath(path, root)}", "\n\n".join(texts)))
     return documents
@@ -161,8 +161,8 @@ def _decode_document(sample: dict[str, Any]) -> np.ndarray:
     return decode_npy(sample["tokens.npy"]).astype(np.int64)
 
 
-class TokenWindows:
-    """Map-style windows of ``seq_len + 1`` tokens over a split's documents.
+class TokenWindows(ShardBackedDataset):
+    """Map-style windows of ``seq_len + 1`` tokens over a split's documents (``samples``).
 
     Window ``i`` is ``(document, start)``; a document of ``n`` tokens yields
     windows starting at ``0, seq_len, 2 * seq_len, ...`` while at least two
@@ -172,7 +172,7 @@ class TokenWindows:
     """
 
     def __init__(self, documents: ShardDataset, seq_len: int) -> None:
-        self.documents = documents
+        super().__init__(documents)
         self.seq_len = seq_len
         windows = [
             (doc, start)
@@ -188,12 +188,9 @@ class TokenWindows:
         return cls(open_split(folder, split, _decode_document, data_config), data_config.seq_len)
 
     @property
-    def lost(self) -> list[Any]:
-        """Documents lost when the shards were scanned (truncated shards, duplicate keys)."""
-        return self.documents.lost
-
-    def check_losses(self, lost_documents: int) -> None:
-        self.documents.check_losses(lost_documents)
+    def documents(self) -> ShardDataset:
+        """The split's documents, which the windows cut."""
+        return self.samples
 
     def __len__(self) -> int:
         return len(self.windows)

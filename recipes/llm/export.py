@@ -52,7 +52,7 @@ def llama_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
     """Our parameters under Llama's names, fused projections split."""
     shape = model.shape
     tensors = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    for i, layer in enumerate(model.layers):
+    for i, layer in enumerate(model.blocks):
         prefix = f"model.layers.{i}."
         q, k, v = rearrange(layer.attn.qkv.weight, "(h three d) c -> three (h d) c", three=3, d=shape.head_dim)
         gate, up = rearrange(layer.ffn.gate_up.weight, "(f two) c -> two f c", two=2)

@@ -13,36 +13,25 @@ while plugins load.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, cast
 
-from jevons.framework.config.schema import DataConfig
+from jevons.framework.config.schema import Config, DataConfig
 from jevons.framework.family import DataSource, EvalContext, FamilyBase
+from jevons.recipes.llm.shape import TransformerShapeConfig, check_heads
 
 if TYPE_CHECKING:
     import torch
 
-    from jevons.framework.config.schema import Config
+    from jevons.recipes.llm.model import DecoderLM
 
 
 @dataclass
-class LLMModelConfig:
+class LLMModelConfig(TransformerShapeConfig):
     vocab_size: int | None = None
     """Null takes the data's tokenizer size; it is padded to split evenly over TP ranks."""
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    ffn_hidden_size: int | None = None
-    """Null gives SwiGLU's 8/3 x hidden_size, rounded up to a multiple of 32 (Llama's sizing)."""
-    max_seq_len: int = 256
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    tie_embeddings: bool = False
-    """Share the token embedding with the output head (GPT-2 style)."""
 
 
 @dataclass
@@ -62,85 +51,63 @@ class LLMGenerateConfig:
     top_k: int = 40
 
 
-class LLMFamily(FamilyBase):
+@dataclass
+class LLMConfig(Config):
+    """An llm run's config: the framework's sections, ``model``, the extended ``data`` and ``generate``."""
+
+    data: LLMDataConfig = field(default_factory=LLMDataConfig)
+    model: LLMModelConfig = field(default_factory=LLMModelConfig)
+    generate: LLMGenerateConfig = field(default_factory=LLMGenerateConfig)
+
+
+class LLMFamily(FamilyBase[LLMConfig]):
     name = "llm"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections: ClassVar[Mapping[str, type]] = {
-        "model": LLMModelConfig,
-        "data": LLMDataConfig,
-        "generate": LLMGenerateConfig,
-    }
+    config_class = LLMConfig
     capabilities = frozenset({"transformer", "token_sequences"})
     parallelism = frozenset({"tensor"})
     weight_unit = "tokens"
 
-    def validate(self, config: Config) -> None:
+    def validate(self, config: LLMConfig) -> None:
         from jevons.framework.errors import UsageError
 
-        cfg, tp = config.model, config.parallel.tensor
-        if cfg.hidden_size % cfg.num_heads:
+        check_heads(config.model, config.parallel.tensor)
+        if config.data.seq_len > config.model.max_seq_len:
             raise UsageError(
-                f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}."
+                f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={config.model.max_seq_len}."
             )
-        if cfg.num_heads % tp:
-            raise UsageError(
-                f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads}: tensor parallelism splits whole "
-                f"attention heads across ranks. Use a tensor size among {_divisors(cfg.num_heads)}."
-            )
-        if cfg.ffn_hidden_size and cfg.ffn_hidden_size % tp:
-            raise UsageError(f"parallel.tensor={tp} must divide model.ffn_hidden_size={cfg.ffn_hidden_size}.")
-        if config.data.seq_len > cfg.max_seq_len:
-            raise UsageError(f"data.seq_len={config.data.seq_len} exceeds model.max_seq_len={cfg.max_seq_len}.")
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.llm.data import PROSE_SOURCE
 
         return (PROSE_SOURCE,)
 
-    def data_dir(self, config: Config) -> Path:
-        from jevons.framework.data.cache import data_root, resolve_source
-
-        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
-
-    def build_model(self, config: Config) -> torch.nn.Module:
+    def build_model(self, config: LLMConfig) -> torch.nn.Module:
         from jevons.framework.tensor_parallel import pad_vocab_size
         from jevons.recipes.llm.data import load_tokenizer
-        from jevons.recipes.llm.model import DecoderLM, TransformerShape
+        from jevons.recipes.llm.model import DecoderLM
 
         cfg = config.model
         vocab = cfg.vocab_size or load_tokenizer(self.data_dir(config)).get_vocab_size()
-        ffn = cfg.ffn_hidden_size or 32 * math.ceil(8 * cfg.hidden_size / 3 / 32)
-        shape = TransformerShape(
-            vocab_size=pad_vocab_size(vocab),
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            ffn_hidden_size=ffn,
-            max_seq_len=cfg.max_seq_len,
-            rope_theta=cfg.rope_theta,
-            norm_eps=cfg.norm_eps,
-            init_std=cfg.init_std,
-            tie_embeddings=cfg.tie_embeddings,
-        )
-        return DecoderLM(shape)
+        return DecoderLM(cfg.resolve(pad_vocab_size(vocab)))
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
-        return [(f"layers.{i}.attn", layer.attn) for i, layer in enumerate(model.layers)]
+        return [(f"layers.{i}.attn", layer.attn) for i, layer in enumerate(cast("DecoderLM", model).blocks)]
 
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
-        return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(model.layers)]
+        return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(cast("DecoderLM", model).blocks)]
 
-    def build_dataset(self, config: Config, split: str) -> Any:
+    def build_dataset(self, config: LLMConfig, split: str) -> Any:
         from jevons.recipes.llm.data import TokenWindows
 
         return TokenWindows.from_folder(self.data_dir(config), split, config.data)
 
-    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: LLMConfig) -> Any:
         from jevons.recipes.llm.objective import NextTokenObjective
 
         return NextTokenObjective()
 
-    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: LLMConfig) -> Any:
         from jevons.recipes.llm.data import load_tokenizer
         from jevons.recipes.llm.generate import TextGenerator
 
@@ -181,7 +148,3 @@ class LLMFamily(FamilyBase):
         from jevons.recipes.llm.export import export_llama
 
         return export_llama(run.model, self.data_dir(run.config) / "tokenizer.json", out_dir)
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]

@@ -7,9 +7,12 @@ recomputing the prefix keeps one code path for every tensor-parallel size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+
+if TYPE_CHECKING:
+    from jevons.recipes.llm.model import DecoderLM
 
 
 class TextGenerator:
@@ -31,7 +34,7 @@ class TextGenerator:
         from jevons.framework.tensor_parallel import gather_last_dim
 
         vocab = self.tokenizer.get_vocab_size()
-        max_len = self.model.shape.max_seq_len
+        max_len = cast("DecoderLM", self.model).shape.max_seq_len
         rng = torch.Generator().manual_seed(seed)
         device = next(self.model.parameters()).device
         outputs = []

@@ -13,7 +13,8 @@ Tensors are batch-first: ``(B, T, C)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Generic, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,24 +29,9 @@ from jevons.framework.tensor_parallel import (
     scaled_init,
     tensor_parallel_size,
 )
+from jevons.recipes.llm.shape import TransformerShape  # the model's sizes; also imported from here
 
-
-@dataclass(frozen=True)
-class TransformerShape:
-    vocab_size: int  # padded so it splits evenly over TP ranks
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    ffn_hidden_size: int
-    max_seq_len: int
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    tie_embeddings: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+BlockT = TypeVar("BlockT", bound=nn.Module)
 
 
 class RMSNorm(nn.Module):
@@ -62,6 +48,9 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """Cos/sin tables for rotary embeddings, rotating pairs (i, i + head_dim/2)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
         super().__init__()
@@ -138,10 +127,13 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class DecoderLM(nn.Module):
-    """Token ids ``(B, T)`` to vocab-parallel logits ``(B, T, V / tp)``."""
+class TransformerDecoder(nn.Module, Generic[BlockT]):
+    """What the llm and mixed_modal decoders share: a vocab-parallel token embedding,
+    ``shape.num_layers`` blocks ``block(shape, rotary)`` (one rotary table for all), a final
+    RMSNorm and a column-parallel head, or the embedding itself when ``tie_embeddings``.
+    A subclass's ``forward`` runs the blocks between :meth:`check_length` and :meth:`logits`."""
 
-    def __init__(self, shape: TransformerShape) -> None:
+    def __init__(self, shape: TransformerShape, block: Callable[[TransformerShape, RotaryEmbedding], BlockT]) -> None:
         super().__init__()
         tp = tensor_parallel_size()
         if shape.num_heads % tp:
@@ -151,25 +143,44 @@ class DecoderLM(nn.Module):
             shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std)
         )
         rotary = RotaryEmbedding(shape.head_dim, shape.max_seq_len, shape.rope_theta)
-        self.layers = nn.ModuleList([Block(shape, rotary) for _ in range(shape.num_layers)])
+        self.layers = nn.ModuleList([block(shape, rotary) for _ in range(shape.num_layers)])
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
-        self.head = None
+        self.head: ColumnParallelLinear | None = None
         if not shape.tie_embeddings:
             self.head = ColumnParallelLinear(
                 shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std)
             )
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def blocks(self) -> list[BlockT]:
+        """``layers``, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return cast("list[BlockT]", list(self.layers))
+
+    def check_length(self, input_ids: torch.Tensor) -> None:
         if input_ids.shape[1] > self.shape.max_seq_len:
             raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds max_seq_len={self.shape.max_seq_len}")
-        x = self.embed(input_ids)  # (B, T, C)
-        for layer in self.layers:
-            x = layer(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The last blocks' output ``(B, T, C)`` to vocab-parallel logits ``(B, T, V / tp)``."""
         x = self.norm(x)
         if self.head is not None:
             return self.head(x)  # (B, T, V / tp)
         # Tied: the vocab-sharded embedding matrix is the column-parallel head.
         return F.linear(copy_to_tp_region(x), self.embed.weight)
+
+
+class DecoderLM(TransformerDecoder[Block]):
+    """Token ids ``(B, T)`` to vocab-parallel logits ``(B, T, V / tp)``."""
+
+    def __init__(self, shape: TransformerShape) -> None:
+        super().__init__(shape, Block)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.check_length(input_ids)
+        x = self.embed(input_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x)
+        return self.logits(x)
 
 
 def copy_to_tp_region(x: torch.Tensor) -> torch.Tensor:

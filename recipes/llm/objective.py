@@ -16,7 +16,7 @@ from jevons.framework.tensor_parallel import vocab_parallel_cross_entropy
 
 
 class NextTokenObjective(Objective):
-    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:  # type: ignore[override]
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         logits = model(batch["input_ids"])  # (B, T, V / tp)
         per_token = vocab_parallel_cross_entropy(logits.float(), batch["targets"])  # (B, T)
         mask = batch["loss_mask"]

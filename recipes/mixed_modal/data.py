@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from jevons.framework.data.reader import Corrupt, open_split
+from jevons.framework.data.reader import Corrupt, ShardBackedDataset, ShardDataset, open_split
 from jevons.framework.data.shards import write_shards
 from jevons.framework.family import DataSource
 from jevons.recipes.mixed_modal.captions import CANVAS, caption, draw
@@ -154,24 +154,16 @@ def _decode(sample: dict[str, Any]) -> dict[str, Any]:
     return {"codes": codes, "caption": fields.pop("caption"), "attributes": fields}
 
 
-class CaptionedImages:
+class CaptionedImages(ShardBackedDataset):
     """Map-style samples ``{"ids": (T,) int64, "caption": str, "codes": (64,)}``, one sequence each."""
 
-    def __init__(self, samples: Any, vocabulary: Vocabulary) -> None:
-        self.samples = samples
+    def __init__(self, samples: ShardDataset, vocabulary: Vocabulary) -> None:
+        super().__init__(samples)
         self.vocabulary = vocabulary
-        self.lengths = samples.lengths
-        self.lost = samples.lost
 
     @classmethod
     def from_folder(cls, folder: Path, split: str, data_config: Any) -> CaptionedImages:
         return cls(open_split(folder, split, _decode, data_config), load_vocabulary(folder))
-
-    def check_losses(self, lost: int) -> None:
-        self.samples.check_losses(lost)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, i: int) -> Any:
         sample = self.samples[i]

@@ -94,5 +94,5 @@ def save_image_grid(images: np.ndarray, columns: int, path: Path) -> Path:
         canvas[r * (height + 1) : r * (height + 1) + height, c * (width + 1) : c * (width + 1) + width] = np.round(
             np.clip(image, 0, 1) * 255
         )
-    Image.fromarray(canvas).resize((canvas.shape[1] * 4, canvas.shape[0] * 4), Image.NEAREST).save(path)
+    Image.fromarray(canvas).resize((canvas.shape[1] * 4, canvas.shape[0] * 4), Image.Resampling.NEAREST).save(path)
     return path

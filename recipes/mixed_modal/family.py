@@ -14,33 +14,24 @@ This module stays light (no torch at import).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, cast
 
-from jevons.framework.config.schema import DataConfig
+from jevons.framework.config.schema import Config, DataConfig
 from jevons.framework.family import DataSource, EvalContext, FamilyBase
+from jevons.recipes.llm.shape import TransformerShapeConfig, check_heads
 
 if TYPE_CHECKING:
     import torch
 
-    from jevons.framework.config.schema import Config
+    from jevons.recipes.mixed_modal.model import MixedModalDecoder
 
 
 @dataclass
-class MixedModalModelConfig:
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    ffn_hidden_size: int | None = None
-    """Null gives SwiGLU's 8/3 x hidden_size, rounded up to a multiple of 32."""
+class MixedModalModelConfig(TransformerShapeConfig):
     max_seq_len: int = 96
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    tie_embeddings: bool = False
 
 
 @dataclass
@@ -69,48 +60,34 @@ class MixedModalGenerateConfig:
     """Held-out images to caption (greedy); their digit accuracy is ``val/caption_digit_accuracy``."""
 
 
-class MixedModalFamily(FamilyBase):
+@dataclass
+class MixedModalConfig(Config):
+    """A mixed_modal run's config: the framework's sections, ``model``, the extended ``data`` and ``generate``."""
+
+    data: MixedModalDataConfig = field(default_factory=MixedModalDataConfig)
+    model: MixedModalModelConfig = field(default_factory=MixedModalModelConfig)
+    generate: MixedModalGenerateConfig = field(default_factory=MixedModalGenerateConfig)
+
+
+class MixedModalFamily(FamilyBase[MixedModalConfig]):
     name = "mixed_modal"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections: ClassVar[Mapping[str, type]] = {
-        "model": MixedModalModelConfig,
-        "data": MixedModalDataConfig,
-        "generate": MixedModalGenerateConfig,
-    }
+    config_class = MixedModalConfig
     capabilities = frozenset({"transformer", "token_sequences", "token_modalities"})
     parallelism = frozenset({"tensor"})
     weight_unit = "tokens"
 
-    def validate(self, config: Config) -> None:
-        from jevons.framework.errors import UsageError
-
-        cfg, tp = config.model, config.parallel.tensor
-        if cfg.hidden_size % cfg.num_heads:
-            raise UsageError(
-                f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}."
-            )
-        if cfg.num_heads % tp:
-            raise UsageError(
-                f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads}: tensor parallelism "
-                f"splits whole attention heads across ranks."
-            )
-        if cfg.ffn_hidden_size and cfg.ffn_hidden_size % tp:
-            raise UsageError(f"parallel.tensor={tp} must divide model.ffn_hidden_size={cfg.ffn_hidden_size}.")
+    def validate(self, config: MixedModalConfig) -> None:
+        check_heads(config.model, config.parallel.tensor)
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.mixed_modal.data import CAPTIONED_DIGITS
 
         return (CAPTIONED_DIGITS,)
 
-    def data_dir(self, config: Config) -> Path:
-        from jevons.framework.data.cache import data_root, resolve_source
-
-        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
-
-    def build_model(self, config: Config) -> torch.nn.Module:
+    def build_model(self, config: MixedModalConfig) -> torch.nn.Module:
         from jevons.framework.errors import UsageError
         from jevons.framework.tensor_parallel import pad_vocab_size
-        from jevons.recipes.llm.model import TransformerShape
         from jevons.recipes.mixed_modal.data import load_vocabulary
         from jevons.recipes.mixed_modal.model import MixedModalDecoder
         from jevons.recipes.mixed_modal.tokens import MODALITIES
@@ -123,38 +100,26 @@ class MixedModalFamily(FamilyBase):
                 f"model.max_seq_len={cfg.max_seq_len} is shorter than the data's longest sequence "
                 f"({longest} input tokens); raise it to at least {longest}."
             )
-        shape = TransformerShape(
-            vocab_size=pad_vocab_size(vocabulary.size),
-            hidden_size=cfg.hidden_size,
-            num_layers=cfg.num_layers,
-            num_heads=cfg.num_heads,
-            ffn_hidden_size=cfg.ffn_hidden_size or 32 * math.ceil(8 * cfg.hidden_size / 3 / 32),
-            max_seq_len=cfg.max_seq_len,
-            rope_theta=cfg.rope_theta,
-            norm_eps=cfg.norm_eps,
-            init_std=cfg.init_std,
-            tie_embeddings=cfg.tie_embeddings,
-        )
-        return MixedModalDecoder(shape, vocabulary.first_code, MODALITIES)
+        return MixedModalDecoder(cfg.resolve(pad_vocab_size(vocabulary.size)), vocabulary.first_code, MODALITIES)
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
-        return [(f"layers.{i}.attn", layer.attn) for i, layer in enumerate(model.layers)]
+        return [(f"layers.{i}.attn", layer.attn) for i, layer in enumerate(cast("MixedModalDecoder", model).blocks)]
 
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
         """Each block's feed-forward; a replacement is called as ``ffn(x, context)`` (:class:`TokenContext`)."""
-        return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(model.layers)]
+        return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(cast("MixedModalDecoder", model).blocks)]
 
-    def build_dataset(self, config: Config, split: str) -> Any:
+    def build_dataset(self, config: MixedModalConfig, split: str) -> Any:
         from jevons.recipes.mixed_modal.data import CaptionedImages
 
         return CaptionedImages.from_folder(self.data_dir(config), split, config.data)
 
-    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: MixedModalConfig) -> Any:
         from jevons.recipes.mixed_modal.objective import MixedModalObjective
 
         return MixedModalObjective()
 
-    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: MixedModalConfig) -> Any:
         from jevons.recipes.mixed_modal.data import load_codebook, load_vocabulary
         from jevons.recipes.mixed_modal.generate import MixedModalGenerator
 

@@ -15,22 +15,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from jevons.framework.tensor_parallel import (
-    ColumnParallelLinear,
-    VocabParallelEmbedding,
-    normal_init,
-    tensor_parallel_size,
-)
 from jevons.recipes.llm.model import (
     CausalSelfAttention,
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
+    TransformerDecoder,
     TransformerShape,
-    copy_to_tp_region,
 )
 
 
@@ -61,7 +54,7 @@ class TokenContext:
 class DenseFFN(SwiGLU):
     """The llm family's SwiGLU, taking (and ignoring) the token context."""
 
-    def forward(self, x: torch.Tensor, context: TokenContext | None = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, context: TokenContext | None = None) -> torch.Tensor:
         return super().forward(x)
 
 
@@ -78,7 +71,7 @@ class MixedBlock(nn.Module):
         return x + self.ffn(self.ffn_norm(x), context)
 
 
-class MixedModalDecoder(nn.Module):
+class MixedModalDecoder(TransformerDecoder[MixedBlock]):
     """Token ids ``(B, T)`` (and their context) to vocab-parallel logits ``(B, T, V / tp)``.
 
     ``first_image_code`` is the id of the first image code: without a context,
@@ -88,37 +81,17 @@ class MixedModalDecoder(nn.Module):
     def __init__(
         self, shape: TransformerShape, first_image_code: int, modalities: tuple[str, ...] = ("text", "image")
     ) -> None:
-        super().__init__()
-        if shape.num_heads % tensor_parallel_size():
-            raise ValueError(
-                f"num_heads={shape.num_heads} is not divisible by tensor parallel size {tensor_parallel_size()}"
-            )
-        self.shape = shape
+        super().__init__(shape, MixedBlock)
         self.first_image_code = first_image_code
         self.modalities = modalities
-        self.embed = VocabParallelEmbedding(
-            shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std)
-        )
-        rotary = RotaryEmbedding(shape.head_dim, shape.max_seq_len, shape.rope_theta)
-        self.layers = nn.ModuleList([MixedBlock(shape, rotary) for _ in range(shape.num_layers)])
-        self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
-        self.head = None
-        if not shape.tie_embeddings:
-            self.head = ColumnParallelLinear(
-                shape.hidden_size, shape.vocab_size, init_method=normal_init(shape.init_std)
-            )
 
     def context_for(self, input_ids: torch.Tensor, real: torch.Tensor | None = None) -> TokenContext:
         return TokenContext((input_ids >= self.first_image_code).long(), real, self.modalities)
 
     def forward(self, input_ids: torch.Tensor, context: TokenContext | None = None) -> torch.Tensor:
-        if input_ids.shape[1] > self.shape.max_seq_len:
-            raise ValueError(f"sequence of {input_ids.shape[1]} tokens exceeds max_seq_len={self.shape.max_seq_len}")
+        self.check_length(input_ids)
         context = context if context is not None else self.context_for(input_ids)
         x = self.embed(input_ids)  # (B, T, C)
         for layer in self.layers:
             x = layer(x, context)
-        x = self.norm(x)
-        if self.head is not None:
-            return self.head(x)
-        return F.linear(copy_to_tp_region(x), self.embed.weight)
+        return self.logits(x)

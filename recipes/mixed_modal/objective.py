@@ -13,24 +13,28 @@ modality means would weight batches wrongly.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.framework.tensor_parallel import vocab_parallel_cross_entropy
 
+if TYPE_CHECKING:
+    from jevons.recipes.mixed_modal.model import MixedModalDecoder
+
 
 class MixedModalObjective(Objective):
-    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:  # type: ignore[override]
-        context = model.context_for(batch["input_ids"], batch["real"])
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
+        decoder = cast("MixedModalDecoder", model)
+        context = decoder.context_for(batch["input_ids"], batch["real"])
         logits = model(batch["input_ids"], context)  # (B, T, V / tp)
         per_token = vocab_parallel_cross_entropy(logits.float(), batch["targets"])  # (B, T)
         mask = batch["loss_mask"]
         tokens = mask.sum().clamp(min=1)
         loss = (per_token * mask).sum() / tokens
         metrics: dict[str, torch.Tensor] = {}
-        for modality_id, name in enumerate(model.modalities):
+        for modality_id, name in enumerate(decoder.modalities):
             selected = mask * (batch["target_modality"] == modality_id)
             count = selected.sum()
             nll = (per_token.detach() * selected).sum()

@@ -19,8 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 PAD, BOS, EOS, BOI, EOI = 0, 1, 2, 3, 4
 SPECIALS = ("<pad>", "<s>", "</s>", "<image>", "</image>")
@@ -60,6 +64,6 @@ class Vocabulary:
         body = [*caption_ids, *image] if caption_first else [*image, *caption_ids]
         return np.asarray([BOS, *body, EOS], dtype=np.int64)
 
-    def modality(self, ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:  # noqa: F821
+    def modality(self, ids: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """``IMAGE`` where an id is an image code, ``TEXT`` elsewhere (same shape and array type)."""
         return (ids >= self.first_code) * IMAGE

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jevons.framework.data.reader import Corrupt, ShardDataset, open_split
+from jevons.framework.data.reader import Corrupt, ShardBackedDataset, ShardDataset, open_split
 from jevons.framework.data.shards import write_shards
 from jevons.framework.family import DataSource
 from jevons.recipes.speech import text as vocab
@@ -95,7 +95,7 @@ def build_speech(
             def spoken(items: list[str] = items) -> Iterator[tuple[str, Voice, np.ndarray]]:
                 voices = [voice_for(s) for s in items]
                 for sentence, voice, waveform in zip(
-                    items, voices, pool.map(lambda a: synthesize(*a, binary), zip(items, voices))
+                    items, voices, pool.map(lambda text, voice: synthesize(text, voice, binary), items, voices)
                 ):
                     bar.update()
                     yield sentence, voice, waveform
@@ -151,7 +151,7 @@ def _decode(sample: dict[str, Any]) -> dict[str, Any]:
     return {"audio": np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0, "text": transcript}
 
 
-class Utterances:
+class Utterances(ShardBackedDataset):
     """Map-style ``{"features": (frames, mels), "tokens": (chars,), "text": str}`` samples of a split.
 
     ``lengths`` is ``(N, 2)``: feature frames and transcript characters plus ``</s>``, the two
@@ -159,20 +159,12 @@ class Utterances:
     """
 
     def __init__(self, samples: ShardDataset, num_mels: int) -> None:
-        self.samples = samples
+        super().__init__(samples)
         self.num_mels = num_mels
-        self.lengths = samples.lengths
-        self.lost = samples.lost
 
     @classmethod
     def from_folder(cls, folder: Path, split: str, data_config: Any) -> Utterances:
         return cls(open_split(folder, split, _decode, data_config), data_config.num_mels)
-
-    def check_losses(self, lost: int) -> None:
-        self.samples.check_losses(lost)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __getitem__(self, i: int) -> Any:
         import torch

@@ -7,12 +7,15 @@ the cache would save little and cost a second code path.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 
 from jevons.recipes.speech import text as vocab
 from jevons.recipes.speech.ctc_prefix import CTCPrefixScorer
+
+if TYPE_CHECKING:
+    from jevons.recipes.speech.model import SpeechRecognizer
 
 Method = Literal["greedy", "beam", "ctc"]
 
@@ -30,6 +33,11 @@ class Transcriber:
         self.length_penalty = length_penalty
         """Finished hypotheses are ranked by score / length ** length_penalty (0: no normalisation)."""
 
+    @property
+    def recognizer(self) -> SpeechRecognizer:
+        """``model``, typed: the speech family's recogniser."""
+        return cast("SpeechRecognizer", self.model)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -41,7 +49,7 @@ class Transcriber:
         was_training = self.model.training
         self.model.eval()
         try:
-            memory, lengths = self.model.encode(features, feature_lengths)
+            memory, lengths = self.recognizer.encode(features, feature_lengths)
             if method == "ctc":
                 return self._ctc_greedy(memory, lengths)
             if method == "greedy":
@@ -65,7 +73,7 @@ class Transcriber:
         prefix = torch.full((batch, 1), vocab.BOS, dtype=torch.long, device=memory.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=memory.device)
         for _ in range(self.max_length(lengths)):
-            next_ids = self.model.decode(prefix, memory, lengths)[:, -1].argmax(-1)
+            next_ids = self.recognizer.decode(prefix, memory, lengths)[:, -1].argmax(-1)
             next_ids = torch.where(finished, torch.full_like(next_ids, vocab.EOS), next_ids)
             prefix = torch.cat([prefix, next_ids[:, None]], dim=1)
             finished |= next_ids == vocab.EOS
@@ -83,13 +91,13 @@ class Transcriber:
         scores = torch.zeros(1, device=device)
         weight = self.ctc_weight
         if weight > 0:
-            ctc = CTCPrefixScorer(self.model.ctc_head(memory)[0].float().log_softmax(-1))
+            ctc = CTCPrefixScorer(self.recognizer.ctc_head(memory)[0].float().log_softmax(-1))
             ctc_state, ctc_scores = ctc.initial()
         finished: list[tuple[float, list[int]]] = []
         for step in range(1, self.max_length(lengths) + 1):
             count = len(alive)
             log_probs = (
-                self.model.decode(alive, memory.expand(count, -1, -1), lengths.expand(count))[:, -1]
+                self.recognizer.decode(alive, memory.expand(count, -1, -1), lengths.expand(count))[:, -1]
                 .float()
                 .log_softmax(-1)
             )
@@ -124,7 +132,7 @@ class Transcriber:
         return vocab.decode(max(finished, key=lambda f: f[0])[1])
 
     def _ctc_greedy(self, memory: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-        best = self.model.ctc_head(memory).argmax(-1)
+        best = self.recognizer.ctc_head(memory).argmax(-1)
         texts = []
         for row, length in zip(best, lengths.tolist()):
             ids = torch.unique_consecutive(row[:length]).tolist()

@@ -14,19 +14,21 @@ while plugins load.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-from jevons.framework.config.schema import DataConfig
+from jevons.framework.config.schema import Config, DataConfig
 from jevons.framework.errors import UsageError
 from jevons.framework.family import DataSource, EvalContext, FamilyBase
+from jevons.recipes.llm.shape import check_heads
+from jevons.recipes.speech.text import VOCAB
 
 if TYPE_CHECKING:
     import torch
 
-    from jevons.framework.config.schema import Config
+    from jevons.recipes.speech.model import SpeechRecognizer
 
 
 @dataclass
@@ -40,6 +42,18 @@ class SpeechModelConfig:
     dropout: float = 0.0
     """Off in the tiny recipe: a few epochs of synthetic speech do not overfit, and dropout's random
     masks were 16% of a CPU training step."""
+
+    def resolve(self, num_mels: int) -> ASRShape:
+        """The shape to build the recogniser with: these sizes and the data's mel bins."""
+        return ASRShape(num_mels=num_mels, **{f.name: getattr(self, f.name) for f in fields(SpeechModelConfig)})
+
+
+@dataclass
+class ASRShape(SpeechModelConfig):
+    """Every size of the recogniser: the ``model`` section's, the input features' and the output vocabulary's."""
+
+    num_mels: int = 80
+    vocab_size: int = len(VOCAB)
 
 
 @dataclass
@@ -73,24 +87,25 @@ class SpeechDecodeConfig:
     """Reference/hypothesis pairs written to ``samples/`` per method."""
 
 
-class SpeechFamily(FamilyBase):
+@dataclass
+class SpeechConfig(Config):
+    """A speech run's config: the framework's sections, ``model``, the extended ``data``, ``loss`` and ``decode``."""
+
+    data: SpeechDataConfig = field(default_factory=SpeechDataConfig)
+    model: SpeechModelConfig = field(default_factory=SpeechModelConfig)
+    loss: SpeechLossConfig = field(default_factory=SpeechLossConfig)
+    decode: SpeechDecodeConfig = field(default_factory=SpeechDecodeConfig)
+
+
+class SpeechFamily(FamilyBase[SpeechConfig]):
     name = "speech"
     recipe_dir = Path(__file__).parent / "configs"
-    config_sections: ClassVar[Mapping[str, type]] = {
-        "model": SpeechModelConfig,
-        "data": SpeechDataConfig,
-        "loss": SpeechLossConfig,
-        "decode": SpeechDecodeConfig,
-    }
+    config_class = SpeechConfig
     capabilities = frozenset({"transformer", "encoder_decoder", "audio"})
     weight_unit = "tokens"
 
-    def validate(self, config: Config) -> None:
-        cfg = config.model
-        if cfg.hidden_size % cfg.num_heads:
-            raise UsageError(
-                f"model.hidden_size={cfg.hidden_size} must be a multiple of model.num_heads={cfg.num_heads}."
-            )
+    def validate(self, config: SpeechConfig) -> None:
+        check_heads(config.model)  # no tensor parallelism: the heads only have to split the width
         for key in ("loss.ctc_weight", "decode.ctc_weight"):
             section, name = key.split(".")
             value = getattr(getattr(config, section), name)
@@ -108,48 +123,34 @@ class SpeechFamily(FamilyBase):
 
         return (SPEECH_SOURCE,)
 
-    def data_dir(self, config: Config) -> Path:
-        from jevons.framework.data.cache import data_root, resolve_source
+    def build_model(self, config: SpeechConfig) -> torch.nn.Module:
+        from jevons.recipes.speech.model import SpeechRecognizer
 
-        return resolve_source(config.data.source, data_root(config.data.root), {s.name: s for s in self.data_sources()})
-
-    def build_model(self, config: Config) -> torch.nn.Module:
-        from jevons.recipes.speech.model import ASRShape, SpeechRecognizer
-
-        cfg = config.model
-        return SpeechRecognizer(
-            ASRShape(
-                num_mels=config.data.num_mels,
-                hidden_size=cfg.hidden_size,
-                num_heads=cfg.num_heads,
-                encoder_layers=cfg.encoder_layers,
-                decoder_layers=cfg.decoder_layers,
-                ffn_hidden_size=cfg.ffn_hidden_size,
-                subsampling_channels=cfg.subsampling_channels,
-                dropout=cfg.dropout,
-            )
-        )
+        return SpeechRecognizer(config.model.resolve(config.data.num_mels))
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
-        encoder = [(f"encoder.{i}.attn", layer.attn) for i, layer in enumerate(model.encoder)]
-        return encoder + [(f"decoder.{i}.attn", layer.attn) for i, layer in enumerate(model.decoder)]
+        recognizer = cast("SpeechRecognizer", model)
+        encoder = [(f"encoder.{i}.attn", layer.attn) for i, layer in enumerate(recognizer.encoder_blocks)]
+        return encoder + [(f"decoder.{i}.attn", layer.attn) for i, layer in enumerate(recognizer.decoder_blocks)]
 
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
-        encoder = [(f"encoder.{i}.ffn", i, layer.ffn) for i, layer in enumerate(model.encoder)]
+        recognizer = cast("SpeechRecognizer", model)
+        encoder = [(f"encoder.{i}.ffn", i, layer.ffn) for i, layer in enumerate(recognizer.encoder_blocks)]
         offset = len(encoder)
-        return encoder + [(f"decoder.{i}.ffn", offset + i, layer.ffn) for i, layer in enumerate(model.decoder)]
+        decoder = [(f"decoder.{i}.ffn", offset + i, layer.ffn) for i, layer in enumerate(recognizer.decoder_blocks)]
+        return encoder + decoder
 
-    def build_dataset(self, config: Config, split: str) -> Any:
+    def build_dataset(self, config: SpeechConfig, split: str) -> Any:
         from jevons.recipes.speech.data import Utterances
 
         return Utterances.from_folder(self.data_dir(config), split, config.data)
 
-    def default_objective(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: SpeechConfig) -> Any:
         from jevons.recipes.speech.objective import HybridCTCAttentionObjective
 
         return HybridCTCAttentionObjective(config.loss.ctc_weight, config.loss.label_smoothing)
 
-    def default_generator(self, model: torch.nn.Module, config: Config) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: SpeechConfig) -> Any:
         from jevons.recipes.speech.decode import Transcriber
 
         cfg = config.decode

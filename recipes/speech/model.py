@@ -16,26 +16,13 @@ Data parallel only: the family declares no tensor parallelism.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jevons.recipes.speech import text as vocab
-
-
-@dataclass(frozen=True)
-class ASRShape:
-    num_mels: int = 80
-    hidden_size: int = 144
-    num_heads: int = 4
-    encoder_layers: int = 4
-    decoder_layers: int = 2
-    ffn_hidden_size: int = 576
-    subsampling_channels: int = 32
-    dropout: float = 0.0
-    vocab_size: int = len(vocab.VOCAB)
+from jevons.recipes.speech.family import ASRShape  # the model's sizes; also imported from here
 
 
 def halved(lengths: torch.Tensor) -> torch.Tensor:
@@ -68,7 +55,7 @@ class ConvSubsampling(nn.Module):
         self.convs = nn.ModuleList(
             [nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.Conv2d(channels, channels, 3, stride=2, padding=1)]
         )
-        mels = subsampled_lengths(torch.tensor(shape.num_mels)).item()
+        mels = int(subsampled_lengths(torch.tensor(shape.num_mels)).item())
         self.out = nn.Linear(channels * mels, shape.hidden_size)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -161,6 +148,16 @@ class SpeechRecognizer(nn.Module):
         self.decoder_norm = nn.LayerNorm(shape.hidden_size)
         self.head = nn.Linear(shape.hidden_size, shape.vocab_size)
         self.dropout = nn.Dropout(shape.dropout)
+
+    @property
+    def encoder_blocks(self) -> list[EncoderLayer]:
+        """``encoder``, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return cast("list[EncoderLayer]", list(self.encoder))
+
+    @property
+    def decoder_blocks(self) -> list[DecoderLayer]:
+        """``decoder``, typed."""
+        return cast("list[DecoderLayer]", list(self.decoder))
 
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states ``(B, T', hidden)`` and their valid lengths ``(B,)``."""

@@ -25,7 +25,7 @@ class HybridCTCAttentionObjective(Objective):
         super().__init__()
         self.ctc_weight, self.label_smoothing = ctc_weight, label_smoothing
 
-    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:  # type: ignore[override]
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         logits, ctc_logits, encoder_lengths = model(batch["features"], batch["feature_lengths"], batch["decoder_input"])
         mask = batch["target_mask"]
         characters = mask.sum().clamp(min=1)

@@ -85,7 +85,8 @@ def test_cascade_figures_match_the_network_evaluations_a_hook_counts() -> None:
     from jevons.framework.config.compose import compose_config
     from jevons.framework.plugin_manager import PluginManager
     from jevons.plugins import lowres_cascade
-    from jevons.plugins.lowres_cascade_parts import CascadeReport, CascadeSampler
+    from jevons.plugins.lowres_cascade.cascade import CascadeSampler
+    from jevons.plugins.lowres_cascade.report import CascadeReport
     from jevons.recipes.diffusion.data import NO_DIGIT
     from jevons.recipes.diffusion.family import DiffusionFamily
 

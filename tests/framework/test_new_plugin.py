@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +13,34 @@ from jevons.framework.cli.new_plugin import write_plugin_package
 from jevons.framework.errors import UsageError
 
 
+def venv_seeing_this_interpreter(venv: Path) -> Path:
+    """A fresh venv whose only packages of its own are what gets installed into it; the rest (Jevons,
+    torch, pip) come from the interpreter running the tests, since this machine has no internet.
+
+    ``--system-site-packages`` would not do: from inside a virtual environment it exposes the base
+    interpreter's site-packages, not the environment's, so Jevons would be missing. Instead a ``.pth``
+    file adds this interpreter's site directories with ``site.addsitedir``, which also runs their own
+    ``.pth`` files (Jevons' editable install is one).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = [path for path in [*site.getsitepackages(), site.getusersitepackages()] if Path(path).is_dir()]
+    lines = [f"import site; site.addsitedir({path!r})" for path in ours]
+    (Path(purelib) / "_outer_interpreter.pth").write_text("\n".join(lines) + "\n")
+    return python
+
+
 def test_the_template_installs_in_a_fresh_venv_and_its_tests_pass(command, tmp_path: Path) -> None:
     result = command(["jevons", "new-plugin", "grad_norm", "--dir", str(tmp_path)], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     package = tmp_path / "jevons-grad-norm"
-    # A fresh venv: nothing of its own but the template. Jevons and torch come from the
-    # interpreter's site-packages (system-site-packages) because this machine has no internet;
-    # pip too (--without-pip), so the install lands in the venv with a current setuptools.
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
+    python = venv_seeing_this_interpreter(tmp_path / "venv")
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", str(package)],
         check=False,
@@ -41,6 +60,34 @@ def test_the_template_installs_in_a_fresh_venv_and_its_tests_pass(command, tmp_p
         ["python", "-c", "import importlib.util as u; print(u.find_spec('jevons_grad_norm'))"], cwd=tmp_path
     )
     assert outside.stdout.strip() == "None"
+
+
+def test_the_template_has_the_built_in_plugins_shape_and_type_checks(command, tmp_path: Path) -> None:
+    import jevons
+
+    result = command(["jevons", "new-plugin", "grad_norm", "--dir", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    package = tmp_path / "jevons-grad-norm"
+    # The shape of every built-in plugin: the contract in __init__.py, the reporting callback in report.py.
+    assert sorted(p.name for p in (package / "jevons_grad_norm").iterdir()) == ["__init__.py", "report.py"]
+    # Jevons as the plugin's author has it installed: its py.typed marker (PEP 561) lets mypy read its
+    # annotations through the editable install's .pth entry, with no MYPYPATH.
+    assert (Path(jevons.__file__).parent / "py.typed").is_file()
+    checked = command(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=silent",  # the plugin's own errors only, not those of what it imports
+            "--cache-dir",
+            str(tmp_path / "mypy_cache"),
+            str(package / "jevons_grad_norm"),
+            str(package / "tests" / "test_plugin.py"),
+        ],
+        cwd=package,
+    )
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
 
 
 def test_bad_names_and_existing_folders_are_refused(tmp_path: Path) -> None:

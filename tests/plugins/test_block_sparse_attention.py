@@ -8,8 +8,8 @@ import torch
 from jevons.framework.config.compose import compose_config
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
-from jevons.plugins.block_sparse_attention_mask import adaptive_block_mask, tile_for_block, tile_order
-from jevons.plugins.block_sparse_attention_processor import BlockSparseWanProcessor
+from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
+from jevons.plugins.block_sparse_attention.processor import BlockSparseWanProcessor
 
 SMALL = ["recipe=image_tiny", "model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32"]
 

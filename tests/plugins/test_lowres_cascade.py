@@ -12,7 +12,12 @@ from jevons.framework.config.compose import compose_config
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
 from jevons.plugins import lowres_cascade
-from jevons.plugins.lowres_cascade_parts import CascadeObjective, CascadeSampler, low_resolution_condition
+from jevons.plugins.lowres_cascade.cascade import (
+    CascadeObjective,
+    CascadeSampler,
+    low_resolution_condition,
+    widen_for_condition,
+)
 from jevons.recipes.diffusion.data import NO_DIGIT
 from jevons.recipes.diffusion.family import DiffusionFamily
 
@@ -46,7 +51,7 @@ def test_widening_the_input_changes_nothing_until_trained(manager) -> None:
     x, sigma, labels = torch.randn(2, 1, 1, 16, 16), torch.tensor([0.2, 0.7]), torch.tensor([[1, NO_DIGIT], [2, 3]])
     hidden = model.conditioner(labels)
     before = model.transformer(x, sigma * 1000, hidden, return_dict=False)[0]
-    lowres_cascade.widen_for_condition(model)
+    widen_for_condition(model)
     after = model.transformer(torch.cat([x, torch.randn_like(x)], 1), sigma * 1000, hidden, return_dict=False)[0]
     assert torch.allclose(before, after, atol=1e-5) and model.transformer.config.in_channels == 2
 

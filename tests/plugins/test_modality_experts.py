@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
-from jevons.plugins.modality_experts_layer import ModalityExperts
+from jevons.plugins.modality_experts.layer import ModalityExperts
 from jevons.recipes.llm.model import TransformerShape
 from jevons.recipes.mixed_modal.model import DenseFFN, TokenContext
 
@@ -160,7 +160,7 @@ def test_auxiliary_router_learns_the_expert_choice() -> None:
 
 
 def test_expert_stacks_are_orthogonalised_per_expert_by_muon() -> None:
-    from jevons.plugins.muon import split_parameters
+    from jevons.plugins.muon.split import split_parameters
 
     muon, _ = split_parameters(torch.nn.ModuleList([layer([2, 2])]))
     views = {a.name: a.view for a in muon}

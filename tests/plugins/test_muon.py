@@ -17,8 +17,8 @@ from jevons.framework.errors import UsageError
 from jevons.framework.plugin import hookimpl
 from jevons.framework.plugin_manager import PluginManager
 from jevons.kernels.newton_schulz import newton_schulz_reference
-from jevons.plugins.muon import split_parameters
-from jevons.plugins.muon_optimizer import FLATTEN, MATRIX, STACK, Muon, parameter_groups
+from jevons.plugins.muon.optimizer import FLATTEN, MATRIX, STACK, Muon, parameter_groups
+from jevons.plugins.muon.split import split_parameters
 from jevons.recipes.llm.model import DecoderLM, TransformerShape
 
 

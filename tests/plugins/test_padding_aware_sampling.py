@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jevons.framework.errors import UsageError
-from jevons.plugins.padding_aware_sampling import BucketingBatchSampler, PaddingAwareSamplingConfig
+from jevons.plugins.padding_aware_sampling import PaddingAwareSamplingConfig
+from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
 
 def _speech_like(n: int = 4000, seed: int = 0) -> np.ndarray:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from jevons.plugins.padding_aware_sampling import BucketingBatchSampler, PaddingAwareSamplingConfig
-from jevons.plugins.padding_aware_sampling_probe import CAPS_FILE, largest_fitting, probe_bucket_caps, step_memory
+from jevons.plugins.padding_aware_sampling import PaddingAwareSamplingConfig
+from jevons.plugins.padding_aware_sampling.probe import CAPS_FILE, largest_fitting, probe_bucket_caps, step_memory
+from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
 
 @pytest.mark.parametrize(

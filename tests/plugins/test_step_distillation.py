@@ -15,9 +15,9 @@ from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import TrainingStopped, UsageError
 from jevons.framework.plugin_manager import PluginManager
-from jevons.plugins.step_distillation_flow import diffuse, renoise, sample_on_schedule, shifted_schedule, x0_and_noise
-from jevons.plugins.step_distillation_guard import within_class_diversity
-from jevons.plugins.step_distillation_objectives import bellman_optimal_schedule
+from jevons.plugins.step_distillation.flow import diffuse, renoise, sample_on_schedule, shifted_schedule, x0_and_noise
+from jevons.plugins.step_distillation.guard import within_class_diversity
+from jevons.plugins.step_distillation.objectives import bellman_optimal_schedule
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = REPO / "benchmarks" / "teachers" / "image-16px"
@@ -104,12 +104,12 @@ def test_boss_schedule_is_bellman_optimal_on_the_grid(groups) -> None:
     grid = shifted_schedule(6, 1.0)
     assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and len(sigmas) == 3
     # brute force over every interior point of the 6-step grid: none is cheaper than the chosen one
-    from jevons.plugins.step_distillation_objectives import teacher_points
+    from jevons.plugins.step_distillation.objectives import teacher_points
 
     points = teacher_points(teacher, noise, labels, grid, 6, 1.0, 2.0)
 
     def euler_cost(i: int, j: int) -> float:
-        from jevons.plugins.step_distillation_flow import guided_velocity
+        from jevons.plugins.step_distillation.flow import guided_velocity
 
         v = guided_velocity(teacher, points[i], torch.full((6,), float(grid[i])), labels, 2.0)
         return float((points[i] + (grid[j] - grid[i]) * v - points[j]).pow(2).mean())
@@ -208,7 +208,7 @@ def test_tdm_resumed_mid_distillation_equals_an_uninterrupted_run(train, tmp_pat
 
 
 def test_collapse_guard_stops_a_collapsed_student(train, run_root: Path, monkeypatch) -> None:
-    from jevons.plugins import step_distillation_guard
+    from jevons.plugins.step_distillation import guard as step_distillation_guard
 
     # A student whose samples ignore the noise (every sample of a class identical) is collapsed by definition.
     monkeypatch.setattr(
@@ -241,7 +241,7 @@ def test_diversity_is_zero_for_identical_samples_and_positive_otherwise() -> Non
 def test_collapse_guard_draws_guard_per_class_samples_of_every_digit() -> None:
     from types import SimpleNamespace
 
-    from jevons.plugins.step_distillation_guard import CollapseGuard
+    from jevons.plugins.step_distillation.guard import CollapseGuard
 
     guard = CollapseGuard("warn", 0.35, 2.0, per_class=2)
     noise, labels = guard._inputs(SimpleNamespace(shape=(1, 1, 16, 16)), torch.device("cpu"))
@@ -269,7 +269,7 @@ def test_bad_distillation_settings_are_refused(train, run_root: Path, override: 
 
 def test_blade_student_attends_sparsely_while_the_teacher_stays_dense(groups) -> None:
     """plugins=[block_sparse_attention, step_distillation]: BLADE, with no code in either plugin naming the other."""
-    from jevons.plugins.block_sparse_attention_processor import BlockSparseWanProcessor
+    from jevons.plugins.block_sparse_attention.processor import BlockSparseWanProcessor
 
     built = _built(
         "plugins=[block_sparse_attention,step_distillation]",
@@ -289,7 +289,7 @@ def test_blade_student_attends_sparsely_while_the_teacher_stays_dense(groups) ->
         ("block_sparse_attention", "step_distillation"),
         ("step_distillation", "block_sparse_attention"),
     ):
-        for path in (REPO / "plugins").glob(f"{plugin}*.py"):
+        for path in (REPO / "plugins" / plugin).glob("*.py"):
             imported = [
                 getattr(node, "module", None) or ",".join(a.name for a in node.names)
                 for node in ast.walk(ast.parse(path.read_text()))

@@ -1,15 +1,30 @@
 """An example Jevons plugin: SGD with Nesterov momentum, and a per-step loss log.
 
+This module is the plugin's contract, as in every built-in plugin: its
+``PLUGIN_INFO``, its config section and its hooks, annotated with the hooks'
+types; the callback it registers is in ``loss_log.py`` (a plugin that reports
+figures in the run summary keeps that callback in ``report.py``).
+
 Keep a plugin module's top level light: torch and Lightning are imported
-inside the hooks, so a mistyped ``train`` command is answered in a second.
+inside the hooks (and for the type checker only, under ``TYPE_CHECKING``), so
+a mistyped ``train`` command is answered in a second.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+
+    from jevons.framework.optim import Optimization
 
 __version__ = "0.1.0"
 
@@ -25,30 +40,31 @@ class ExampleConfig:
 
 
 @hookimpl
-def register_config(register):
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     register("example", ExampleConfig)
 
 
 @hookimpl
-def configure(config):
-    if not 0.0 <= config.example.momentum < 1.0:
-        raise UsageError(f"example.momentum={config.example.momentum} must be in [0, 1).")
+def configure(config: Config) -> None:
+    cfg = section(config, "example", ExampleConfig)
+    if not 0.0 <= cfg.momentum < 1.0:
+        raise UsageError(f"example.momentum={cfg.momentum} must be in [0, 1).")
 
 
 @hookimpl
-def make_optimizer(model, config):
+def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer | Optimization | None:
     import torch
 
     return torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.optimizer.lr,
-        momentum=config.example.momentum,
+        momentum=section(config, "example", ExampleConfig).momentum,
         nesterov=True,
     )
 
 
 @hookimpl
-def register_callbacks(register, config):
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
     from jevons_example_plugin.loss_log import LossLog
 
-    register(LossLog(config.example.log_name))
+    register(LossLog(section(config, "example", ExampleConfig).log_name))

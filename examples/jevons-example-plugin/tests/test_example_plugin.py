@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +26,14 @@ TINY = [
 ]
 
 
-def test_sgd_is_used_and_every_step_is_logged(tmp_path):
+def test_sgd_is_used_and_every_step_is_logged(tmp_path: Path) -> None:
     result = train([*TINY, f"run.root={tmp_path}", "example.momentum=0.5"])
+    assert result is not None  # None only for a run submitted elsewhere (Slurm)
     lines = [json.loads(line) for line in (result.run_dir / "example_losses.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
     assert {line["optimizer"] for line in lines} == {"SGD"}
 
 
-def test_bad_momentum_is_refused(tmp_path):
+def test_bad_momentum_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="example.momentum=1.5 must be in"):
         train([*TINY, f"run.root={tmp_path}", "example.momentum=1.5"])

@@ -7,10 +7,10 @@ when ``block_sparse_attention`` is enabled too (BLADE). Neither plugin names
 the other: sparse attention replaces the student's attention processors, and
 the teacher is loaded here from its own folder with dense attention.
 
-* ``method=tdm`` (:class:`TDMObjective`): distribution matching on the
+* ``method=tdm`` (:class:`~jevons.plugins.step_distillation.objectives.TDMObjective`): distribution matching on the
   student's own trajectory segments, with a fake-score network the objective
   owns and optimises (``fake_updates`` updates per student step).
-* ``method=boss`` (:class:`BOSSObjective`): the simpler data-free baseline —
+* ``method=boss`` (:class:`~jevons.plugins.step_distillation.objectives.BOSSObjective`): the simpler data-free baseline —
   Bellman-optimal K-step schedule from the teacher's trajectories, then the
   student straightened onto the teacher's chords. Chosen over progressive
   distillation because it needs one stage, not log2(50/K) rounds, and it
@@ -18,19 +18,28 @@ the teacher is loaded here from its own folder with dense attention.
 
 The student samples in K Euler steps on its schedule (``model.student_sigmas``,
 saved with the model) without guidance: ``jevons sample`` uses it. Inputs are
-noise seeds only (:class:`NoiseSeeds`); the family's dataset is never built
-for training. A collapse guard checks sample diversity and the Fréchet
-distance at every validation (``collapse_guard``).
+noise seeds only (:class:`~jevons.plugins.step_distillation.flow.NoiseSeeds`); the family's dataset is
+never built for training. A collapse guard (:mod:`.guard`) checks sample diversity and the Fréchet
+distance at every validation (``collapse_guard``); the run's figures are :mod:`.report`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator
 
 PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Data-free few-step distillation (TDM, BOSS baseline)")
 
@@ -70,13 +79,15 @@ class StepDistillationConfig:
 
 
 @hookimpl
-def register_config(register):
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     register("step_distillation", StepDistillationConfig)
 
 
-def teacher_folder(config) -> Path:
-    cfg: StepDistillationConfig = config.step_distillation
-    folder = cfg.teacher or config.model.pretrained
+def teacher_folder(config: Config) -> Path:
+    from jevons.recipes.diffusion.family import DiffusionModelConfig
+
+    cfg = section(config, "step_distillation", StepDistillationConfig)
+    folder = cfg.teacher or section(config, "model", DiffusionModelConfig).pretrained
     if not folder:
         raise UsageError(
             "step_distillation needs a dense teacher: set model.pretrained=PATH (the student starts from "
@@ -92,8 +103,8 @@ def teacher_folder(config) -> Path:
 
 
 @hookimpl
-def configure(config):
-    cfg: StepDistillationConfig = config.step_distillation
+def configure(config: Config) -> None:
+    cfg = section(config, "step_distillation", StepDistillationConfig)
     if cfg.steps < 1 or cfg.teacher_steps < cfg.steps:
         raise UsageError(
             f"step_distillation.steps={cfg.steps} must be at least 1 and at most "
@@ -117,23 +128,34 @@ def configure(config):
 
 
 @hookimpl
-def modify_model(model, config):
-    from jevons.plugins.step_distillation_flow import shifted_schedule
+def modify_model(model: torch.nn.Module, config: Config) -> None:
+    from jevons.plugins.step_distillation.flow import shifted_schedule
+    from jevons.recipes.diffusion.family import SampleConfig
 
-    model.register_buffer("student_sigmas", shifted_schedule(config.step_distillation.steps, config.sample.shift))
+    steps = section(config, "step_distillation", StepDistillationConfig).steps
+    model.register_buffer("student_sigmas", shifted_schedule(steps, section(config, "sample", SampleConfig).shift))
 
 
 @hookimpl
-def make_objective(model, config):
+def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
     import torch
 
     from jevons.framework.distributed import is_rank_zero
-    from jevons.plugins.step_distillation_flow import seeded_inputs
-    from jevons.plugins.step_distillation_objectives import BOSSObjective, TDMObjective, bellman_optimal_schedule
+    from jevons.plugins.step_distillation.flow import seeded_inputs
+    from jevons.plugins.step_distillation.objectives import BOSSObjective, TDMObjective, bellman_optimal_schedule
+    from jevons.recipes.diffusion.family import (
+        ConditioningConfig,
+        DiffusionDataConfig,
+        DiffusionModelConfig,
+        SampleConfig,
+    )
     from jevons.recipes.diffusion.model import DiffusionModel
 
-    cfg: StepDistillationConfig = config.step_distillation
-    teacher = DiffusionModel.from_pretrained(teacher_folder(config), config.conditioning.tokens)
+    cfg = section(config, "step_distillation", StepDistillationConfig)
+    data = section(config, "data", DiffusionDataConfig)
+    sample = section(config, "sample", SampleConfig)
+    conditioning = section(config, "conditioning", ConditioningConfig)
+    teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens)
     student_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
     if student_shapes != teacher_shapes:
@@ -143,14 +165,13 @@ def make_objective(model, config):
             f"(first differences: {different}); the student is initialised from the teacher, so the "
             f"model section must match the teacher's."
         )
-    data = config.data
-    shape = (config.model.channels, data.frames, data.resolution, data.resolution)
-    guidance = config.sample.guidance if cfg.guidance is None else cfg.guidance
-    common = {
+    shape = (section(config, "model", DiffusionModelConfig).channels, data.frames, data.resolution, data.resolution)
+    guidance = sample.guidance if cfg.guidance is None else cfg.guidance
+    common: dict[str, Any] = {
         "shape": shape,
         "guidance": guidance,
         "teacher_steps": cfg.teacher_steps,
-        "shift": config.sample.shift,
+        "shift": sample.shift,
         "seed": config.seed,
         "samples_per_epoch": cfg.samples_per_epoch,
         "val_samples": cfg.val_samples,
@@ -165,9 +186,9 @@ def make_objective(model, config):
         )
     noise, labels = seeded_inputs(torch.arange(cfg.calibration_samples) + 2_000_000_000, shape)
     sigmas, cost = bellman_optimal_schedule(
-        teacher, noise, labels, cfg.steps, cfg.teacher_steps, config.sample.shift, guidance
+        teacher, noise, labels, cfg.steps, cfg.teacher_steps, sample.shift, guidance
     )
-    model.student_sigmas.copy_(sigmas)
+    model.get_buffer("student_sigmas").copy_(sigmas)
     if is_rank_zero():
         print(
             f"step_distillation: BOSS schedule {[round(s, 4) for s in sigmas.tolist()]} (Euler cost {cost:.4g})",
@@ -177,15 +198,18 @@ def make_objective(model, config):
 
 
 @hookimpl
-def make_generator(model, config):
-    from jevons.plugins.step_distillation_flow import StudentSampler
+def make_generator(model: torch.nn.Module, config: Config) -> Generator | None:
+    from jevons.plugins.step_distillation.flow import StudentSampler
 
     return StudentSampler(model)
 
 
 @hookimpl
-def register_callbacks(register, config):
-    from jevons.plugins.step_distillation_guard import CollapseGuard
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
+    from jevons.plugins.step_distillation.guard import CollapseGuard
+    from jevons.plugins.step_distillation.report import DistillationReport
 
-    cfg: StepDistillationConfig = config.step_distillation
-    register(CollapseGuard(cfg.collapse_guard, cfg.min_diversity_ratio, cfg.max_fd_jump, cfg.guard_per_class))
+    cfg = section(config, "step_distillation", StepDistillationConfig)
+    guard = CollapseGuard(cfg.collapse_guard, cfg.min_diversity_ratio, cfg.max_fd_jump, cfg.guard_per_class)
+    register(guard)
+    register(DistillationReport(guard))

@@ -34,13 +34,10 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
-import pytorch_lightning as pl
 import torch
 from torch.optim.adamw import adamw as functional_adamw
-
-from jevons.framework.attribution import Figure, TrainStepTimer
 
 MATRIX, FLATTEN, STACK = "matrix", "flatten", "stack"
 """How a Muon parameter becomes matrices: as is (2-D), conv kernels flattened, or a stack of experts."""
@@ -96,6 +93,11 @@ class TensorParallelSeam:
 
     def __init__(self, group: Any = None) -> None:
         self.group = group
+
+    @staticmethod
+    def partition_dim(param: Any) -> int:
+        """The dimension Megatron split a sharded parameter along (the ``partition_dim`` it set on the tensor)."""
+        return int(param.partition_dim)
 
     def is_sharded(self, param: torch.Tensor) -> bool:
         return bool(getattr(param, "tensor_model_parallel", False)) and self.world_size() > 1
@@ -153,6 +155,12 @@ class Muon(torch.optim.Optimizer):
         self.update_seconds = 0.0
         self.updates = 0
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
@@ -170,10 +178,10 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         beta = group["momentum"]
-        grads = [p.grad for p in params]
+        grads = [p.grad for p in params if p.grad is not None]  # all of them: step passes those with a gradient
         buffers = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
         torch._foreach_lerp_(buffers, grads, 1 - beta)
-        updates = torch._foreach_lerp(grads, buffers, beta) if group["nesterov"] else buffers
+        updates = list(torch._foreach_lerp(grads, buffers, beta)) if group["nesterov"] else buffers
         orthogonal, scales = self._orthogonalise(params, updates, group)
         lr, decay = group["lr"], group["weight_decay"]
         if decay:
@@ -189,22 +197,25 @@ class Muon(torch.optim.Optimizer):
         view, steps, rule = group["view"], group["ns_steps"], group["lr_scale"]
         fulls, mats = [], []
         for p, u in zip(params, updates):
-            full = self.seam.gather(u, p.partition_dim) if self.seam.is_sharded(p) else u
+            full = self.seam.gather(u, self.seam.partition_dim(p)) if self.seam.is_sharded(p) else u
             fulls.append(full)
             mats.append(to_matrices(full, view, getattr(p, "fused_rows", None)))
-        by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, m in enumerate(mats):
             by_shape[tuple(m.shape[-2:])].append(i)
-        orthogonal_mats: list[torch.Tensor | None] = [None] * len(params)
+        orthogonal_mats: dict[int, torch.Tensor] = {}
         for indices in by_shape.values():
             batch = torch.cat([mats[i] for i in indices]) if len(indices) > 1 else mats[indices[0]]
             result = self.newton_schulz(batch, steps=steps)
             for i, part in zip(indices, result.split([mats[i].shape[0] for i in indices])):
                 orthogonal_mats[i] = part
         orthogonal, scales = [], []
-        for p, full, m, o in zip(params, fulls, mats, orthogonal_mats):
+        for i, (p, full, m) in enumerate(zip(params, fulls, mats)):
+            o = orthogonal_mats[i]
             o_full = from_matrices(o, full, view, getattr(p, "fused_rows", None))
-            orthogonal.append(self.seam.local(o_full, p.partition_dim) if self.seam.is_sharded(p) else o_full)
+            orthogonal.append(
+                self.seam.local(o_full, self.seam.partition_dim(p)) if self.seam.is_sharded(p) else o_full
+            )
             scales.append(lr_scale(rule, *m.shape[-2:]))
         return orthogonal, scales
 
@@ -219,7 +230,7 @@ class Muon(torch.optim.Optimizer):
         # torch's own AdamW arithmetic (decoupled weight decay), so this half is AdamW exactly.
         functional_adamw(
             params,
-            [p.grad for p in params],
+            [p.grad for p in params if p.grad is not None],  # all of them: step passes those with a gradient
             [s["exp_avg"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [],
@@ -274,31 +285,3 @@ def parameter_groups(
                 {"params": params, "use_muon": False, "lr": lr, "weight_decay": decay, "betas": betas, "eps": eps}
             )
     return groups
-
-
-class MuonReport(TrainStepTimer, pl.Callback):
-    """What Muon did in a run: the parameters it took and the time its updates cost."""
-
-    plugin = "muon"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.optimizer: Muon | None = None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.optimizer = next((o for o in trainer.optimizers if isinstance(o, Muon)), None)
-
-    def report(self) -> dict[str, Figure]:
-        if self.optimizer is None or not self.optimizer.updates:
-            return {"optimizer": "no Muon step was taken"}
-        opt = self.optimizer
-        counts = {True: 0, False: 0}
-        for group in opt.param_groups:
-            counts[bool(group["use_muon"])] += sum(p.numel() for p in group["params"])
-        update_ms = 1e3 * opt.update_seconds / opt.updates
-        return {
-            "muon_params_fraction": round(counts[True] / max(1, counts[True] + counts[False]), 4),
-            "optimizer_steps": opt.updates,
-            "optimizer_step_ms": round(update_ms, 3),
-            "optimizer_share_of_train_step": round(opt.update_seconds / self.seconds, 4) if self.seconds else 0.0,
-        }

@@ -1,4 +1,4 @@
-"""The diffusers attention processor of ``block_sparse_attention`` for Wan self-attention, and its report.
+"""The diffusers attention processor of ``block_sparse_attention`` for Wan self-attention.
 
 It computes queries, keys and values exactly as diffusers' ``WanAttnProcessor``
 (projections, RMS norms, rotary embedding), then reorders the video tokens
@@ -15,12 +15,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
-from jevons.framework.attribution import Figure
 from jevons.kernels import dispatch
-from jevons.plugins.block_sparse_attention_mask import adaptive_block_mask, tile_for_block, tile_order
+from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
 
 
 @dataclass
@@ -76,11 +74,11 @@ class BlockSparseWanProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+        from jevons.framework.compat import wan_qkv_projections
 
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("block_sparse_attention replaces self-attention only (no encoder states, no mask).")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        query, key, value = wan_qkv_projections(attn, hidden_states)
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, S, H, D)
         if rotary_emb is not None:
@@ -101,38 +99,3 @@ class BlockSparseWanProcessor:
             out = out[:, :, order[1].to(out.device)]
         out = out.transpose(1, 2).flatten(2).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
-
-
-class SparsityReport(pl.Callback):
-    """Mean kept-block density and mask-build time of every block-sparse processor, over training steps."""
-
-    plugin = "block_sparse_attention"
-
-    def __init__(self) -> None:
-        self.processors: list[BlockSparseWanProcessor] = []
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.processors = [
-            m.processor
-            for m in pl_module.modules()
-            if isinstance(getattr(m, "processor", None), BlockSparseWanProcessor)
-        ]
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if trainer.is_global_zero and self.processors and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
-            kept = sum(p.stats.kept_blocks for p in self.processors)
-            total = sum(p.stats.total_blocks for p in self.processors)
-            if total:
-                pl_module.log("train/attention_density", kept / total)
-
-    def report(self) -> dict[str, Figure]:
-        calls = sum(p.stats.calls for p in self.processors)
-        if not calls:
-            return {"attention_calls": "no block-sparse attention call was made"}
-        total = sum(p.stats.total_blocks for p in self.processors)
-        return {
-            "mean_density": round(sum(p.stats.kept_blocks for p in self.processors) / total, 4),
-            "attention_calls": calls,
-            "mask_build_ms_per_call": round(1000 * sum(p.stats.mask_seconds for p in self.processors) / calls, 3),
-            "kernel": dispatch.choose("block_sparse_attention").name,
-        }

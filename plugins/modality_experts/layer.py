@@ -71,6 +71,11 @@ class ModalityExperts(nn.Module):
         mixed group (a standard, modality-blind MoE).
     """
 
+    # Buffers, registered in __init__ (declared here: nn.Module's attribute lookup is untyped).
+    thresholds: torch.Tensor
+    expert_load: torch.Tensor
+    counts: torch.Tensor
+
     def __init__(
         self,
         hidden_size: int,
@@ -102,9 +107,10 @@ class ModalityExperts(nn.Module):
         self.gate = nn.Parameter(torch.randn(total, hidden_size, ffn_hidden_size) * init_std)
         self.up = nn.Parameter(torch.randn(total, hidden_size, ffn_hidden_size) * init_std)
         self.down = nn.Parameter(torch.randn(total, ffn_hidden_size, hidden_size) * (out_init_std or init_std))
-        self.routers = nn.ModuleList(nn.Linear(hidden_size, n, bias=False) for n in experts_per_group)
-        for router in self.routers:
+        routers = [nn.Linear(hidden_size, n, bias=False) for n in experts_per_group]
+        for router in routers:
             nn.init.normal_(router.weight, std=init_std)
+        self.routers = nn.ModuleList(routers)
         self.aux_routers = (
             nn.ModuleList(nn.Linear(hidden_size, n) for n in experts_per_group) if routing == EXPERT_CHOICE else None
         )
@@ -178,7 +184,7 @@ class ModalityExperts(nn.Module):
             offset = self.offsets[group]
             chosen = probs >= self.thresholds[offset : offset + experts]  # (N, E): causal, token by token
         else:
-            chosen = self.aux_routers[group](tokens) > 0
+            chosen = self._aux_routers()[group](tokens) > 0
         token, expert = torch.nonzero(chosen, as_tuple=True)
         return Assignments(expert, token, probs[token, expert])
 
@@ -190,9 +196,15 @@ class ModalityExperts(nn.Module):
     def _train_auxiliary_router(self, group: int, tokens: torch.Tensor, chosen: torch.Tensor, context: Any) -> None:
         target = torch.zeros(len(tokens), self.experts_per_group[group], device=tokens.device)
         target.scatter_(0, chosen.t(), 1.0)  # chosen is (E, capacity): token indices per expert
-        logits = self.aux_routers[group](tokens.detach()).float()
+        logits = self._aux_routers()[group](tokens.detach()).float()
         context.add_loss("aux_router_loss", F.binary_cross_entropy_with_logits(logits, target))
         context.add_stat("aux_router_accuracy", ((logits > 0) == (target > 0)).float().mean())
+
+    def _aux_routers(self) -> nn.ModuleList:
+        """The auxiliary routers, which expert choice has (token choice routes without them)."""
+        if self.aux_routers is None:
+            raise ValueError(f"routing={self.routing!r} has no auxiliary routers; they belong to expert choice")
+        return self.aux_routers
 
     def _token_choice(self, probs: torch.Tensor, context: Any) -> Assignments:
         tokens, experts = probs.shape

@@ -3,8 +3,9 @@
 Seed: "Muon: Training and Trade-offs with Latent Attention and MoE" (Muon
 reaches AdamW's loss with 48-52% of the compute on 30M-200M decoders); method
 from Jordan et al. (2024) and Liu et al. (2025, Moonlight). The optimizer
-itself is :mod:`jevons.plugins.muon_optimizer`; Newton–Schulz is the
-``newton_schulz`` kernel op (:mod:`jevons.kernels`).
+itself is :mod:`jevons.plugins.muon.optimizer`, the split below
+:mod:`jevons.plugins.muon.split`, the run's figures :mod:`jevons.plugins.muon.report`;
+Newton–Schulz is the ``newton_schulz`` kernel op (:mod:`jevons.kernels`).
 
 Which parameters get Muon is decided by role and shape, never by names:
 
@@ -26,17 +27,20 @@ Muon is refused. The run prints the split.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
 
 if TYPE_CHECKING:
+    import pytorch_lightning as pl
     import torch
+
+    from jevons.framework.optim import Optimization
 
 PLUGIN_INFO = PluginInfo(
     description="Muon (Newton-Schulz orthogonalised momentum) for hidden matrices, AdamW for the rest"
@@ -70,13 +74,13 @@ KELLER_DEFAULT_LR = 0.02
 
 
 @hookimpl
-def register_config(register):
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     register("muon", MuonConfig)
 
 
 @hookimpl
-def configure(config):
-    cfg: MuonConfig = config.muon
+def configure(config: Config) -> None:
+    cfg = section(config, "muon", MuonConfig)
     if cfg.lr is not None and cfg.lr <= 0:
         raise UsageError(f"muon.lr={cfg.lr} must be positive (or null to derive it from optimizer.lr).")
     if cfg.weight_decay is not None and cfg.weight_decay < 0:
@@ -87,94 +91,16 @@ def configure(config):
         raise UsageError(f"muon.ns_steps={cfg.ns_steps} must be at least 1.")
 
 
-@dataclass
-class Assignment:
-    name: str
-    param: Any
-    role: str  # why it got its optimizer
-    view: str = ""  # for Muon: matrix, flatten or stack
-
-
-def split_parameters(
-    model: torch.nn.Module, include: list[str] = (), exclude: list[str] = ()
-) -> tuple[list[Assignment], list[Assignment]]:
-    """``(muon, adamw)`` assignments for every trainable parameter, by role and shape."""
-    import torch
-
-    from jevons.plugins.muon_optimizer import FLATTEN, MATRIX, STACK
-
-    owners: dict[int, torch.nn.Module] = {}
-    in_blocks: set[int] = set()
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), module)
-        if isinstance(module, torch.nn.ModuleList):
-            in_blocks.update(id(m) for m in module.modules())
-    embeddings = [m for m in model.modules() if hasattr(m, "num_embeddings") and getattr(m, "weight", None) is not None]
-    vocabularies = {int(m.num_embeddings) for m in embeddings}
-    weight_layers = [m for m in model.modules() if _out_features(m) is not None]
-    if embeddings:
-        heads = {id(m) for m in weight_layers if _out_features(m) in vocabularies and id(m) not in in_blocks}
-        stems: set[int] = set()
-    else:
-        heads = {id(weight_layers[-1])} if weight_layers else set()
-        stems = {id(weight_layers[0])} if weight_layers else set()
-
-    muon, adamw = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        owner = owners[id(p)]
-        is_conv = isinstance(owner, torch.nn.modules.conv._ConvNd)
-        view = FLATTEN if is_conv and p.ndim > 2 else MATRIX if p.ndim == 2 else STACK
-        if any(fnmatch.fnmatch(name, pattern) for pattern in include):
-            if p.ndim < 2:
-                raise UsageError(
-                    f"muon.include routes '{name}' (shape {tuple(p.shape)}) to Muon, but Muon orthogonalises "
-                    f"matrices only. Remove the pattern that matches it; gains and biases belong to AdamW."
-                )
-            muon.append(Assignment(name, p, "included by muon.include", view))
-        elif any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
-            adamw.append(Assignment(name, p, "excluded by muon.exclude"))
-        elif owner in embeddings:
-            adamw.append(Assignment(name, p, "embedding"))
-        elif id(owner) in heads:
-            adamw.append(Assignment(name, p, "output head"))
-        elif id(owner) in stems:
-            adamw.append(Assignment(name, p, "input stem"))
-        elif p.ndim < 2:
-            adamw.append(Assignment(name, p, "gain/bias"))
-        else:
-            muon.append(
-                Assignment(
-                    name, p, {MATRIX: "hidden matrix", FLATTEN: "conv kernel", STACK: "matrix stack"}[view], view
-                )
-            )
-    return muon, adamw
-
-
-def _out_features(module: Any) -> int | None:
-    """Output width of a weight layer (Linear, Megatron linear, Conv), or None for other modules."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return module.out_features
-    if isinstance(module, torch.nn.modules.conv._ConvNd):
-        return module.out_channels
-    if hasattr(module, "output_size") and hasattr(module, "input_size") and getattr(module, "weight", None) is not None:
-        return int(module.output_size)  # Megatron's column/row-parallel linears: the full, unsharded width
-    return None
-
-
 @hookimpl
-def make_optimizer(model, config):
+def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer | Optimization | None:
     import torch
 
     from jevons.framework.tensor_parallel import tensor_parallel_group, tensor_parallel_size
     from jevons.kernels import dispatch
-    from jevons.plugins.muon_optimizer import Muon, TensorParallelSeam, parameter_groups
+    from jevons.plugins.muon.optimizer import Muon, TensorParallelSeam, parameter_groups
+    from jevons.plugins.muon.split import print_split, split_parameters
 
-    cfg: MuonConfig = config.muon
+    cfg = section(config, "muon", MuonConfig)
     muon, adamw = split_parameters(model, cfg.include, cfg.exclude)
     if cfg.lr_scale == "moonlight":
         muon_lr = cfg.lr or config.optimizer.lr
@@ -192,10 +118,10 @@ def make_optimizer(model, config):
         nesterov=cfg.nesterov,
         ns_steps=cfg.ns_steps,
         rule=cfg.lr_scale,
-        betas=tuple(config.optimizer.betas),
+        betas=(config.optimizer.betas[0], config.optimizer.betas[1]),
         eps=config.optimizer.eps,
     )
-    _print_split(muon, adamw)
+    print_split(muon, adamw)
     seam = TensorParallelSeam(tensor_parallel_group() if tensor_parallel_size() > 1 else None)
     newton_schulz = dispatch.get("newton_schulz")
     if cfg.ns_dtype != "auto":
@@ -204,21 +130,7 @@ def make_optimizer(model, config):
 
 
 @hookimpl
-def register_callbacks(register, config):
-    from jevons.plugins.muon_optimizer import MuonReport
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
+    from jevons.plugins.muon.report import MuonReport
 
     register(MuonReport())
-
-
-def _print_split(muon: list[Assignment], adamw: list[Assignment]) -> None:
-    from jevons.framework.distributed import is_rank_zero
-
-    if not is_rank_zero():
-        return
-    lines = ["muon: parameter split (by role and shape)"]
-    for label, assignments in (("Muon", muon), ("AdamW", adamw)):
-        total = sum(a.param.numel() for a in assignments)
-        lines.append(f"  {label}: {len(assignments)} tensors, {total:,} parameters")
-        for a in assignments:
-            lines.append(f"    {a.name:48s} {tuple(a.param.shape)!s:18s} {a.role}")
-    print("\n".join(lines), file=sys.stderr, flush=True)

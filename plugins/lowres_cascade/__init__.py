@@ -26,16 +26,27 @@ The cascade is data (``lowres_cascade.stages``), e.g. ``[{res: 8, steps: 20},
 * **Sampling.** ``steps_k`` Euler steps at each stage from noise, each stage
   conditioned on the previous stage's output (upsampled), classifier-free
   guidance as usual.
+
+The model surgery, objective and sampler are :mod:`jevons.plugins.lowres_cascade.cascade`;
+the run's figures :mod:`jevons.plugins.lowres_cascade.report`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator
 
 PLUGIN_INFO = PluginInfo(families=("diffusion",), description="LowDiff: one model refining low resolution to high")
 
@@ -61,24 +72,28 @@ class LowresCascadeConfig:
 
 
 @hookimpl
-def register_config(register):
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     register("lowres_cascade", LowresCascadeConfig)
 
 
 @hookimpl
-def configure(config):
-    cfg: LowresCascadeConfig = config.lowres_cascade
+def configure(config: Config) -> None:
+    from jevons.recipes.diffusion.family import DiffusionDataConfig, DiffusionModelConfig
+
+    cfg = section(config, "lowres_cascade", LowresCascadeConfig)
+    data = section(config, "data", DiffusionDataConfig)
+    model = section(config, "model", DiffusionModelConfig)
     resolutions = [stage.res for stage in cfg.stages]
     if len(resolutions) < 2 or resolutions != sorted(set(resolutions)):
         raise UsageError(f"lowres_cascade.stages resolutions {resolutions} must be at least two, increasing.")
-    if resolutions[-1] != config.data.resolution:
+    if resolutions[-1] != data.resolution:
         raise UsageError(
-            f"the last lowres_cascade stage ({resolutions[-1]} px) must equal data.resolution={config.data.resolution}."
+            f"the last lowres_cascade stage ({resolutions[-1]} px) must equal data.resolution={data.resolution}."
         )
-    patch = config.model.patch_size[1]
+    patch = model.patch_size[1]
     if any(r % patch for r in resolutions):
         raise UsageError(
-            f"every stage resolution {resolutions} must be a multiple of model.patch_size={config.model.patch_size}."
+            f"every stage resolution {resolutions} must be a multiple of model.patch_size={model.patch_size}."
         )
     if cfg.stage_weights and len(cfg.stage_weights) != len(resolutions):
         raise UsageError(
@@ -89,68 +104,41 @@ def configure(config):
 
 
 @hookimpl
-def modify_model(model, config):
+def modify_model(model: torch.nn.Module, config: Config) -> None:
+    from jevons.plugins.lowres_cascade.cascade import attach_stage_tokens, widen_for_condition
+
     widen_for_condition(model)
-    attach_stage_tokens(model, len(config.lowres_cascade.stages))
+    attach_stage_tokens(model, len(section(config, "lowres_cascade", LowresCascadeConfig).stages))
 
 
 @hookimpl
-def make_objective(model, config):
-    from jevons.plugins.lowres_cascade_parts import CascadeObjective
+def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
+    from jevons.plugins.lowres_cascade.cascade import CascadeObjective
+    from jevons.recipes.diffusion.family import ConditioningConfig
 
-    cfg = config.lowres_cascade
-    return CascadeObjective(
-        [s.res for s in cfg.stages], cfg.stage_weights, cfg.condition_noise, config.conditioning.dropout
-    )
+    cfg = section(config, "lowres_cascade", LowresCascadeConfig)
+    conditioning = section(config, "conditioning", ConditioningConfig)
+    return CascadeObjective([s.res for s in cfg.stages], cfg.stage_weights, cfg.condition_noise, conditioning.dropout)
 
 
 @hookimpl
-def register_callbacks(register, config):
-    from jevons.plugins.lowres_cascade_parts import CascadeReport
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
+    from jevons.plugins.lowres_cascade.report import CascadeReport
 
     register(CascadeReport())
 
 
 @hookimpl
-def make_generator(model, config):
-    from jevons.plugins.lowres_cascade_parts import CascadeSampler
+def make_generator(model: torch.nn.Module, config: Config) -> Generator | None:
+    from jevons.plugins.lowres_cascade.cascade import CascadeSampler
+    from jevons.recipes.diffusion.family import SampleConfig
 
-    cfg = config.lowres_cascade
+    cfg = section(config, "lowres_cascade", LowresCascadeConfig)
+    sample = section(config, "sample", SampleConfig)
     return CascadeSampler(
         model,
         [(s.res, s.steps) for s in cfg.stages],
-        config.sample.guidance,
-        config.sample.shift,
+        sample.guidance,
+        sample.shift,
         cfg.sample_condition_noise,
     )
-
-
-def widen_for_condition(model: Any) -> None:
-    """Give the transformer's patch embedding C more input channels, zero-initialised (no change at first)."""
-    import torch
-
-    embedding = model.transformer.patch_embedding  # Conv3d(C -> dim)
-    channels = embedding.in_channels
-    wider = torch.nn.Conv3d(
-        2 * channels, embedding.out_channels, embedding.kernel_size, embedding.stride, bias=embedding.bias is not None
-    )
-    with torch.no_grad():
-        wider.weight.zero_()
-        wider.weight[:, :channels] = embedding.weight
-        if embedding.bias is not None:
-            wider.bias.copy_(embedding.bias)
-    model.transformer.patch_embedding = wider
-    model.transformer.register_to_config(in_channels=2 * channels)
-
-
-def attach_stage_tokens(model: Any, stages: int) -> None:
-    """One learned conditioning token per stage, next to the class tokens."""
-    import torch
-
-    width = model.conditioner.table.embedding_dim // model.conditioner.tokens
-    model.stage_tokens = torch.nn.Embedding(stages, width)
-    torch.nn.init.normal_(model.stage_tokens.weight, std=0.02)
-
-
-def stage_resolutions(config: Any) -> Sequence[int]:
-    return [stage.res for stage in config.lowres_cascade.stages]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from jevons.framework.objective import Objective, ObjectiveOutput
-from jevons.plugins.step_distillation_flow import (
+from jevons.plugins.step_distillation.flow import (
     NoiseSeeds,
     diffuse,
     guided_velocity,
@@ -80,7 +80,7 @@ class DistillationObjective(Objective):
     @torch.no_grad()
     def teacher_samples(self, seeds: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The teacher's guided ``teacher_steps``-step samples for these seeds (cached: validation seeds repeat)."""
-        from jevons.plugins.step_distillation_flow import shifted_schedule
+        from jevons.plugins.step_distillation.flow import shifted_schedule
 
         missing = [i for i, s in enumerate(seeds.tolist()) if s not in self._teacher_samples]
         if missing:
@@ -99,12 +99,12 @@ class DistillationObjective(Objective):
     def validation(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         noise, labels = self.inputs(batch, batch["seeds"].device)
         with torch.no_grad():
-            student = sample_on_schedule(model, noise, labels, model.student_sigmas).clamp(-1, 1)
+            student = sample_on_schedule(model, noise, labels, model.get_buffer("student_sigmas")).clamp(-1, 1)
             reference = self.teacher_samples(batch["seeds"], noise, labels)
             loss = F.mse_loss(student.float(), reference.float())
         return ObjectiveOutput(loss=loss, weight=len(noise))
 
-    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:  # type: ignore[override]
+    def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         if not model.training:
             return self.validation(model, batch)
         return self.training_step(model, batch)
@@ -154,7 +154,7 @@ class TDMObjective(DistillationObjective):
         self, model: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Segment starts on the student's own trajectory and the noise levels drawn in each segment."""
-        sigmas = model.student_sigmas.to(noise.device)
+        sigmas = model.get_buffer("student_sigmas").to(noise.device)
         batch, steps, device = len(noise), len(sigmas) - 1, noise.device
         with torch.no_grad():
             x, starts = noise, []
@@ -263,7 +263,7 @@ class BOSSObjective(DistillationObjective):
 
     def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         device = next(model.parameters()).device
-        sigmas = model.student_sigmas.to(device)
+        sigmas = model.get_buffer("student_sigmas").to(device)
         pool, pool_labels = self.pool(sigmas, device)
         chosen = (batch["seeds"] % self.pool_size).to(device)
         points, labels = pool[chosen], pool_labels[chosen]  # (B, K + 1, ...), (B, 2)
@@ -291,7 +291,7 @@ def teacher_points(
 
     The fine grid is the union of the teacher's ``teacher_steps`` shifted grid and ``sigmas``, so every
     requested sigma is a grid point."""
-    from jevons.plugins.step_distillation_flow import shifted_schedule
+    from jevons.plugins.step_distillation.flow import shifted_schedule
 
     fine = torch.unique(torch.cat([shifted_schedule(teacher_steps, shift), sigmas.cpu().float()])).flip(0)
     wanted = {round(float(s), 6): i for i, s in enumerate(sigmas.tolist())}
@@ -303,9 +303,10 @@ def teacher_points(
         if index + 1 < len(fine):
             s = torch.full((len(x),), sigma, device=x.device)
             x = x + (float(fine[index + 1]) - sigma) * guided_velocity(teacher, x, s, labels, guidance)
-    if any(point is None for point in found):
+    points = [point for point in found if point is not None]
+    if len(points) < len(found):
         raise ValueError(f"sigmas {sigmas.tolist()} are not all on the teacher's grid")
-    return torch.stack(found)  # type: ignore[arg-type]
+    return torch.stack(points)
 
 
 @torch.no_grad()
@@ -325,7 +326,7 @@ def bellman_optimal_schedule(
     step from the teacher's point at ``sigma_i`` and the teacher's point at ``sigma_j``, over the calibration
     samples. The cheapest path from sigma 1 to 0 in exactly ``steps`` jumps is found by Bellman's recursion.
     Returns the sigmas and the path's total cost."""
-    from jevons.plugins.step_distillation_flow import shifted_schedule
+    from jevons.plugins.step_distillation.flow import shifted_schedule
 
     grid = shifted_schedule(teacher_steps, shift)
     trajectory = teacher_points(teacher, noise, labels, grid, teacher_steps, shift, guidance)  # (N+1, B, ...)

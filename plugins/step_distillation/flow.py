@@ -112,7 +112,7 @@ class StudentSampler:
 
     @property
     def sigmas(self) -> torch.Tensor:
-        return self.model.student_sigmas  # a buffer: restored with the model's checkpoint
+        return self.model.get_buffer("student_sigmas")  # a buffer: restored with the model's checkpoint
 
     @property
     def steps(self) -> int:

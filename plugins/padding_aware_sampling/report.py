@@ -7,13 +7,11 @@ from typing import Any
 import pytorch_lightning as pl
 
 from jevons.framework.attribution import Figure, TrainStepTimer
-from jevons.plugins.padding_aware_sampling import BucketingBatchSampler
+from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
 
 class PaddingReport(TrainStepTimer, pl.Callback):
     """Padding in the training batches this run consumed, and real (unpadded) length units per second."""
-
-    plugin = "padding_aware_sampling"
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""The distillation collapse guard, and the plugin's figures for the run summary.
+"""The distillation collapse guard (its figures for the run summary are :mod:`.report`'s).
 
 Distribution matching can collapse — to a few modes, to static or
 single-colour output (seen in FastVideo's DMD runs) — while its loss looks
@@ -19,9 +19,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from jevons.framework.attribution import Figure
 from jevons.framework.errors import TrainingStopped
-from jevons.plugins.step_distillation_flow import sample_on_schedule, seeded_inputs, shifted_schedule
+from jevons.plugins.step_distillation.flow import sample_on_schedule, seeded_inputs, shifted_schedule
 
 GUARD_SEED_OFFSET = 3_000_000_000
 
@@ -38,7 +37,7 @@ def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor) -> float
 
 
 class CollapseGuard(pl.Callback):
-    plugin = "step_distillation"
+    """Warns, or stops the run, when the student's samples collapse; records what it saw for the report."""
 
     def __init__(self, mode: str, min_diversity_ratio: float, max_fd_jump: float, per_class: int) -> None:
         super().__init__()
@@ -62,7 +61,13 @@ class CollapseGuard(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.mode == "off" or trainer.sanity_checking:
             return
+        from jevons.framework.module import JevonsModule
+        from jevons.plugins.step_distillation.objectives import DistillationObjective
+
+        assert isinstance(pl_module, JevonsModule), "Jevons trains a JevonsModule"
         objective, model = pl_module.objective, pl_module.model
+        assert isinstance(objective, DistillationObjective), "step_distillation makes the run's objective"
+        sigmas = model.get_buffer("student_sigmas")
         device = next(model.parameters()).device
         noise, labels = self._inputs(objective, device)
         with torch.no_grad():
@@ -75,11 +80,8 @@ class CollapseGuard(pl.Callback):
                     objective.guidance,
                 )
                 self.teacher_diversity = within_class_diversity(teacher.clamp(-1, 1), labels)
-            student = sample_on_schedule(model, noise, labels, model.student_sigmas).clamp(-1, 1)
-        self.steps, self.schedule = (
-            len(model.student_sigmas) - 1,
-            str([round(s, 4) for s in model.student_sigmas.tolist()]),
-        )
+            student = sample_on_schedule(model, noise, labels, sigmas).clamp(-1, 1)
+        self.steps, self.schedule = len(sigmas) - 1, str([round(s, 4) for s in sigmas.tolist()])
         self.diversity_ratio = within_class_diversity(student, labels) / max(self.teacher_diversity, 1e-8)
         problems = []
         if self.diversity_ratio < self.min_diversity_ratio:
@@ -87,9 +89,9 @@ class CollapseGuard(pl.Callback):
                 f"within-class sample diversity is {self.diversity_ratio:.3f} of the teacher's "
                 f"(min_diversity_ratio={self.min_diversity_ratio})"
             )
-        fd = trainer.callback_metrics.get("val/fd")
-        if fd is not None:
-            fd = float(fd)
+        logged_fd = trainer.callback_metrics.get("val/fd")
+        if logged_fd is not None:
+            fd = float(logged_fd)
             if self.best_fd is not None and fd > self.max_fd_jump * self.best_fd:
                 problems.append(
                     f"val/fd jumped to {fd:.4g}, over {self.max_fd_jump}x the best so far ({self.best_fd:.4g})"
@@ -107,15 +109,3 @@ class CollapseGuard(pl.Callback):
         if self.mode == "stop":
             raise TrainingStopped(message + " (step_distillation.collapse_guard=stop)")
         print(f"warning: {message}", file=sys.stderr, flush=True)
-
-    def report(self) -> dict[str, Figure]:
-        if not self.steps:
-            return {"collapse_guard": "did not run (collapse_guard=off, or no validation)"}
-        figures: dict[str, Figure] = {
-            "student_steps": self.steps,
-            "schedule": self.schedule,
-            "collapse_warnings": self.warnings,
-        }
-        if self.diversity_ratio is not None:
-            figures["diversity_ratio_vs_teacher"] = round(self.diversity_ratio, 4)
-        return figures

@@ -28,7 +28,8 @@ import torch
 
 from jevons.framework.callbacks import ResumableState
 from jevons.framework.data.reader import Corrupt
-from jevons.plugins.padding_aware_sampling import BucketingBatchSampler
+from jevons.framework.module import JevonsModule
+from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
 CAPS_FILE = "padding_aware_sampling_caps.json"
 
@@ -139,13 +140,16 @@ class MemoryProbe(pl.Callback):
         self.caps: dict[int, int] | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        state = next((c for c in trainer.callbacks if isinstance(c, ResumableState)), None)
+        # Lightning sets Trainer.callbacks in its callback connector without declaring it.
+        callbacks: list[pl.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        state = next((c for c in callbacks if isinstance(c, ResumableState)), None)
         sampler = getattr(state, "batch_sampler", None)
         if not isinstance(sampler, BucketingBatchSampler):
             return
         if sampler.caps_probed:  # restored from the checkpoint being resumed
             self.caps = dict(sampler.bucket_caps)
             return
+        assert isinstance(pl_module, JevonsModule), "Jevons trains a JevonsModule"
         rng = torch.get_rng_state()  # dropout in the probe's steps must not move the training stream
         was_training = pl_module.training
         pl_module.train()

@@ -1,4 +1,4 @@
-"""The cascade's objective and sampler (see :mod:`jevons.plugins.lowres_cascade` for the method).
+"""The cascade's model surgery, objective and sampler (see :mod:`jevons.plugins.lowres_cascade` for the method).
 
 Tensors are videos ``(B, C, F, H, W)``; images have ``F = 1``. Resizing is
 spatial only: frames are kept.
@@ -9,15 +9,45 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from jevons.framework.attribution import Figure
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.recipes.diffusion.data import NO_DIGIT
 from jevons.recipes.diffusion.objective import add_noise
+
+
+def widen_for_condition(model: Any) -> None:
+    """Give the transformer's patch embedding C more input channels, zero-initialised (no change at first)."""
+    embedding = model.transformer.patch_embedding  # Conv3d(C -> dim)
+    channels = embedding.in_channels
+    wider = torch.nn.Conv3d(
+        2 * channels, embedding.out_channels, embedding.kernel_size, embedding.stride, bias=embedding.bias is not None
+    )
+    with torch.no_grad():
+        wider.weight.zero_()
+        wider.weight[:, :channels] = embedding.weight
+        if embedding.bias is not None and wider.bias is not None:
+            wider.bias.copy_(embedding.bias)
+    model.transformer.patch_embedding = wider
+    model.transformer.register_to_config(in_channels=2 * channels)
+
+
+def attach_stage_tokens(model: Any, stages: int) -> None:
+    """One learned conditioning token per stage, next to the class tokens."""
+    width = model.conditioner.table.embedding_dim // model.conditioner.tokens
+    model.stage_tokens = torch.nn.Embedding(stages, width)
+    torch.nn.init.normal_(model.stage_tokens.weight, std=0.02)
+
+
+def stage_tokens(model: torch.nn.Module) -> torch.nn.Embedding:
+    """The stage tokens :func:`attach_stage_tokens` gave the model."""
+    tokens = model.get_submodule("stage_tokens")
+    if not isinstance(tokens, torch.nn.Embedding):
+        raise TypeError(f"model.stage_tokens is a {type(tokens).__name__}, expected the cascade's nn.Embedding")
+    return tokens
 
 
 def resize(videos: torch.Tensor, size: int) -> torch.Tensor:
@@ -48,14 +78,17 @@ def velocity(
     stage: int,
 ) -> torch.Tensor:
     """The cascade model's velocity: condition as extra input channels, the stage as an extra token."""
-    tokens = model.conditioner(labels)  # (B, L, D)
-    stage_token = model.stage_tokens.weight[stage].expand(labels.shape[0], 1, -1)  # (B, 1, D)
+    tokens = model.get_submodule("conditioner")(labels)  # (B, L, D)
+    stage_token = stage_tokens(model).weight[stage].expand(labels.shape[0], 1, -1)  # (B, 1, D)
     hidden = torch.cat([tokens, stage_token], dim=1)
-    return model.transformer(torch.cat([noisy, condition], dim=1), sigma * 1000.0, hidden, return_dict=False)[0]
+    transformer = model.get_submodule("transformer")
+    return transformer(torch.cat([noisy, condition], dim=1), sigma * 1000.0, hidden, return_dict=False)[0]
 
 
 class CascadeObjective(Objective):
     """Rectified flow at a random stage per sample, conditioned on the sample's own lower resolution."""
+
+    weights: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(
         self, resolutions: Sequence[int], weights: Sequence[float], condition_noise: float, condition_dropout: float
@@ -66,7 +99,7 @@ class CascadeObjective(Objective):
         self.condition_noise = condition_noise
         self.condition_dropout = condition_dropout
 
-    def forward(self, model: torch.nn.Module, batch: dict) -> ObjectiveOutput:  # type: ignore[override]
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
         clean, labels = batch["video"], batch["labels"]  # full resolution (B, C, F, H, W), (B, 2)
         count = clean.shape[0]
         stages = torch.multinomial(self.weights, count, replacement=True)
@@ -123,7 +156,8 @@ class CascadeSampler:
     ) -> torch.Tensor:
         """``shape`` is the final ``(C, F, H, W)``; ``stage_steps`` overrides the steps per stage, and
         ``steps`` the first (low-resolution) stage's alone."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
+        # From its module: the package's lazy top level shows mypy a placeholder class.
+        from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
         guidance = self.guidance if guidance is None else guidance
         plan = list(stage_steps) if stage_steps else [s for _, s in self.stages]
@@ -133,7 +167,7 @@ class CascadeSampler:
         generator = torch.Generator().manual_seed(seed)
         channels, frames = shape[0], shape[1]
         unconditional = torch.full_like(labels, NO_DIGIT)
-        previous = None
+        previous: torch.Tensor | None = None
         for stage, ((res, _), count) in enumerate(zip(self.stages, plan)):
             x = torch.randn((labels.shape[0], channels, frames, res, res), generator=generator)
             if previous is None:
@@ -158,6 +192,8 @@ class CascadeSampler:
             previous = x.clamp(-1.0, 1.0)
         resolutions = [res for res, _ in self.stages]
         self.calls.append(SamplingCall(labels.shape[0], resolutions, plan, time.perf_counter() - started))
+        if previous is None:
+            raise ValueError("the cascade has no stages to sample")
         return previous
 
 
@@ -169,30 +205,3 @@ class SamplingCall:
     resolutions: list[int]
     steps: list[int]
     seconds: float
-
-
-class CascadeReport(pl.Callback):
-    """Sampling steps per stage and sampling time of the cascade's generator during the run's evaluations."""
-
-    plugin = "lowres_cascade"
-
-    def __init__(self) -> None:
-        self.sampler: CascadeSampler | None = None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        generator = getattr(pl_module, "generator", None)
-        self.sampler = generator if isinstance(generator, CascadeSampler) else None
-
-    def report(self) -> dict[str, Figure]:
-        calls = self.sampler.calls if self.sampler is not None else []
-        if not calls:
-            return {"sampling": "the cascade sampled nothing in this run"}
-        last = calls[-1]
-        # Cost of a network evaluation grows with its tokens: (res / final res)^2 of a full-resolution one.
-        final = last.resolutions[-1]
-        relative = sum(steps * (res / final) ** 2 for res, steps in zip(last.resolutions, last.steps))
-        figures: dict[str, Figure] = {f"steps_at_{res}px": steps for res, steps in zip(last.resolutions, last.steps)}
-        figures["full_resolution_equivalent_steps"] = round(relative, 3)
-        figures["sampling_calls"] = len(calls)
-        figures["sampling_s_per_sample"] = round(sum(c.seconds for c in calls) / sum(c.samples for c in calls), 5)
-        return figures

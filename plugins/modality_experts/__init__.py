@@ -5,7 +5,8 @@ Mixture of Modality-Aware Experts": experts split into modality groups (4 text
 + 4 image), each group seeing only its modality's tokens and routing among its
 experts by learned expert-choice routing; 3.7x FLOPs savings over a
 compute-equivalent dense model. The layer is
-:mod:`jevons.plugins.modality_experts_layer`.
+:mod:`jevons.plugins.modality_experts.layer`, the run's figures
+:mod:`jevons.plugins.modality_experts.report`.
 
 The plugin answers ``replace_ffn`` for families whose model carries each
 token's modality in its forward context (capability ``token_modalities``:
@@ -23,11 +24,17 @@ neither modality groups nor expert choice, so the routing is ours.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
 
 PLUGIN_INFO = PluginInfo(
     capabilities=("token_modalities",), description="Modality-aware expert groups with expert-choice routing (MoMa)"
@@ -58,13 +65,13 @@ class ModalityExpertsConfig:
 
 
 @hookimpl
-def register_config(register):
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     register("modality_experts", ModalityExpertsConfig)
 
 
 @hookimpl
-def configure(config):
-    cfg: ModalityExpertsConfig = config.modality_experts
+def configure(config: Config) -> None:
+    cfg = section(config, "modality_experts", ModalityExpertsConfig)
     if not cfg.num_experts or any(n < 1 for n in cfg.num_experts):
         raise UsageError(
             f"modality_experts.num_experts={list(cfg.num_experts)} must be one positive count per modality "
@@ -88,18 +95,21 @@ def configure(config):
 
 
 @hookimpl
-def replace_ffn(module, name, layer_index, config):
+def replace_ffn(module: torch.nn.Module, name: str, layer_index: int, config: Config) -> torch.nn.Module | None:
     import math
 
-    from jevons.plugins.modality_experts_layer import ModalityExperts
+    from jevons.plugins.modality_experts.layer import ModalityExperts
 
-    cfg: ModalityExpertsConfig = config.modality_experts
+    cfg = section(config, "modality_experts", ModalityExpertsConfig)
     if layer_index % cfg.layer_freq:
         return None
-    hidden_size = int(module.gate_up.weight.shape[1])
-    ffn_hidden_size = cfg.moe_ffn_hidden_size or int(module.gate_up.weight.shape[0]) // 2
-    init_std = getattr(config.model, "init_std", 0.02)
-    num_layers = getattr(config.model, "num_layers", 1)
+    gate_up = module.get_parameter("gate_up.weight")  # the family's dense SwiGLU: fused (2 * ffn, hidden)
+    hidden_size = int(gate_up.shape[1])
+    ffn_hidden_size = cfg.moe_ffn_hidden_size or int(gate_up.shape[0]) // 2
+    # Any family with token modalities: its model section is read for the two initialisation scales it may have.
+    model_section = getattr(config, "model", None)
+    init_std = getattr(model_section, "init_std", 0.02)
+    num_layers = getattr(model_section, "num_layers", 1)
     return ModalityExperts(
         hidden_size,
         ffn_hidden_size,
@@ -115,7 +125,7 @@ def replace_ffn(module, name, layer_index, config):
 
 
 @hookimpl
-def register_callbacks(register, config):
-    from jevons.plugins.modality_experts_report import ModalityExpertsReport
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
+    from jevons.plugins.modality_experts.report import ModalityExpertsReport
 
     register(ModalityExpertsReport())

@@ -10,21 +10,31 @@ block masks.
 
 The plugin answers ``replace_attention`` for the diffusion family's
 self-attention modules (``attn1``) with an attention processor
-(:mod:`jevons.plugins.block_sparse_attention_processor`); cross-attention to
-the conditioning tokens stays dense. The mask (:mod:`..._mask`) keeps, per
+(:mod:`jevons.plugins.block_sparse_attention.processor`); cross-attention to
+the conditioning tokens stays dense. The mask (:mod:`.mask`) keeps, per
 query block, the fewest key blocks covering ``coverage`` of the pooled
 attention mass, within ``[min_density, max_density]``, diagonal included.
 The attention itself is the ``block_sparse_attention`` kernel op
 (:mod:`jevons.kernels.block_sparse_attention`): a gather path on the CPU,
-FlexAttention on CUDA, the dense reference for tests.
+FlexAttention on CUDA, the dense reference for tests. The run's figures are
+:mod:`jevons.plugins.block_sparse_attention.report`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import PluginInfo, hookimpl
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+    import torch
+
+    from jevons.framework.protocols import AttentionProcessor
 
 PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Adaptive block-sparse self-attention (Video-BLADE ASA)")
 
@@ -44,13 +54,13 @@ class BlockSparseAttentionConfig:
 
 
 @hookimpl
-def register_config(register):
+def register_config(register: Callable[[str, type[Any]], None]) -> None:
     register("block_sparse_attention", BlockSparseAttentionConfig)
 
 
 @hookimpl
-def configure(config):
-    cfg: BlockSparseAttentionConfig = config.block_sparse_attention
+def configure(config: Config) -> None:
+    cfg = section(config, "block_sparse_attention", BlockSparseAttentionConfig)
     if cfg.block_size < 1:
         raise UsageError(f"block_sparse_attention.block_size={cfg.block_size} must be positive.")
     if not 0.0 < cfg.coverage <= 1.0:
@@ -72,18 +82,22 @@ def configure(config):
 
 
 @hookimpl
-def replace_attention(module, name, config):
-    from jevons.plugins.block_sparse_attention_processor import BlockSparseWanProcessor
+def replace_attention(
+    module: torch.nn.Module, name: str, config: Config
+) -> torch.nn.Module | AttentionProcessor | None:
+    from jevons.plugins.block_sparse_attention.processor import BlockSparseWanProcessor
+    from jevons.recipes.diffusion.family import DiffusionDataConfig, DiffusionModelConfig
 
-    cfg: BlockSparseAttentionConfig = config.block_sparse_attention
-    frames = max(1, config.data.frames // config.model.patch_size[0])
-    return BlockSparseWanProcessor(
-        cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames, tuple(cfg.tile) if cfg.tile else None
-    )
+    cfg = section(config, "block_sparse_attention", BlockSparseAttentionConfig)
+    data = section(config, "data", DiffusionDataConfig)
+    model = section(config, "model", DiffusionModelConfig)
+    frames = max(1, data.frames // model.patch_size[0])
+    tile = (cfg.tile[0], cfg.tile[1], cfg.tile[2]) if cfg.tile else None  # three sides: checked in configure
+    return BlockSparseWanProcessor(cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames, tile)
 
 
 @hookimpl
-def register_callbacks(register, config):
-    from jevons.plugins.block_sparse_attention_processor import SparsityReport
+def register_callbacks(register: Callable[[pl.Callback], None], config: Config) -> None:
+    from jevons.plugins.block_sparse_attention.report import SparsityReport
 
     register(SparsityReport())

@@ -6,13 +6,11 @@ import pytorch_lightning as pl
 import torch
 
 from jevons.framework.attribution import Figure
-from jevons.plugins.modality_experts_layer import ModalityExperts
+from jevons.plugins.modality_experts.layer import ModalityExperts
 
 
 class ModalityExpertsReport(pl.Callback):
     """Expert layers and parameters, expert assignments per routed token (training and inference), expert utilisation."""
-
-    plugin = "modality_experts"
 
     def __init__(self) -> None:
         super().__init__()
