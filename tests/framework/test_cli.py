@@ -104,7 +104,9 @@ def test_help_and_listings(command, tmp_path: Path) -> None:
     plugins = command(["jevons", "plugins"], cwd=tmp_path).stdout
     assert "jevons.recipes.llm" in plugins and "Plugin x family" in plugins
     hooks = command(["jevons", "hooks"], cwd=tmp_path).stdout
-    assert "make_optimizer(model: torch.nn.Module, config: Config) -> Any" in hooks
+    assert (
+        "make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer | Optimization | None" in hooks
+    )
     sources = command(["jevons", "data"], cwd=tmp_path).stdout
     assert "llm-prose" in sources
 
