@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import median, parse_args, repository_path, write_result
+from common import diffusion_reference, interleaved_seconds, parse_args, quality_table, repository_path, write_result
 
 TEACHER = Path(__file__).resolve().parent / "teachers" / "video-32px-16f"
 TARGETS = {"blade_fd_ratio_vs_teacher50": "<=1.1", "blade_speedup_vs_distill_only": ">=1.3"}
@@ -67,20 +67,16 @@ def main() -> None:
     teacher_steps = 2 if args.quick else TEACHER_STEPS
 
     from jevons.framework import distributed
-    from jevons.framework.config.compose import compose_config
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
-    from jevons.framework.plugin_manager import PluginManager
     from jevons.framework.run import train
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
 
-    manager = PluginManager.load(autoload=False)
-    config = compose_config(manager, ["recipe=video_blade_tiny", f"model.pretrained={teacher_dir}"])
-    family = manager.family("diffusion")
-    real = family.real_reference(config, 200)
-    images = family.images_dir(config)
+    manager, config, real, images = diffusion_reference(
+        ["recipe=video_blade_tiny", f"model.pretrained={teacher_dir}"], 200
+    )
     shape = (config.model.channels, config.data.frames, config.data.resolution, config.data.resolution)
     guidance, shift = config.sample.guidance, config.sample.shift
 
@@ -129,15 +125,8 @@ def main() -> None:
             for arm, sampler in generators.items():
                 scores[arm] = quality(sampler, shape, real, images, clips, 10, seed=10_000)
                 print(f"{arm}: {scores[arm]}", flush=True)
-            seconds: dict = {arm: [] for arm in generators}
-            labels = class_labels(4)
-            for number in range(rounds):
-                for arm, sampler in generators.items():
-                    began = time.perf_counter()
-                    sampler(labels, shape, seed=number)
-                    seconds[arm].append(time.perf_counter() - began)
+            time_of = interleaved_seconds(generators, class_labels(4), shape, rounds)
 
-    time_of = {arm: median(values) for arm, values in seconds.items()}
     teacher_fd = scores["teacher 50"]["fd"]
     figures = {
         "blade_fd_ratio_vs_teacher50": scores["blade 4"]["fd"] / teacher_fd,
@@ -153,37 +142,17 @@ def main() -> None:
         figures[f"{key}_fd"] = score["fd"]
         figures[f"{key}_accuracy"] = score["accuracy"]
         figures[f"{key}_seconds_per_4_clips"] = time_of[arm]
-    rows = [
-        [
-            arm,
-            f"{s['fd']:.2f}",
-            f"{s['fd'] / teacher_fd:.3f}",
-            f"{s['accuracy']:.3f}",
-            f"{s['temporal_consistency']:.3f}",
-            f"{time_of[arm]:.2f}",
-            f"{time_of['teacher 50'] / time_of[arm]:.1f}",
-        ]
+    columns = ["temporal consistency", "s per 4 clips", "speedup vs teacher 50"]
+    cells = {
+        arm: [f"{s['temporal_consistency']:.3f}", f"{time_of[arm]:.2f}", f"{time_of['teacher 50'] / time_of[arm]:.1f}"]
         for arm, s in scores.items()
-    ]
+    }
     details = {
         "teacher": repository_path(teacher_dir),
         "clips": clips,
         "training": trained,
         "real_temporal_consistency": scores["teacher 50"]["temporal_consistency_real"],
-        "tables": {
-            "4,096-token clips, four arms": {
-                "columns": [
-                    "arm",
-                    "Fréchet distance",
-                    "FD / teacher 50",
-                    "accuracy",
-                    "temporal consistency",
-                    "s per 4 clips",
-                    "speedup vs teacher 50",
-                ],
-                "rows": rows,
-            }
-        },
+        "tables": quality_table("4,096-token clips, four arms", scores, ("teacher 50", teacher_fd), columns, cells),
     }
     write_result("blade", args.quick, figures, TARGETS, details)
 

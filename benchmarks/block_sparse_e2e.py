@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import median, parse_args, repository_path, write_result
+from common import diffusion_reference, median, parse_args, quality_table, repository_path, write_result
 
 TEACHER = Path(__file__).resolve().parent / "teachers" / "video-32px-16f"
 TARGETS = {"e2e_quality_ratio": "<=1.1"}
@@ -80,21 +80,15 @@ def main() -> None:
     steps, clips, rounds = (4, 4, 1) if args.quick else (STEPS, CLIPS, ROUNDS)
 
     from jevons.framework import distributed
-    from jevons.framework.config.compose import compose_config
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
-    from jevons.framework.plugin_manager import PluginManager
     from jevons.framework.run import train
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
     from jevons.recipes.diffusion.objective import RectifiedFlowObjective
 
-    manager = PluginManager.load(autoload=False)
-    config = compose_config(manager, ["recipe=video_sparse_tiny"])
-    family = manager.family("diffusion")
-    real = family.real_reference(config, 200)
-    images = family.images_dir(config)
+    manager, config, real, images = diffusion_reference(["recipe=video_sparse_tiny"], 200)
     shape = (config.model.channels, config.data.frames, config.data.resolution, config.data.resolution)
     sample = config.sample
     sample_steps = 2 if args.quick else sample.steps
@@ -173,17 +167,7 @@ def main() -> None:
         key = name.replace(" ", "_").replace("-", "_")
         for metric in ("fd", "accuracy", "temporal_consistency"):
             figures[f"{key}_{metric}"] = score[metric]
-    rows = [
-        [
-            name,
-            f"{s['fd']:.2f}",
-            f"{s['fd'] / dense['fd']:.3f}",
-            f"{s['accuracy']:.3f}",
-            f"{s['temporal_consistency']:.3f}",
-            f"{s['density']:.3f}",
-        ]
-        for name, s in scores.items()
-    ]
+    cells = {name: [f"{s['temporal_consistency']:.3f}", f"{s['density']:.3f}"] for name, s in scores.items()}
     details = {
         "teacher": repository_path(teacher_dir),
         "clips": clips,
@@ -192,19 +176,13 @@ def main() -> None:
         "real_temporal_consistency": dense["temporal_consistency_real"],
         "train_step_seconds": {k: round(median(v), 3) for k, v in step_seconds.items()},
         "sampling_seconds_4_clips": {k: round(median(v), 2) for k, v in sample_seconds.items()},
-        "tables": {
-            "4,096-token clips: sparse against the dense teacher": {
-                "columns": [
-                    "arm",
-                    "Fréchet distance",
-                    "FD / dense",
-                    "accuracy",
-                    "temporal consistency",
-                    "attention density",
-                ],
-                "rows": rows,
-            }
-        },
+        "tables": quality_table(
+            "4,096-token clips: sparse against the dense teacher",
+            scores,
+            ("dense", dense["fd"]),
+            ["temporal consistency", "attention density"],
+            cells,
+        ),
     }
     write_result("block_sparse_e2e", args.quick, figures, TARGETS, details)
 

@@ -1,4 +1,6 @@
-"""What every benchmark shares: the results JSON of docs/architecture.md ("Benchmarks"), and a step timer.
+"""What every benchmark shares: the results JSON of docs/architecture.md ("Benchmarks"), and a step timer;
+and what several do: a plain training step, the diffusion benchmarks' real reference, interleaved sampling
+timings and their quality table.
 
 A full run writes ``benchmarks/results/<name>.json`` (committed); ``--quick``
 writes ``<name>.quick.json`` (ignored by git).
@@ -101,3 +103,66 @@ def repository_path(path: Path) -> str:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def train_step(model: Any, objective: Any, optimization: Any, batch: Any, clip: float) -> Any:
+    """One training step as the framework takes it: forward, zero_grad, backward, gradient clipping to
+    ``clip`` (``trainer.gradient_clip_val``), optimizer and scheduler steps. Returns the objective's output."""
+    import torch
+
+    out = objective(model, batch)
+    optimization.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimization.optimizer.step()
+    optimization.scheduler.step()
+    return out
+
+
+def diffusion_reference(overrides: list[str], reals: int) -> tuple[Any, Any, Any, Path]:
+    """What the diffusion benchmarks score against: the plugin manager, the config composed from
+    ``overrides``, ``reals`` real reference samples and the family's images folder."""
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.plugin_manager import PluginManager
+
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, overrides)
+    family = manager.family("diffusion")
+    return manager, config, family.real_reference(config, reals), family.images_dir(config)
+
+
+def interleaved_seconds(arms: dict[Any, Any], labels: Any, shape: Any, rounds: int) -> dict[Any, float]:
+    """Median seconds of each arm's ``sampler(labels, shape, seed=round)`` (an arm is a sampler, or a
+    ``(sampler, kwargs)`` pair whose kwargs go to every call), over ``rounds`` rounds of every arm in turn,
+    so a slow spell on a shared machine falls on all arms alike."""
+    seconds: dict[Any, list[float]] = {name: [] for name in arms}
+    for number in range(rounds):
+        for name, arm in arms.items():
+            sampler, kwargs = arm if isinstance(arm, tuple) else (arm, {})
+            started = time.perf_counter()
+            sampler(labels, shape, seed=number, **kwargs)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: median(values) for name, values in seconds.items()}
+
+
+def interleaved_rates(arms: dict[Any, Any], labels: Any, shape: Any, rounds: int) -> dict[Any, float]:
+    """Images per second of each arm, timed as :func:`interleaved_seconds` does."""
+    return {name: len(labels) / value for name, value in interleaved_seconds(arms, labels, shape, rounds).items()}
+
+
+def quality_table(
+    title: str,
+    scores: dict[str, dict[str, Any]],
+    reference: tuple[str, float],
+    columns: list[str],
+    cells: dict[str, list[str]],
+) -> dict[str, Any]:
+    """A result's ``details["tables"]`` of one table of the arms' quality, as benchmarks/report.py renders it:
+    per arm of ``scores``, its Fréchet distance, that over the reference's (``reference``: the reference's
+    label and distance) and its accuracy, then the arm's ``cells`` under ``columns``."""
+    label, reference_fd = reference
+    rows = [
+        [arm, f"{s['fd']:.2f}", f"{s['fd'] / reference_fd:.3f}", f"{s['accuracy']:.3f}", *cells[arm]]
+        for arm, s in scores.items()
+    ]
+    return {title: {"columns": ["arm", "Fréchet distance", f"FD / {label}", "accuracy", *columns], "rows": rows}}

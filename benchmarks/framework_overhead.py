@@ -18,7 +18,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any
 
-from common import StepTimes, median, parse_args, write_result
+from common import StepTimes, median, parse_args, train_step, write_result
 
 from jevons.framework.config.schema import ParallelConfig
 
@@ -48,8 +48,6 @@ def _components(overrides: list[str]) -> tuple[Any, Any, Any, Any, Any]:
 
 
 def plain_loop(overrides: list[str], steps: int) -> StepTimes:
-    import torch
-
     from jevons.framework import distributed
 
     timer = StepTimes()
@@ -58,12 +56,7 @@ def plain_loop(overrides: list[str], steps: int) -> StepTimes:
         done = 0
         while done < steps:
             for loaded in loader:
-                out = objective(model, loaded.data)
-                optimization.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.trainer.gradient_clip_val)
-                optimization.optimizer.step()
-                optimization.scheduler.step()
+                out = train_step(model, objective, optimization, loaded.data, config.trainer.gradient_clip_val)
                 out.loss.item()  # as a logger would read it
                 timer.tick()
                 done += 1

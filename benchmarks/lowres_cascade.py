@@ -31,29 +31,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
-import torch
-from common import parse_args, write_result
+from common import diffusion_reference, interleaved_rates, parse_args, write_result
 
 TEACHER = Path(__file__).resolve().parent / "teachers" / "image-16px"
 # Steps per stage (8 px, 16 px) tried besides the recipe's default.
 ALLOCATIONS = [(20, 6), (12, 4), (8, 4), (8, 2), (4, 2)]
 TARGETS = {"throughput_ratio_at_equal_quality": ">=1.5", "quality_ratio_vs_single_res": "<=1.1"}
-
-
-def _interleaved_rates(arms: dict, labels: torch.Tensor, shape, rounds: int) -> dict:
-    """Images per second of each ``arm: (sampler, kwargs)``, the median over ``rounds`` interleaved rounds."""
-    from common import median
-
-    seconds: dict = {name: [] for name in arms}
-    for number in range(rounds):
-        for name, (sampler, kwargs) in arms.items():
-            started = time.perf_counter()
-            sampler(labels, shape, seed=number, **kwargs)
-            seconds[name].append(time.perf_counter() - started)
-    return {name: len(labels) / median(values) for name, values in seconds.items()}
 
 
 def main() -> None:
@@ -67,20 +52,14 @@ def main() -> None:
     steps, count, sweep = (60, 100, (4, 8, 20)) if args.quick else (3000, 1000, (4, 6, 8, 12, 16, 20, 30, 50))
 
     from jevons.framework import distributed
-    from jevons.framework.config.compose import compose_config
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
-    from jevons.framework.plugin_manager import PluginManager
     from jevons.framework.run import train
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
 
-    manager = PluginManager.load(autoload=False)
-    config = compose_config(manager, ["recipe=image_tiny"])
-    family = manager.family("diffusion")
-    real = family.real_reference(config, 1000)
-    images = family.images_dir(config)
+    manager, config, real, images = diffusion_reference(["recipe=image_tiny"], 1000)
     shape = (1, 1, 16, 16)
     labels = class_labels(count)
 
@@ -134,7 +113,7 @@ def main() -> None:
                     for n in single
                 }
             )
-            rates = _interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
+            rates = interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
             for (kind, key), rate in rates.items():
                 (tried if kind == "cascade" else single)[key]["images_per_s"] = rate
                 print(f"{kind} {key}: {rate:.1f} images/s", flush=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from common import parse_args, write_result
+from common import parse_args, train_step, write_result
 
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.reports import first_reach
@@ -123,8 +123,6 @@ def _validate(model: Any, objective: Any, loader: Any, routing: str | None = Non
 
 
 def train_arm(name: str, overrides: list[str], steps: int, eval_every: int) -> dict[str, Any]:
-    import torch
-
     from jevons.framework import distributed
 
     with distributed.initialized(ParallelConfig()):
@@ -136,12 +134,7 @@ def train_arm(name: str, overrides: list[str], steps: int, eval_every: int) -> d
             for loaded in loaders["train"]:
                 batch = loaded.data
                 before = sum(int(layer.counts[1]) for layer in layers)
-                out = objective(model, batch)
-                optimization.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.trainer.gradient_clip_val)
-                optimization.optimizer.step()
-                optimization.scheduler.step()
+                train_step(model, objective, optimization, batch, config.trainer.gradient_clip_val)
                 assignments = sum(int(layer.counts[1]) for layer in layers) - before
                 assignments_seen += assignments
                 flops += 3 * forward_flops(model, batch, assignments)

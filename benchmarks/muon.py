@@ -36,7 +36,7 @@ import statistics
 import time
 from typing import Any
 
-from common import median, parse_args, write_result
+from common import median, parse_args, train_step, write_result
 
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.reports import first_reach
@@ -90,7 +90,6 @@ def _validate(model: Any, objective: Any, loader: Any) -> float:
 
 def train_curve(optimizer: str, lr: float, seed: int, steps: int, eval_every: int, extra: list[str]) -> dict[str, Any]:
     """Validation loss against tokens seen (and step times, for the timing phase)."""
-    import torch
 
     from jevons.framework import distributed
 
@@ -101,12 +100,7 @@ def train_curve(optimizer: str, lr: float, seed: int, steps: int, eval_every: in
             for loaded in train_loader:
                 batch = loaded.data
                 start = time.perf_counter()
-                out = objective(model, batch)
-                optimization.optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.trainer.gradient_clip_val)
-                optimization.optimizer.step()
-                optimization.scheduler.step()
+                out = train_step(model, objective, optimization, batch, config.trainer.gradient_clip_val)
                 step_times.append(time.perf_counter() - start)
                 tokens += out.weight
                 step += 1

@@ -27,21 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import median, parse_args, write_result
+from common import diffusion_reference, interleaved_rates, parse_args, quality_table, write_result
 
 TEACHER = Path(__file__).resolve().parent / "teachers" / "image-16px"
 TARGETS = {"tdm_fd_ratio_4step_vs_teacher50": "<=1.1"}
 STEPS = 400
-
-
-def _rates(arms: dict, labels: torch.Tensor, shape: tuple, rounds: int) -> dict:
-    seconds: dict = {name: [] for name in arms}
-    for number in range(rounds):
-        for name, sampler in arms.items():
-            started = time.perf_counter()
-            sampler(labels, shape, seed=number)
-            seconds[name].append(time.perf_counter() - started)
-    return {name: len(labels) / median(values) for name, values in seconds.items()}
 
 
 def main() -> None:
@@ -49,21 +39,15 @@ def main() -> None:
     steps, count = (10, 100) if args.quick else (STEPS, 1000)
 
     from jevons.framework import distributed
-    from jevons.framework.config.compose import compose_config
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
-    from jevons.framework.plugin_manager import PluginManager
     from jevons.framework.run import train
     from jevons.plugins.step_distillation.guard import within_class_diversity
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
 
-    manager = PluginManager.load(autoload=False)
-    config = compose_config(manager, ["recipe=image_tiny"])
-    family = manager.family("diffusion")
-    real = family.real_reference(config, 1000)
-    images = family.images_dir(config)
+    manager, config, real, images = diffusion_reference(["recipe=image_tiny"], 1000)
     shape = (1, 1, 16, 16)
     labels = class_labels(count)
     guidance = config.sample.guidance
@@ -117,7 +101,7 @@ def main() -> None:
                 scores[name]["diversity_ratio"] = within_class_diversity(
                     samples[name], labels
                 ) / within_class_diversity(samples["teacher50"], labels)
-            rates = _rates(arms, labels[:250], shape, 2 if args.quick else 5)
+            rates = interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
 
     teacher50 = scores["teacher50"]
     figures = {
@@ -132,36 +116,18 @@ def main() -> None:
         figures[f"{name}_diversity_ratio"] = score["diversity_ratio"]
         figures[f"{name}_mse_to_teacher50"] = score["mse_to_teacher50"]
         figures[f"{name}_images_per_s"] = rates[name]
-    rows = [
-        [
-            name,
-            f"{s['fd']:.2f}",
-            f"{s['fd'] / teacher50['fd']:.3f}",
-            f"{s['accuracy']:.3f}",
-            f"{s['mse_to_teacher50']:.4f}",
-            f"{s['diversity_ratio']:.3f}",
-            f"{rates[name]:.1f}",
-        ]
+    columns = ["MSE to teacher 50 (same noise)", "diversity / teacher 50", "images/s"]
+    cells = {
+        name: [f"{s['mse_to_teacher50']:.4f}", f"{s['diversity_ratio']:.3f}", f"{rates[name]:.1f}"]
         for name, s in scores.items()
-    ]
+    }
     details = {
         "distillation": f"{steps} steps x 16 noise seeds, image_distill_tiny (lr 1e-4, constant)",
         "samples": count,
         "training": trained,
-        "tables": {
-            "4-step students against the teacher": {
-                "columns": [
-                    "arm",
-                    "Fréchet distance",
-                    "FD / teacher 50",
-                    "accuracy",
-                    "MSE to teacher 50 (same noise)",
-                    "diversity / teacher 50",
-                    "images/s",
-                ],
-                "rows": rows,
-            }
-        },
+        "tables": quality_table(
+            "4-step students against the teacher", scores, ("teacher 50", teacher50["fd"]), columns, cells
+        ),
     }
     write_result("step_distillation", args.quick, figures, TARGETS, details)
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: one data cache per session, tiny llm overrides, running `train` in-process or as a command.
+"""Shared fixtures: one data cache per session, tiny llm and smoke-sized overrides, running `train` in-process or as a command.
 
 Test modules are imported with ``--import-mode=importlib`` (docs/architecture.md, "Shadowing
 hazard"), so helpers reach them as fixtures rather than imports.
@@ -22,8 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Small enough for a few seconds per run on 2 cores; same family, data and code paths as llm_tiny.
-TINY_LLM = (
+# The llm family's model and data at their smallest; TINY_LLM and SMOKE["llm"] add the run's length.
+SMALL_LLM = (
     "recipe=llm_tiny",
     "model.hidden_size=32",
     "model.num_layers=2",
@@ -32,6 +32,10 @@ TINY_LLM = (
     "data.seq_len=32",
     "data.batch_size=4",
     "data.num_workers=0",
+)
+# Small enough for a few seconds per run on 2 cores; same family, data and code paths as llm_tiny.
+TINY_LLM = (
+    *SMALL_LLM,
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
     "trainer.limit_val_batches=2",
@@ -40,6 +44,76 @@ TINY_LLM = (
     "generate.max_new_tokens=4",
     "checkpoint.every_n_steps=2",
 )
+
+# Per family, overrides that make its smallest recipe run in seconds (3 steps, one validation), for the
+# plugin-family matrix (tests/test_plugin_family_matrix.py) and other smoke-sized runs. A family without
+# an entry fails test_every_family_has_a_smoke_setting instead of being skipped.
+SMOKE = {
+    "llm": [
+        *SMALL_LLM,
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "generate.max_new_tokens=2",
+        "trainer.progress_bar=false",
+    ],
+    "diffusion": [
+        "recipe=image_tiny",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.head_dim=16",
+        "model.ffn_dim=32",
+        "data.resolution=8",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "sample.steps=2",
+        "sample.grid_rows=1",
+        "sample.fd_samples=20",
+        "sample.eval_batch=20",
+        "trainer.progress_bar=false",
+    ],
+    "speech": [
+        "recipe=speech_tiny",
+        "data.num_mels=40",
+        "model.hidden_size=32",
+        "model.num_heads=2",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "model.ffn_hidden_size=64",
+        "model.subsampling_channels=8",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "decode.eval_utterances=4",
+        "trainer.progress_bar=false",
+    ],
+    "mixed_modal": [
+        "recipe=mixed_modal_tiny",
+        "model.hidden_size=32",
+        "model.num_layers=2",
+        "model.num_heads=2",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "trainer.limit_val_batches=1",
+        "generate.captions=[a thick seven]",
+        "generate.images_per_caption=1",
+        "generate.caption_images=2",
+        "trainer.progress_bar=false",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def smoke() -> dict[str, list[str]]:
+    """:data:`SMOKE`: per family, the overrides of a smoke-sized run."""
+    return SMOKE
 
 
 @pytest.fixture(scope="session", autouse=True)

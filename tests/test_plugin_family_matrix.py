@@ -8,75 +8,6 @@ import pytest
 
 from jevons.framework.plugin_manager import PluginManager, unsupported_reason
 
-# Per family, overrides that make its smallest recipe run in seconds. A family without
-# an entry fails test_every_family_has_a_smoke_setting instead of being skipped.
-SMOKE = {
-    "llm": [
-        "recipe=llm_tiny",
-        "model.hidden_size=32",
-        "model.num_layers=2",
-        "model.num_heads=2",
-        "model.max_seq_len=32",
-        "data.seq_len=32",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-        "trainer.limit_val_batches=1",
-        "generate.max_new_tokens=2",
-        "trainer.progress_bar=false",
-    ],
-    "diffusion": [
-        "recipe=image_tiny",
-        "model.num_layers=1",
-        "model.num_heads=2",
-        "model.head_dim=16",
-        "model.ffn_dim=32",
-        "data.resolution=8",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-        "trainer.limit_val_batches=1",
-        "sample.steps=2",
-        "sample.grid_rows=1",
-        "sample.fd_samples=20",
-        "sample.eval_batch=20",
-        "trainer.progress_bar=false",
-    ],
-    "speech": [
-        "recipe=speech_tiny",
-        "data.num_mels=40",
-        "model.hidden_size=32",
-        "model.num_heads=2",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "model.ffn_hidden_size=64",
-        "model.subsampling_channels=8",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-        "trainer.limit_val_batches=1",
-        "decode.eval_utterances=4",
-        "trainer.progress_bar=false",
-    ],
-    "mixed_modal": [
-        "recipe=mixed_modal_tiny",
-        "model.hidden_size=32",
-        "model.num_layers=2",
-        "model.num_heads=2",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer.max_steps=3",
-        "trainer.val_check_interval=3",
-        "trainer.limit_val_batches=1",
-        "generate.captions=[a thick seven]",
-        "generate.images_per_caption=1",
-        "generate.caption_images=2",
-        "trainer.progress_bar=false",
-    ],
-}
 # Families whose data a session fixture builds: the fixture's folder becomes data.source.
 DATA_FIXTURE = {"speech": "speech_corpus"}
 
@@ -125,17 +56,17 @@ PAIRS = [
 ]
 
 
-def test_every_family_has_a_smoke_setting() -> None:
-    assert set(_manager.families) == set(SMOKE)
+def test_every_family_has_a_smoke_setting(smoke) -> None:
+    assert set(_manager.families) == set(smoke)  # smoke: tests/conftest.py's SMOKE
     assert PAIRS, "no built-in plugin runs on any family"
 
 
 @pytest.mark.parametrize("plugin, family", PAIRS, ids=[f"{p}-{f}" for p, f in PAIRS])
-def test_plugin_trains_with_family(train, run_root, request, plugin: str, family: str) -> None:
+def test_plugin_trains_with_family(train, run_root, request, smoke, plugin: str, family: str) -> None:
     extra = PLUGIN_SMOKE.get(plugin, {}).get(family, [])
     if family in DATA_FIXTURE:
         extra = [f"data.source={request.getfixturevalue(DATA_FIXTURE[family])}", *extra]
-    result = train([*SMOKE[family], f"plugins=[{plugin}]", *extra, f"run.root={run_root}"])
+    result = train([*smoke[family], f"plugins=[{plugin}]", *extra, f"run.root={run_root}"])
     assert result.summary["steps"] == 3
     assert result.summary["plugins"] == plugin
     assert result.summary["train_loss"] is not None and result.summary["val_loss"] is not None

@@ -6,6 +6,7 @@ spatial only: frames are kept.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.generate import DiffusionSampler, classifier_free_guidance
 from jevons.recipes.diffusion.objective import add_noise
 
 
@@ -126,7 +128,7 @@ class CascadeObjective(Objective):
         return ObjectiveOutput(loss=total / count, weight=count, metrics=metrics)
 
 
-class CascadeSampler:
+class CascadeSampler(DiffusionSampler):
     """``sampler(labels, shape)``: stage by stage, each conditioned on the last, the final at ``shape``."""
 
     def __init__(
@@ -144,14 +146,13 @@ class CascadeSampler:
         self.condition_noise = condition_noise
         self.calls: list[SamplingCall] = []  # for the run's report
 
-    @torch.no_grad()
-    def __call__(
+    def sample(
         self,
         labels: torch.Tensor,
         shape: Sequence[int],
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int = 0,
+        steps: int | None,
+        guidance: float,
+        generator: torch.Generator,
         stage_steps: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """``shape`` is the final ``(C, F, H, W)``; ``stage_steps`` overrides the steps per stage, and
@@ -159,14 +160,11 @@ class CascadeSampler:
         # From its module: the package's lazy top level shows mypy a placeholder class.
         from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
-        guidance = self.guidance if guidance is None else guidance
         plan = list(stage_steps) if stage_steps else [s for _, s in self.stages]
         if steps is not None:
             plan[0] = steps
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed)
         channels, frames = shape[0], shape[1]
-        unconditional = torch.full_like(labels, NO_DIGIT)
         previous: torch.Tensor | None = None
         for stage, ((res, _), count) in enumerate(zip(self.stages, plan)):
             x = torch.randn((labels.shape[0], channels, frames, res, res), generator=generator)
@@ -177,18 +175,11 @@ class CascadeSampler:
                 condition = condition + self.condition_noise * torch.randn(condition.shape, generator=generator)
             scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.shift)
             scheduler.set_timesteps(count)
+            predict = functools.partial(velocity, self.model, stage=stage)  # predict(noisy, condition, sigma, labels)
             for t in scheduler.timesteps:
                 sigma = (t / 1000.0).expand(labels.shape[0])
-                both = velocity(
-                    self.model,
-                    torch.cat([x, x]),
-                    torch.cat([condition, condition]),
-                    torch.cat([sigma, sigma]),
-                    torch.cat([labels, unconditional]),
-                    stage,
-                )
-                conditional, free = both.chunk(2)
-                x = scheduler.step(free + guidance * (conditional - free), t, x).prev_sample
+                guided = classifier_free_guidance(predict, (x, condition, sigma), labels, guidance)
+                x = scheduler.step(guided, t, x).prev_sample
             previous = x.clamp(-1.0, 1.0)
         resolutions = [res for res, _ in self.stages]
         self.calls.append(SamplingCall(labels.shape[0], resolutions, plan, time.perf_counter() - started))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.generate import DiffusionSampler, guided_velocity
 
 SEED_STRIDE = 1_000_003
 """Seeds of different runs' samples are ``run_seed * SEED_STRIDE + index``."""
@@ -47,17 +48,6 @@ def shifted_schedule(steps: int, shift: float) -> torch.Tensor:
     """``steps + 1`` sigmas from 1 to 0, evenly spaced then shifted as FlowMatchEulerDiscreteScheduler does."""
     sigmas = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return (shift * sigmas / (1.0 + (shift - 1.0) * sigmas)).float()
-
-
-def guided_velocity(
-    model: Any, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor, guidance: float
-) -> torch.Tensor:
-    """Classifier-free guided velocity (Ho & Salimans, 2022); one batched call for both branches."""
-    if guidance == 1.0:
-        return model(x, sigma, labels)
-    unconditional = torch.full_like(labels, NO_DIGIT)
-    conditional, free = model(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, unconditional])).chunk(2)
-    return free + guidance * (conditional - free)
 
 
 def seeded_inputs(seeds: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +92,7 @@ def sample_on_schedule(
     return x
 
 
-class StudentSampler:
+class StudentSampler(DiffusionSampler):
     """The distilled student's generator: Euler steps on its schedule (``model.student_sigmas``), no
     guidance (the teacher's guidance is distilled into it). The family's sampler interface."""
 
@@ -118,14 +108,8 @@ class StudentSampler:
     def steps(self) -> int:
         return len(self.sigmas) - 1
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        labels: torch.Tensor,
-        shape: Sequence[int],
-        steps: int | None = None,
-        guidance: float | None = None,
-        seed: int = 0,
+    def sample(
+        self, labels: torch.Tensor, shape: Sequence[int], steps: int | None, guidance: float, generator: torch.Generator
     ) -> torch.Tensor:
         if steps is not None and steps != self.steps:
             from jevons.framework.errors import UsageError
@@ -135,7 +119,5 @@ class StudentSampler:
                 f"{[round(s, 4) for s in self.sigmas.tolist()]}; steps={steps} was asked for."
             )
         device = next(self.model.parameters()).device
-        generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((labels.shape[0], *shape), generator=generator).to(device)
-        guidance = self.guidance if guidance is None else guidance
         return sample_on_schedule(self.model, noise, labels.to(device), self.sigmas, guidance).clamp(-1.0, 1.0)

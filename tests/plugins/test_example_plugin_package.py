@@ -35,6 +35,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_installed_example_plugin_acts_on_a_run(command, site: Path, tmp_path: Path) -> None:
+    # The one-layer tiny llm run of tests/framework/test_reports.py (RUN) with the example, written out as the
+    # command line a user of the installed package types; the example's own test copies it.
     args = [
         "train",
         "recipe=llm_tiny",

@@ -93,11 +93,12 @@ def test_split_of_a_model_without_embeddings_with_convs_and_an_expert_stack() ->
     assert roles["stem.weight"] == "input stem" and roles["out.weight"] == "output head"
 
 
-def _muon(params_and_views, lr=0.1, decay=0.0, rule="keller", nesterov=True) -> Muon:
-    groups = parameter_groups(
+def _groups(params_and_views, decayed=(), undecayed=(), lr=0.1, decay=0.0, rule="keller", nesterov=True) -> list:
+    """``parameter_groups`` with the muon section's defaults, one rate and one decay for both halves."""
+    return parameter_groups(
         params_and_views,
-        [],
-        [],
+        decayed,
+        undecayed,
         lr=lr,
         muon_lr=lr,
         weight_decay=decay,
@@ -109,6 +110,10 @@ def _muon(params_and_views, lr=0.1, decay=0.0, rule="keller", nesterov=True) -> 
         betas=(0.9, 0.95),
         eps=1e-8,
     )
+
+
+def _muon(params_and_views, lr=0.1, decay=0.0, rule="keller", nesterov=True) -> Muon:
+    groups = _groups(params_and_views, lr=lr, decay=decay, rule=rule, nesterov=nesterov)
     return Muon(
         groups, newton_schulz=lambda g, steps: newton_schulz_reference(g, steps=steps, compute_dtype=torch.float32)
     )
@@ -192,21 +197,7 @@ def test_adamw_half_is_torch_adamw_exactly() -> None:
     torch.manual_seed(3)
     ours = [torch.nn.Parameter(torch.randn(10)), torch.nn.Parameter(torch.randn(5, 3))]
     theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    groups = parameter_groups(
-        [],
-        [ours[1]],
-        [ours[0]],
-        lr=0.01,
-        muon_lr=0.01,
-        weight_decay=0.1,
-        muon_weight_decay=0.1,
-        momentum=0.95,
-        nesterov=True,
-        ns_steps=5,
-        rule="keller",
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    groups = _groups([], [ours[1]], [ours[0]], lr=0.01, decay=0.1)
     optimizer = Muon(groups, newton_schulz=newton_schulz_reference)
     reference = torch.optim.AdamW(
         [{"params": [theirs[1]], "weight_decay": 0.1}, {"params": [theirs[0]], "weight_decay": 0.0}],

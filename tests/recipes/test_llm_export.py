@@ -10,28 +10,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")  # in the test extra, so CI runs this
 
-RUN = [
-    "recipe=llm_tiny",
-    "model.hidden_size=32",
-    "model.num_layers=2",
-    "model.num_heads=2",
-    "model.max_seq_len=32",
-    "data.seq_len=32",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.max_steps=3",
-    "trainer.val_check_interval=3",
-    "trainer.limit_val_batches=1",
-    "generate.max_new_tokens=2",
-    "trainer.progress_bar=false",
-]
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, smoke: dict[str, list[str]]) -> Path:
     from jevons.framework.run import train
 
-    return train([*RUN, f"run.root={tmp_path_factory.mktemp('runs')}"], autoload=False).run_dir
+    return train([*smoke["llm"], f"run.root={tmp_path_factory.mktemp('runs')}"], autoload=False).run_dir
 
 
 def _ours(run_dir: Path, ids: torch.Tensor) -> torch.Tensor:

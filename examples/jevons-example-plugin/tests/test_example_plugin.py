@@ -10,6 +10,8 @@ import pytest
 from jevons.framework.errors import UsageError
 from jevons.framework.run import train
 
+# Copied from tests/plugins/test_example_plugin_package.py (the tiny llm run with this plugin, one layer):
+# the example package cannot import the project's tests.
 TINY = [
     "recipe=llm_tiny",
     "plugins=[example]",
