@@ -35,16 +35,18 @@ from jevons.framework.plugin_manager import PluginManager
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
+    from jevons.framework.protocols import BatchSampler, Generator, MapDataset
+
 
 @dataclass
 class Built:
     model: torch.nn.Module
     objective: Objective
     optimization: Optimization
-    datasets: dict[str, Any]
-    batch_samplers: dict[str, Any]
-    generator: Any
-    callbacks: list[Any] = field(default_factory=list)
+    datasets: dict[str, MapDataset]
+    batch_samplers: dict[str, BatchSampler]
+    generator: Generator
+    callbacks: list[pl.Callback] = field(default_factory=list)
     replaced: dict[str, str] = field(default_factory=dict)
     """Module name to the plugin that replaced it."""
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     import torch
 
     from jevons.framework.config.schema import Config
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator, MapDataset
 
 ConfigT = TypeVar("ConfigT", bound="Config")
 """A family's config class: :class:`~jevons.framework.config.schema.Config` and the family's sections."""
@@ -124,13 +126,13 @@ class Family(Protocol[ConfigT]):
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
         """``(qualified_name, layer_index, module)`` for each module ``replace_ffn`` may replace."""
 
-    def build_dataset(self, config: ConfigT, split: str) -> Any:
+    def build_dataset(self, config: ConfigT, split: str) -> MapDataset:
         """A map-style dataset with ``lengths`` (one or two per sample) and ``collate``."""
 
-    def default_objective(self, model: torch.nn.Module, config: ConfigT) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: ConfigT) -> Objective:
         """The objective used when no plugin answers ``make_objective``."""
 
-    def default_generator(self, model: torch.nn.Module, config: ConfigT) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: ConfigT) -> Generator:
         """The generator used when no plugin answers ``make_generator``."""
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:

@@ -15,6 +15,7 @@ Keep the module's top level light: import torch and friends inside hook bodies.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pluggy
 
@@ -34,12 +35,17 @@ class PluginInfo:
         present, whatever the family.
     :param conflicts: names of plugins this one cannot run with.
     :param description: one line for ``jevons plugins``.
+    :param config: the dataclass of the plugin's config section, registered under the plugin's
+        name while plugins load (the section a run's ``configure`` reads with
+        :func:`~jevons.framework.config.schema.section`); None for a plugin without settings.
+        The ``register_config`` hook does the same for a section of another name.
     """
 
     families: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
     description: str = ""
+    config: type[Any] | None = None
 
 
 def plugin_info(plugin: object) -> PluginInfo:

@@ -135,11 +135,16 @@ class PluginManager:
             self.register(plugin, entry_point.name, version=version)
 
     def collect(self) -> None:
-        """Call every plugin's load-time ``register_*`` hooks, in registration order, and fill the registries."""
+        """Call every plugin's load-time ``register_*`` hooks, in registration order, and fill the registries
+        (a ``PluginInfo.config`` section first, under its plugin's name)."""
         from jevons.kernels import dispatch
 
         for plugin in self._answering("register_recipes"):
             self._call_one("register_recipes", plugin, register=lambda item, _p=plugin: self._add_recipes(item, _p))
+        for plugin in self.names():
+            schema = self.info(plugin).config
+            if schema is not None:
+                self._add_section(plugin, schema, plugin)
         for plugin in self._answering("register_config"):
             self._call_one(
                 "register_config", plugin, register=lambda name, schema, _p=plugin: self._add_section(name, schema, _p)

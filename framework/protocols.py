@@ -82,12 +82,11 @@ class BatchSampler(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
-    """The inference sampler of a run: a callable holding the model it samples from.
+    """The inference sampler of a run: an object holding the model it samples from.
 
-    Its call signature is its family's (text prompts for ``llm``, class labels and
-    a shape for ``diffusion``...); the family's ``evaluate`` and ``sample`` call it.
+    How it is called is its family's: a call with prompts (``llm``), with class labels and a
+    shape (``diffusion``), with features (``speech``), or ``images``/``captions`` methods
+    (``mixed_modal``); the family's ``evaluate`` and ``sample`` use it.
     """
 
     model: torch.nn.Module
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

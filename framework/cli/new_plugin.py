@@ -64,7 +64,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -75,18 +75,16 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-PLUGIN_INFO = PluginInfo(description="Gradient norm of every training step, reported in the run summary")
-
-
 @dataclass
 class {config_class}:
     log_every: int = 10
     """Log the gradient norm to the run's metrics every this many steps."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("{name}", {config_class})
+# The config section is registered under the plugin's name ("{name}").
+PLUGIN_INFO = PluginInfo(
+    description="Gradient norm of every training step, reported in the run summary", config={config_class}
+)
 
 
 @hookimpl

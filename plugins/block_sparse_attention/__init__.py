@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     import torch
 
     from jevons.framework.protocols import AttentionProcessor
-
-PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Adaptive block-sparse self-attention (Video-BLADE ASA)")
 
 
 @dataclass
@@ -53,9 +51,11 @@ class BlockSparseAttentionConfig:
     """(frames, height, width) of a tile of ``block_size`` tokens; null: near-cubic."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("block_sparse_attention", BlockSparseAttentionConfig)
+PLUGIN_INFO = PluginInfo(
+    families=("diffusion",),
+    description="Adaptive block-sparse self-attention (Video-BLADE ASA)",
+    config=BlockSparseAttentionConfig,
+)
 
 
 @hookimpl

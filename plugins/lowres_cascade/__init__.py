@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator
-
-PLUGIN_INFO = PluginInfo(families=("diffusion",), description="LowDiff: one model refining low resolution to high")
 
 
 @dataclass
@@ -71,9 +69,11 @@ class LowresCascadeConfig:
     """Noise added to the previous stage's output before it conditions the next (as in training)."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("lowres_cascade", LowresCascadeConfig)
+PLUGIN_INFO = PluginInfo(
+    families=("diffusion",),
+    description="LowDiff: one model refining low resolution to high",
+    config=LowresCascadeConfig,
+)
 
 
 @hookimpl

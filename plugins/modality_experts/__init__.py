@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -35,10 +35,6 @@ from jevons.framework.plugin import PluginInfo, hookimpl
 if TYPE_CHECKING:
     import pytorch_lightning as pl
     import torch
-
-PLUGIN_INFO = PluginInfo(
-    capabilities=("token_modalities",), description="Modality-aware expert groups with expert-choice routing (MoMa)"
-)
 
 
 @dataclass
@@ -64,9 +60,11 @@ class ModalityExpertsConfig:
     """Replace the FFN of every layer_freq-th layer, from the first."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("modality_experts", ModalityExpertsConfig)
+PLUGIN_INFO = PluginInfo(
+    capabilities=("token_modalities",),
+    description="Modality-aware expert groups with expert-choice routing (MoMa)",
+    config=ModalityExpertsConfig,
+)
 
 
 @hookimpl

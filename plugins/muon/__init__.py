@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
     import torch
 
     from jevons.framework.optim import Optimization
-
-PLUGIN_INFO = PluginInfo(
-    description="Muon (Newton-Schulz orthogonalised momentum) for hidden matrices, AdamW for the rest"
-)
 
 
 @dataclass
@@ -73,9 +69,10 @@ class MuonConfig:
 KELLER_DEFAULT_LR = 0.02
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("muon", MuonConfig)
+PLUGIN_INFO = PluginInfo(
+    description="Muon (Newton-Schulz orthogonalised momentum) for hidden matrices, AdamW for the rest",
+    config=MuonConfig,
+)
 
 
 @hookimpl

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     import pytorch_lightning as pl
 
     from jevons.framework.protocols import BatchSampler, MapDataset
-
-PLUGIN_INFO = PluginInfo(description="2-D length bucketing with token-budget batches (Canary efficiency paper)")
 
 
 @dataclass
@@ -77,9 +75,10 @@ class PaddingAwareSamplingConfig:
     """The probe's limit; null: the accelerator's total memory (the probe needs one on CPU)."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("padding_aware_sampling", PaddingAwareSamplingConfig)
+PLUGIN_INFO = PluginInfo(
+    description="2-D length bucketing with token-budget batches (Canary efficiency paper)",
+    config=PaddingAwareSamplingConfig,
+)
 
 
 @hookimpl

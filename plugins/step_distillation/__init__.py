@@ -41,8 +41,6 @@ if TYPE_CHECKING:
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator
 
-PLUGIN_INFO = PluginInfo(families=("diffusion",), description="Data-free few-step distillation (TDM, BOSS baseline)")
-
 
 @dataclass
 class StepDistillationConfig:
@@ -78,11 +76,6 @@ class StepDistillationConfig:
     """Samples per digit the guard draws from student and teacher (the teacher's once, with ``teacher_steps``)."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("step_distillation", StepDistillationConfig)
-
-
 def teacher_folder(config: Config) -> Path:
     from jevons.recipes.diffusion.family import DiffusionModelConfig
 
@@ -100,6 +93,13 @@ def teacher_folder(config: Config) -> Path:
             f"{path / 'transformer'}/ and {path / 'conditioner.safetensors'} (written by `jevons export`)."
         )
     return path
+
+
+PLUGIN_INFO = PluginInfo(
+    families=("diffusion",),
+    description="Data-free few-step distillation (TDM, BOSS baseline)",
+    config=StepDistillationConfig,
+)
 
 
 @hookimpl

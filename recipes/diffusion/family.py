@@ -26,6 +26,8 @@ from jevons.framework.family import DataSource, EvalContext, FamilyBase
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.diffusion.model import DiffusionModel
 
 
@@ -158,7 +160,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         blocks = cast("DiffusionModel", model).blocks
         return [(f"transformer.blocks.{i}.ffn", i, block.ffn) for i, block in enumerate(blocks)]
 
-    def build_dataset(self, config: DiffusionConfig, split: str) -> Any:
+    def build_dataset(self, config: DiffusionConfig, split: str) -> MapDataset:
         from jevons.recipes.diffusion.data import DigitClips
 
         return DigitClips.from_folder(self.data_dir(config), split, config.data)
@@ -171,12 +173,12 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         dataset = self.build_dataset(config, "val")
         return torch.from_numpy(np.stack([dataset[i]["video"] for i in range(min(count, len(dataset)))]))
 
-    def default_objective(self, model: torch.nn.Module, config: DiffusionConfig) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: DiffusionConfig) -> Objective:
         from jevons.recipes.diffusion.objective import RectifiedFlowObjective
 
         return RectifiedFlowObjective(config.conditioning.dropout)
 
-    def default_generator(self, model: torch.nn.Module, config: DiffusionConfig) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: DiffusionConfig) -> Generator:
         from jevons.recipes.diffusion.generate import FlowSampler
 
         return FlowSampler(model, config.sample.steps, config.sample.guidance, config.sample.shift)

@@ -25,6 +25,8 @@ from jevons.recipes.llm.shape import TransformerShapeConfig, check_heads
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.llm.model import DecoderLM
 
 
@@ -97,17 +99,17 @@ class LLMFamily(FamilyBase[LLMConfig]):
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
         return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(cast("DecoderLM", model).blocks)]
 
-    def build_dataset(self, config: LLMConfig, split: str) -> Any:
+    def build_dataset(self, config: LLMConfig, split: str) -> MapDataset:
         from jevons.recipes.llm.data import TokenWindows
 
         return TokenWindows.from_folder(self.data_dir(config), split, config.data)
 
-    def default_objective(self, model: torch.nn.Module, config: LLMConfig) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: LLMConfig) -> Objective:
         from jevons.recipes.llm.objective import NextTokenObjective
 
         return NextTokenObjective()
 
-    def default_generator(self, model: torch.nn.Module, config: LLMConfig) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: LLMConfig) -> Generator:
         from jevons.recipes.llm.data import load_tokenizer
         from jevons.recipes.llm.generate import TextGenerator
 

@@ -26,6 +26,8 @@ from jevons.recipes.llm.shape import TransformerShapeConfig, check_heads
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.mixed_modal.model import MixedModalDecoder
 
 
@@ -109,17 +111,17 @@ class MixedModalFamily(FamilyBase[MixedModalConfig]):
         """Each block's feed-forward; a replacement is called as ``ffn(x, context)`` (:class:`TokenContext`)."""
         return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(cast("MixedModalDecoder", model).blocks)]
 
-    def build_dataset(self, config: MixedModalConfig, split: str) -> Any:
+    def build_dataset(self, config: MixedModalConfig, split: str) -> MapDataset:
         from jevons.recipes.mixed_modal.data import CaptionedImages
 
         return CaptionedImages.from_folder(self.data_dir(config), split, config.data)
 
-    def default_objective(self, model: torch.nn.Module, config: MixedModalConfig) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: MixedModalConfig) -> Objective:
         from jevons.recipes.mixed_modal.objective import MixedModalObjective
 
         return MixedModalObjective()
 
-    def default_generator(self, model: torch.nn.Module, config: MixedModalConfig) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: MixedModalConfig) -> Generator:
         from jevons.recipes.mixed_modal.data import load_codebook, load_vocabulary
         from jevons.recipes.mixed_modal.generate import MixedModalGenerator
 

@@ -28,6 +28,8 @@ from jevons.recipes.speech.text import VOCAB
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.objective import Objective
+    from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.speech.model import SpeechRecognizer
 
 
@@ -140,17 +142,17 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
         decoder = [(f"decoder.{i}.ffn", offset + i, layer.ffn) for i, layer in enumerate(recognizer.decoder_blocks)]
         return encoder + decoder
 
-    def build_dataset(self, config: SpeechConfig, split: str) -> Any:
+    def build_dataset(self, config: SpeechConfig, split: str) -> MapDataset:
         from jevons.recipes.speech.data import Utterances
 
         return Utterances.from_folder(self.data_dir(config), split, config.data)
 
-    def default_objective(self, model: torch.nn.Module, config: SpeechConfig) -> Any:
+    def default_objective(self, model: torch.nn.Module, config: SpeechConfig) -> Objective:
         from jevons.recipes.speech.objective import HybridCTCAttentionObjective
 
         return HybridCTCAttentionObjective(config.loss.ctc_weight, config.loss.label_smoothing)
 
-    def default_generator(self, model: torch.nn.Module, config: SpeechConfig) -> Any:
+    def default_generator(self, model: torch.nn.Module, config: SpeechConfig) -> Generator:
         from jevons.recipes.speech.decode import Transcriber
 
         cfg = config.decode

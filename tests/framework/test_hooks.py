@@ -73,6 +73,29 @@ def test_hook_register_config() -> None:
         PluginManager.load([("scale", Scale()), ("other", Other())], autoload=False)
 
 
+def test_a_plugin_info_config_is_registered_under_the_plugins_own_name() -> None:
+    class Scale:
+        PLUGIN_INFO = PluginInfo(config=ScaleConfig)
+
+        @hookimpl
+        def modify_model(self, model, config):
+            pass
+
+    manager = PluginManager.load([("scale", Scale())], autoload=False)
+    assert manager.config_sections["scale"].value is ScaleConfig and manager.config_sections["scale"].plugin == "scale"
+    assert compose_config(manager, ["recipe=llm_tiny", "plugins=[scale]", "scale.factor=3"]).scale.factor == 3.0
+
+    class Squatter:
+        @hookimpl
+        def register_config(self, register):
+            register("scale", ScaleConfig)
+
+    with pytest.raises(
+        UsageError, match="Config section 'scale' is registered by both plugin 'scale' and plugin 'squatter'"
+    ):
+        PluginManager.load([("scale", Scale()), ("squatter", Squatter())], autoload=False)
+
+
 def test_hook_register_kernels() -> None:
     class Kernels:
         @hookimpl

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -28,8 +28,6 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-PLUGIN_INFO = PluginInfo(description="SGD with Nesterov momentum, and a JSON-lines loss log")
-
 
 @dataclass
 class ExampleConfig:
@@ -39,9 +37,7 @@ class ExampleConfig:
     """File in the run directory that receives one JSON line per training step."""
 
 
-@hookimpl
-def register_config(register: Callable[[str, type[Any]], None]) -> None:
-    register("example", ExampleConfig)
+PLUGIN_INFO = PluginInfo(description="SGD with Nesterov momentum, and a JSON-lines loss log", config=ExampleConfig)
 
 
 @hookimpl
