@@ -30,7 +30,19 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
     return parser.parse_args()
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def machine() -> str:
+    """What a results JSON records about where it ran: CPU model, cores, torch threads, GPU, torch version."""
     cpus = os.cpu_count()
     try:
         import torch
@@ -40,9 +52,7 @@ def machine() -> str:
         versions = f"torch {torch.__version__}"
     except ImportError:
         threads, device, versions = "?", "?", ""
-    return f"{platform.machine()} {platform.processor() or ''} {cpus} CPUs ({threads} torch threads), {device}, {versions}".replace(
-        "  ", " "
-    )
+    return f"{platform.machine()} {cpu_model()}, {cpus} CPUs ({threads} torch threads), {device}, {versions}"
 
 
 def commit() -> str:
