@@ -9,9 +9,12 @@ never imported on a machine that does not use it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jevons.framework.plugin import hookimpl
+
+if TYPE_CHECKING:
+    from jevons.framework.protocols import KernelRegistrar
 
 
 def _newton_schulz_reference() -> Callable[..., Any]:
@@ -56,7 +59,7 @@ def _cuda() -> bool:
 
 
 @hookimpl
-def register_kernels(register):
+def register_kernels(register: KernelRegistrar) -> None:
     register("newton_schulz", "reference", _newton_schulz_reference, priority=0)
     # Below the reference until benchmarks/gpu_check.py shows it faster on a GPU;
     # `kernels.newton_schulz=triton` selects it explicitly.

@@ -28,10 +28,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 
 def num_blocks(length: int, block_size: int) -> int:
@@ -142,13 +146,13 @@ def block_sparse_attention_gather(
 
 
 @functools.lru_cache(maxsize=1)
-def _compiled_flex_attention():
+def _compiled_flex_attention() -> Callable[..., torch.Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False)
 
 
-def flex_block_mask(block_mask: torch.Tensor, block_size: int, length: int):
+def flex_block_mask(block_mask: torch.Tensor, block_size: int, length: int) -> BlockMask:
     """A FlexAttention ``BlockMask`` keeping exactly the blocks of ``block_mask`` (tokens past ``S`` masked)."""
     from torch.nn.attention.flex_attention import BlockMask
 
