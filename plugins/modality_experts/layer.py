@@ -246,8 +246,3 @@ class ModalityExperts(nn.Module):
             self.expert_load[self.offsets[group] : self.offsets[group] + len(load)] += load.to(self.expert_load.device)
         self.counts[phase] += tokens
         self.counts[phase + 1] += len(assignments.expert)
-
-    @torch.no_grad()
-    def reset_counters(self) -> None:
-        self.expert_load.zero_()
-        self.counts.zero_()
