@@ -13,6 +13,18 @@ from jevons.plugins.padding_aware_sampling import PaddingAwareSamplingConfig
 from jevons.plugins.padding_aware_sampling.probe import CAPS_FILE, largest_fitting, probe_bucket_caps, step_memory
 from jevons.plugins.padding_aware_sampling.sampler import BucketingBatchSampler
 
+TINY_SPEECH = [
+    "data.num_mels=40",
+    "model.hidden_size=32",
+    "model.num_heads=2",
+    "model.encoder_layers=1",
+    "model.decoder_layers=1",
+    "model.ffn_hidden_size=64",
+    "model.subsampling_channels=8",
+    "data.num_workers=0",
+]
+"""A speech model small enough for a probe to search batch sizes in seconds."""
+
 
 @pytest.mark.parametrize(
     "threshold, upper, expected", [(37, 100, 37), (37, 20, 20), (1, 64, 1), (0, 8, 0), (64, 64, 64)]
@@ -77,14 +89,7 @@ def _speech_config(corpus: Path, *extra: str):
     overrides = [
         "recipe=speech_tiny",
         f"data.source={corpus}",
-        "data.num_mels=40",
-        "model.hidden_size=32",
-        "model.num_heads=2",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "model.ffn_hidden_size=64",
-        "model.subsampling_channels=8",
-        "data.num_workers=0",
+        *TINY_SPEECH,
         *extra,
     ]
     return manager, compose_config(manager, overrides)
@@ -133,14 +138,7 @@ def test_a_run_with_the_probe_writes_caps_and_its_batches_respect_them(
         [
             "recipe=speech_tiny",
             f"data.source={speech_corpus}",
-            "data.num_mels=40",
-            "model.hidden_size=32",
-            "model.num_heads=2",
-            "model.encoder_layers=1",
-            "model.decoder_layers=1",
-            "model.ffn_hidden_size=64",
-            "model.subsampling_channels=8",
-            "data.num_workers=0",
+            *TINY_SPEECH,
             "trainer.max_steps=12",
             "trainer.val_check_interval=12",
             "trainer.limit_val_batches=1",
