@@ -26,10 +26,11 @@ class PluginReport(Protocol):
     """A callback that reports figures for one plugin.
 
     The class defines ``report()`` only. ``plugin`` is the name of the plugin that
-    registered the callback: the framework sets it on every registered callback that has
-    a ``report`` method, right after that plugin's ``register_callbacks``
-    (:mod:`jevons.framework.build`), so a report never repeats its plugin's name and one
-    plugin's several reporters are filed under the same name.
+    registered the callback: once the enabled plugins' ``register_callbacks`` have run,
+    the framework sets it on each registered callback that has a ``report`` method and
+    no ``plugin`` of its own (:func:`jevons.framework.build.plugin_callbacks`), so a
+    report never repeats its plugin's name and one plugin's several reporters are filed
+    under the same name.
     """
 
     plugin: str

@@ -165,6 +165,6 @@ def plugin_callbacks(manager: PluginManager, config: Config) -> list[pl.Callback
                 f"register_callbacks got {type(callback).__name__}{hint}, expected a pytorch_lightning.Callback "
                 f"from plugin '{plugin}'."
             )
-        if callable(getattr(callback, "report", None)):  # a PluginReport: named by its registration
-            callback.plugin = plugin  # type: ignore[attr-defined]  # the PluginReport protocol's attribute
+        if callable(getattr(callback, "report", None)) and not getattr(callback, "plugin", None):
+            callback.plugin = plugin  # type: ignore[attr-defined]  # a PluginReport is named by its registration
     return [callback for _, callback in registered]

@@ -1,16 +1,18 @@
-"""Every use of a private API of Lightning or diffusers, in one place.
+"""Every use of a private API of Lightning, diffusers or pluggy, in one place.
 
 Each function names the versions it was checked against (the ranges
 pyproject.toml admits); ``tests/framework/test_compat.py`` pins each one's
 behaviour on the installed versions, so an upgrade that moves a private name
 fails there, with this module's name, instead of deep inside a run.
 
-Checked: pytorch-lightning 2.5 to 2.6.6, diffusers 0.42.1.
+Checked: pytorch-lightning 2.5 to 2.6.6, diffusers 0.42.1, pluggy 1.6.0.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import pluggy
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -48,3 +50,19 @@ def wan_qkv_projections(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.T
     # Self-attention: keys and values come from the hidden states too (diffusers' None means the same).
     query, key, value = _get_qkv_projections(attn, hidden_states, hidden_states)
     return query, key, value
+
+
+def pluggy_subset_caller(manager: pluggy.PluginManager, hook: str, keep: set[str]) -> pluggy.HookCaller:
+    """A hook caller of ``hook`` that reaches only the plugins named in ``keep``.
+
+    pluggy's public ``subset_hook_caller`` removes a plugin only if it has an
+    attribute named after the hook, so an implementation registered under another
+    name (``@hookimpl(specname="configure")``) would still run for a plugin that is
+    not enabled. pluggy 1.5-1.6: ``_hooks._SubsetHookCaller(orig, remove_plugins)``
+    filters by plugin object whatever the function's name.
+    """
+    from pluggy._hooks import _SubsetHookCaller
+
+    orig: pluggy.HookCaller = getattr(manager.hook, hook)
+    remove = {plugin for name, plugin in manager.list_name_plugin() if name not in keep}
+    return _SubsetHookCaller(orig, remove) if remove else orig

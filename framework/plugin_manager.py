@@ -12,7 +12,8 @@ Every hook is called through a pluggy hook caller, so pluggy wrappers
 (``@hookimpl(wrapper=True)``) work on every hook; only enabled plugins act on
 a run. Hooks whose answers must be attributed to one plugin (the load-time
 ``register_*`` hooks and ``replace_*``) are called once per answering plugin,
-with every wrapper of the hook around each call; the others are one call over
+with every wrapper of the hook around each call (wrappers alone: one call);
+the others are one call over
 the enabled plugins, in pluggy's order (the plugin registered last runs
 first). A failing hook becomes a :class:`PluginError` naming plugin and hook;
 ``JEVONS_TRACE_HOOKS=1`` prints every call through pluggy's hook-call
@@ -29,12 +30,14 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Generic, TypeVar
 
 import pluggy
 import yaml
 
 from jevons.framework import builtins, hookspecs
+from jevons.framework.compat import pluggy_subset_caller
 from jevons.framework.errors import PluginError, UsageError, did_you_mean, format_choices
 from jevons.framework.family import Family, RecipeDirectory
 from jevons.framework.plugin import ENTRY_POINT_GROUP, PluginInfo, plugin_info
@@ -54,6 +57,8 @@ class Registered(Generic[T]):
 
     value: T
     plugin: str
+    source: str = ""
+    """How it was registered (a hook's name, or ``PluginInfo.config``), for error messages."""
 
 
 @dataclass(frozen=True)
@@ -139,18 +144,18 @@ class PluginManager:
         (a ``PluginInfo.config`` section first, under its plugin's name)."""
         from jevons.kernels import dispatch
 
-        for plugin in self._answering("register_recipes"):
-            self._call_one("register_recipes", plugin, register=lambda item, _p=plugin: self._add_recipes(item, _p))
+        for plugin, impls in self._groups("register_recipes"):
+            self._call("register_recipes", impls, register=lambda item, _p=plugin: self._add_recipes(item, _p))
         for plugin in self.names():
             schema = self.info(plugin).config
             if schema is not None:
-                self._add_section(plugin, schema, plugin)
-        for plugin in self._answering("register_config"):
-            self._call_one(
-                "register_config", plugin, register=lambda name, schema, _p=plugin: self._add_section(name, schema, _p)
+                self._add_section(plugin, schema, plugin, source="PluginInfo.config")
+        for plugin, impls in self._groups("register_config"):
+            self._call(
+                "register_config", impls, register=lambda name, schema, _p=plugin: self._add_section(name, schema, _p)
             )
-        for plugin in self._answering("register_kernels"):
-            self._call_one("register_kernels", plugin, register=dispatch.registrar(plugin))
+        for plugin, impls in self._groups("register_kernels"):
+            self._call("register_kernels", impls, register=dispatch.registrar(plugin))
 
     def _add_recipes(self, item: Any, plugin: str) -> None:
         directory: Path | None
@@ -181,13 +186,13 @@ class PluginManager:
                 )
             self.recipes[name] = Recipe(name, path, family or _read_family(path), plugin)
 
-    def _add_section(self, name: str, schema: type, plugin: str) -> None:
+    def _add_section(self, name: str, schema: type, plugin: str, source: str = "register_config") -> None:
         if name in self.config_sections:
             raise UsageError(
                 f"Config section '{name}' is registered by both plugin '{self.config_sections[name].plugin}' "
                 f"and plugin '{plugin}'."
             )
-        self.config_sections[name] = Registered(schema, plugin)
+        self.config_sections[name] = Registered(schema, plugin, source)
 
     # -- what is loaded ------------------------------------------------------
 
@@ -254,70 +259,62 @@ class PluginManager:
     def call_all(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> list[Any]:
         """One pluggy call of ``hook`` over the enabled plugins, wrappers included; the non-None answers."""
         impls = self._impls(hook, enabled)
-        if not impls:
-            return []
-        try:
-            return list(self._caller(hook, {i.plugin_name for i in impls})(**kwargs))
-        except UsageError:
-            raise
-        except Exception as error:
-            raise PluginError(_blame(error, impls), hook, error) from error
+        return list(self._call(hook, impls, **kwargs)) if impls else []
 
     def call_first(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> Any:
         """Call a ``make_*`` (firstresult) hook on the enabled plugins, wrappers included; the answer or None."""
         impls = self._impls(hook, enabled)
-        if not impls:
-            return None
-        try:
-            return self._caller(hook, {i.plugin_name for i in impls})(**kwargs)
-        except UsageError:
-            raise
-        except Exception as error:
-            raise PluginError(_blame(error, impls), hook, error) from error
+        return self._call(hook, impls, **kwargs) if impls else None
 
     def call_each(self, hook: str, enabled: Sequence[str], **kwargs: Any) -> list[tuple[str, Any]]:
         """Ask each enabled plugin that answers ``hook`` in turn (registration order), every enabled wrapper
         of the hook around each call: ``(plugin, answer)`` pairs, so each answer is attributed."""
-        return [(plugin, self._call_one(hook, plugin, enabled, **kwargs)) for plugin in self._answering(hook, enabled)]
+        pairs = []
+        for plugin, impls in self._groups(hook, enabled):
+            answers = self._call(hook, impls, **kwargs)
+            pairs.append((plugin, answers[0] if answers else None))
+        return pairs
 
     def call_registering(
         self, hook: str, enabled: Sequence[str], add: Callable[[str, Any], None], **kwargs: Any
     ) -> None:
         """One pluggy call of a per-run ``register_*`` hook; ``add(plugin, item)`` for each ``register(item)``,
-        attributed to the plugin whose hook function made the call."""
+        attributed to the plugin whose hook function (or a function it called) made the call."""
         impls = self._impls(hook, enabled)
-        codes = {impl.function.__code__: impl.plugin_name for impl in impls}
 
         def register(item: Any) -> None:
-            frame = sys._getframe(1)
-            while frame is not None and frame.f_code not in codes:
-                frame = frame.f_back  # type: ignore[assignment]  # f_back is None only past the outermost frame
-            add(codes[frame.f_code] if frame is not None else impls[0].plugin_name, item)
+            frame: FrameType | None = sys._getframe(1)
+            while frame is not None:
+                owner = _owner(frame, impls)
+                if owner is not None:
+                    add(owner, item)
+                    return
+                frame = frame.f_back
+            raise UsageError(
+                f"{hook}'s register() was called after the hook returned; call it inside the hook implementation."
+            )
 
         self.call_all(hook, enabled, register=register, **kwargs)
 
-    def _answering(self, hook: str, enabled: Iterable[str] | None = None) -> list[str]:
-        """The plugins with a non-wrapper implementation of ``hook``, in registration order."""
-        return [impl.plugin_name for impl in self._impls(hook, enabled) if not _is_wrapper(impl)]
+    def _groups(self, hook: str, enabled: Iterable[str] | None = None) -> list[tuple[str, list[pluggy.HookImpl]]]:
+        """One call per answering plugin (registration order), each with every wrapper of the hook; when only
+        wrappers implement it, one call of them all, attributed to them."""
+        impls = self._impls(hook, enabled)
+        wrappers = [impl for impl in impls if _is_wrapper(impl)]
+        answering = [impl for impl in impls if not _is_wrapper(impl)]
+        if not answering:
+            return [(", ".join(w.plugin_name for w in wrappers), wrappers)] if wrappers else []
+        return [(impl.plugin_name, [impl, *wrappers]) for impl in answering]
 
-    def _call_one(self, hook: str, plugin: str, enabled: Iterable[str] | None = None, **kwargs: Any) -> Any:
-        """Call ``plugin``'s implementation of ``hook`` through pluggy, inside the enabled wrappers of the hook."""
-        wrappers = {impl.plugin_name for impl in self._impls(hook, enabled) if _is_wrapper(impl)}
-        caller = self._caller(hook, {plugin} | wrappers)
+    def _call(self, hook: str, impls: Sequence[pluggy.HookImpl], **kwargs: Any) -> Any:
+        """One pluggy call of ``hook`` reaching exactly the plugins of ``impls``; a failure names its plugin."""
+        caller = pluggy_subset_caller(self._pm, hook, {impl.plugin_name for impl in impls})
         try:
-            answers = caller(**kwargs)
+            return caller(**kwargs)
         except UsageError:
             raise
         except Exception as error:
-            raise PluginError(plugin, hook, error) from error
-        if caller.spec is not None and caller.spec.opts.get("firstresult"):
-            return answers
-        return answers[0] if answers else None
-
-    def _caller(self, hook: str, plugins: set[str]) -> Any:
-        """A pluggy hook caller of ``hook`` limited to ``plugins``."""
-        others = [p for name, p in self._pm.list_name_plugin() if name not in plugins]
-        return self._pm.subset_hook_caller(hook, remove_plugins=others)
+            raise PluginError(_blame(error, impls), hook, error) from error
 
     def _impls(self, hook: str, enabled: Iterable[str] | None = None) -> list[pluggy.HookImpl]:
         impls = getattr(self._pm.hook, hook).get_hookimpls()
@@ -358,12 +355,22 @@ def _is_wrapper(impl: pluggy.HookImpl) -> bool:
 
 def _blame(error: BaseException, impls: Sequence[pluggy.HookImpl]) -> str:
     """The plugin whose hook function is innermost in the traceback."""
-    codes = {impl.function.__code__: impl.plugin_name for impl in impls}
     blamed = impls[0].plugin_name
     for frame, _ in traceback.walk_tb(error.__traceback__):
-        if frame.f_code in codes:
-            blamed = codes[frame.f_code]
+        blamed = _owner(frame, impls) or blamed
     return blamed
+
+
+def _owner(frame: FrameType, impls: Sequence[pluggy.HookImpl]) -> str | None:
+    """The plugin whose hook implementation ``frame`` runs, or None. Two plugins may share a function's
+    code (two instances of one class): a method's frame is matched by its ``self`` too."""
+    for impl in impls:
+        function = impl.function
+        if frame.f_code is getattr(function, "__code__", None):
+            bound_to = getattr(function, "__self__", None)
+            if bound_to is None or frame.f_locals.get("self") is bound_to:
+                return impl.plugin_name
+    return None
 
 
 def _describe_plugin(plugin: object) -> str:

@@ -83,7 +83,8 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
             elif section in raw:
                 to_dataclass(schema, raw[section], section)
         except TypeError as error:  # a schema the validator cannot read: the plugin's bug, not the user's
-            raise PluginError(manager.config_sections[section].plugin, "register_config", error) from None
+            registered = manager.config_sections[section]
+            raise PluginError(registered.plugin, registered.source, error) from None
     schema = run_schema(
         family.config_class, {s: sections[s] for s in enabled if s in sections}, LAUNCHER_SCHEMAS[launcher_name]
     )

@@ -58,3 +58,33 @@ def test_wan_qkv_projections_are_the_attention_modules_own_projections() -> None
     query, key, value = wan_qkv_projections(attn, hidden)
     assert torch.equal(query, attn.to_q(hidden)) and torch.equal(key, attn.to_k(hidden))
     assert torch.equal(value, attn.to_v(hidden)) and query.shape == (3, 5, 16)
+
+
+def test_pluggy_subset_caller_reaches_exactly_the_kept_plugins_whatever_their_function_names() -> None:
+    import pluggy
+
+    from jevons.framework.compat import pluggy_subset_caller
+
+    spec, impl = pluggy.HookspecMarker("probe"), pluggy.HookimplMarker("probe")
+
+    class Specs:
+        @spec
+        def ping(self) -> None: ...
+
+    class Named:
+        @impl
+        def ping(self) -> str:
+            return "named"
+
+    class Renamed:
+        @impl(specname="ping")
+        def answer(self) -> str:
+            return "renamed"
+
+    manager = pluggy.PluginManager("probe")
+    manager.add_hookspecs(Specs)
+    manager.register(Named(), name="named")
+    manager.register(Renamed(), name="renamed")
+    assert pluggy_subset_caller(manager, "ping", {"named"})() == ["named"]
+    assert pluggy_subset_caller(manager, "ping", {"renamed"})() == ["renamed"]
+    assert sorted(pluggy_subset_caller(manager, "ping", {"named", "renamed"})()) == ["named", "renamed"]

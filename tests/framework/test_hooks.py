@@ -565,3 +565,88 @@ def test_a_wrapper_on_register_callbacks_takes_effect_and_reports_are_named_by_r
     assert inner.batches == outer.batches == 3
     assert (inner.plugin, outer.plugin) == ("inner", "outer")
     assert result.summary["plugin_figures"] == {"inner": {"batches": 3}, "outer": {"batches": 3}}
+
+
+def test_a_plugin_that_is_not_enabled_never_runs_even_under_another_function_name() -> None:
+    ran: list[str] = []
+
+    class Renamed:
+        @hookimpl(specname="configure")
+        def check_my_section(self, config):
+            ran.append("renamed")
+
+    class Plain:
+        @hookimpl
+        def configure(self, config):
+            ran.append("plain")
+
+    manager = PluginManager.load([("renamed", Renamed()), ("plain", Plain())], autoload=False)
+    compose_config(manager, ["recipe=llm_tiny", "plugins=[plain]"])
+    assert ran == ["plain"]
+
+
+def test_one_pluggy_call_runs_the_plugin_registered_last_first() -> None:
+    order: list[str] = []
+
+    def plugin(name: str) -> object:
+        class Ordered:
+            @hookimpl
+            def configure(self, config):
+                order.append(name)
+
+        return Ordered()
+
+    manager = PluginManager.load([("first", plugin("first")), ("second", plugin("second"))], autoload=False)
+    compose_config(manager, ["recipe=llm_tiny", "plugins=[first,second]"])
+    assert order == ["second", "first"]  # pluggy's order, as documented in docs/hooks.md
+
+
+def test_callbacks_of_two_instances_of_one_plugin_class_are_credited_to_each() -> None:
+    from jevons.framework.build import plugin_callbacks
+
+    class Report(pl.Callback):
+        def report(self) -> dict[str, int]:
+            return {}
+
+    class Reporting:
+        @hookimpl
+        def register_callbacks(self, register, config):
+            register(Report())
+
+    manager = PluginManager.load([("one", Reporting()), ("two", Reporting())], autoload=False)
+    config = compose_config(manager, ["recipe=llm_tiny", "plugins=[one,two]"])
+    assert [callback.plugin for callback in plugin_callbacks(manager, config)] == ["one", "two"]
+
+
+def test_a_wrapper_alone_on_replace_attention_answers_and_a_failing_wrapper_is_blamed(train, tiny) -> None:
+    class HalveAll:
+        @hookimpl(wrapper=True)
+        def replace_attention(self, module, name, config):
+            answers = yield
+            return answers or [ScaledAttention(module)]
+
+    from jevons.framework import distributed
+    from jevons.framework.build import build_model_and_objective
+
+    manager = PluginManager.load([("halve", HalveAll())], autoload=False)
+    config = compose_config(manager, [*tiny("plugins=[halve]")])
+    with distributed.initialized(config.parallel):
+        model, _, replaced = build_model_and_objective(manager, manager.family(config.family), config)
+    assert replaced == {"layers.0.attn": "halve", "layers.1.attn": "halve"}
+    assert isinstance(model.get_submodule("layers.1.attn"), ScaledAttention)
+
+    class Answer:
+        @hookimpl
+        def replace_attention(self, module, name, config):
+            return None
+
+    class BrokenWrapper:
+        @hookimpl(wrapper=True)
+        def replace_attention(self, module, name, config):
+            yield
+            raise RuntimeError("wrapper broke")
+
+    with pytest.raises(PluginError, match="plugin 'broken_wrapper' failed in hook 'replace_attention'"):
+        train(
+            tiny("plugins=[answer,broken_wrapper]"), plugins=[("answer", Answer()), ("broken_wrapper", BrokenWrapper())]
+        )
