@@ -13,33 +13,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
+from jevons.framework.process_env import ProcessEnv, process_env
 
-
-@dataclass(frozen=True)
-class ProcessEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def process_env() -> ProcessEnv:
-    """This process' rank, world size and local rank, from torchrun's or Slurm's variables."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return ProcessEnv(
-            int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
-        )
-    if "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
-        return ProcessEnv(
-            int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"]), int(os.environ.get("SLURM_LOCALID", "0"))
-        )
-    return ProcessEnv(0, 1, 0)
+__all__ = ["ProcessEnv", "initialized", "process_env"]
 
 
 def check_parallel_sizes(parallel: ParallelConfig, world_size: int, cuda: bool) -> int:

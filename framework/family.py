@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
     from jevons.framework.config.schema import Config
+    from jevons.framework.data.importing import Importer
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator, MapDataset
 
@@ -117,6 +118,11 @@ class Family(Protocol[ConfigT]):
     def data_sources(self) -> Iterable[DataSource]:
         """Built-in datasets this family can generate (``jevons data NAME``)."""
 
+    def importers(self) -> Iterable[type[Importer[Any]]]:
+        """The kinds of users' files this family imports (``jevons data import KIND ...``): one
+        :class:`~jevons.framework.data.importing.Importer` subclass per kind. Where two families take
+        one kind, the one whose importer sets ``default_for_kind`` answers unless ``family=`` says."""
+
     def build_model(self, config: ConfigT) -> torch.nn.Module:
         """Build the model, tensor-parallel-aware from the start."""
 
@@ -164,6 +170,9 @@ class FamilyBase(Generic[ConfigT]):
         """Check the family's sections against the whole config at config time (no torch here)."""
 
     def data_sources(self) -> Iterable[DataSource]:
+        return ()
+
+    def importers(self) -> Iterable[type[Importer[Any]]]:
         return ()
 
     def data_dir(self, config: ConfigT) -> Path:

@@ -27,9 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("recipes", help="list recipes and their families")
     commands.add_parser("plugins", help="list plugins and the plugin x family matrix")
     commands.add_parser("hooks", help="list hooks and which plugins implement them")
-    data = commands.add_parser("data", help="build a built-in dataset (or list them)")
-    data.add_argument("name", nargs="?", help="a data source; omit to list them")
+    data = commands.add_parser(
+        "data",
+        help="build a built-in dataset (or list them); import your files; describe a data folder",
+        description="jevons data [NAME]: build a built-in dataset (none: list them). "
+        "jevons data import KIND INPUT... out=DIR [key=value ...]: your files to shards (jevons data import --help). "
+        "jevons data info DIR: counts, lengths and the import report of a data folder.",
+    )
+    data.add_argument("name", nargs="?", help="a data source, or 'import' / 'info'; omit to list the sources")
     data.add_argument("--root", help="cache folder (default $JEVONS_DATA or ~/.cache/jevons)")
+    data.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sample = commands.add_parser(
         "sample",
         help="generate from a trained run: run_dir=PATH [checkpoint=PATH] [out=DIR] key=value ...",
@@ -128,6 +135,18 @@ def _hooks(args: argparse.Namespace) -> int:
 def _data(args: argparse.Namespace) -> int:
     from jevons.framework.data.cache import data_root, ensure_built
 
+    if args.name == "import":
+        from jevons.framework.cli.data_import import import_command
+
+        return import_command(args.arguments)
+    if args.name == "info":
+        from jevons.framework.cli.data_import import info_command
+
+        if len(args.arguments) != 1:
+            raise UsageError("usage: jevons data info DIR (a folder written by jevons data import)")
+        return info_command(args.arguments[0])
+    if args.arguments:
+        raise UsageError(f"jevons data {args.name} takes no further arguments (got {' '.join(args.arguments)}).")
     manager = _manager()
     sources = {s.name: (s, f) for f, reg in sorted(manager.families.items()) for s in reg.value.data_sources()}
     if not args.name:

@@ -35,7 +35,7 @@ class ShardIndex:
 
     path: Path
     shards: list[dict[str, Any]]
-    lengths: np.ndarray  # (N,) or (N, k) integer lengths, one row per sample
+    lengths: np.ndarray  # (N, k) integer lengths, one row per sample
     length_names: list[str]
 
     @property
@@ -78,14 +78,32 @@ def write_shards(
     for number, count in enumerate(counts):
         filename = Path(pattern % number).name
         shards.append({"url": filename, "nsamples": count, "filesize": (directory / filename).stat().st_size})
+    return write_index(directory, split, shards, lengths, length_names, name=name or split)
+
+
+def write_index(
+    directory: Path,
+    split: str,
+    shards: Sequence[dict[str, Any]],
+    lengths: Sequence[Sequence[int]],
+    length_names: Sequence[str],
+    *,
+    name: str,
+) -> Path:
+    """Write ``<split>.json`` for ``shards`` (``{url, nsamples, filesize}``, urls relative to ``directory``)
+    under a temporary name and rename it, so a reader sees no index or a whole one."""
+    import os
+
     index = {
         "wids_version": 1,
-        "name": name or split,
-        "shardlist": shards,
-        "jevons": {"lengths": lengths, "length_names": list(length_names)},
+        "name": name,
+        "shardlist": list(shards),
+        "jevons": {"lengths": [list(row) for row in lengths], "length_names": list(length_names)},
     }
     path = directory / f"{split}{INDEX_SUFFIX}"
-    path.write_text(json.dumps(index))
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(index))
+    os.replace(temporary, path)
     return path
 
 
@@ -103,11 +121,12 @@ def read_index(path: Path) -> ShardIndex:
     if not isinstance(meta, dict) or "lengths" not in meta or "shardlist" not in data:
         raise UsageError(f"{path} is not a Jevons shard index: it needs 'shardlist' and 'jevons.lengths'.")
     shards = [dict(shard, url=str((Path(path).parent / shard["url"]).resolve())) for shard in data["shardlist"]]
-    lengths = np.asarray(meta["lengths"], dtype=np.int64)
+    names = list(meta.get("length_names", []))
+    lengths = np.asarray(meta["lengths"], dtype=np.int64).reshape(-1, max(1, len(names)))
     total = sum(shard["nsamples"] for shard in shards)
     if len(lengths) != total:
         raise UsageError(f"Shard index {path} lists {total} samples but {len(lengths)} lengths.")
-    return ShardIndex(Path(path), shards, lengths, list(meta.get("length_names", [])))
+    return ShardIndex(Path(path), shards, lengths, names)
 
 
 def decode_npy(data: bytes) -> np.ndarray:

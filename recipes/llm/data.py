@@ -151,10 +151,14 @@ PROSE_SOURCE = DataSource(
 )
 
 
+def _meta(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def unigram_entropy(folder: Path) -> float | None:
     """Entropy (nats/token) of the training tokens' unigram distribution, if the folder records it."""
-    meta = Path(folder) / "meta.json"
-    return json.loads(meta.read_text()).get("unigram_entropy_nats") if meta.exists() else None
+    return _meta(folder).get("unigram_entropy_nats")
 
 
 def _decode_document(sample: dict[str, Any]) -> np.ndarray:
@@ -185,7 +189,12 @@ class TokenWindows(ShardBackedDataset):
 
     @classmethod
     def from_folder(cls, folder: Path, split: str, data_config: Any) -> TokenWindows:
-        return cls(open_split(folder, split, _decode_document, data_config), data_config.seq_len)
+        """The split's windows: over one stream of all its documents for an import (``meta.json`` says
+        ``token_stream``), else per document (the built-in corpus, whose benchmarks are per document)."""
+        documents = open_split(folder, split, _decode_document, data_config)
+        if _meta(folder).get("token_stream"):
+            return StreamWindows(documents, data_config.seq_len)
+        return cls(documents, data_config.seq_len)
 
     @property
     def documents(self) -> ShardDataset:
@@ -217,3 +226,40 @@ class TokenWindows(ShardBackedDataset):
             targets[row, :n] = torch.from_numpy(tokens[1:])
             mask[row, :n] = 1.0
         return {"input_ids": input_ids, "targets": targets, "loss_mask": mask}
+
+
+class StreamWindows(TokenWindows):
+    """Windows of ``seq_len + 1`` tokens over one stream: the split's documents end to end, each ending
+    in its end-of-document token (Megatron's and LitGPT's packing; docs/data.md).
+
+    Window ``i`` starts at token ``i * seq_len`` of the stream, so consecutive windows share one
+    token and every token but the first is a target exactly once; only the last may be short.
+    A window that touches an unreadable document is lost with it.
+    """
+
+    def __init__(self, documents: ShardDataset, seq_len: int) -> None:
+        ShardBackedDataset.__init__(self, documents)
+        self.seq_len = seq_len
+        self.ends = np.cumsum(documents.lengths[:, 0])  # stream offset after each document
+        total = int(self.ends[-1]) if len(self.ends) else 0
+        starts = np.arange(0, max(0, total - 1), seq_len, dtype=np.int64)
+        self.starts = starts  # one stream offset per window
+        self.lengths = np.minimum(seq_len + 1, total - starts)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> Any:
+        start = int(self.starts[i])
+        stop = start + int(self.lengths[i])
+        first = int(np.searchsorted(self.ends, start, side="right"))
+        pieces = []
+        for doc in range(first, len(self.ends)):
+            begin = int(self.ends[doc - 1]) if doc else 0
+            if begin >= stop:
+                break
+            document = self.documents[doc]
+            if isinstance(document, Corrupt):
+                return document
+            pieces.append(document[max(0, start - begin) : stop - begin])
+        return np.concatenate(pieces)

@@ -2,10 +2,10 @@
 
 Data: CPython's own prose (documentation topics and standard-library
 docstrings), byte-level BPE-tokenised, generated on first use (``jevons data
-llm-prose``). A user's
-own corpus is a folder holding ``train.json``/``val.json`` shard indexes of
-``tokens.npy`` documents plus the ``tokenizer.json`` that made them
-(``data.source=/path/to/folder``).
+llm-prose``). A user's own corpus is imported with ``jevons data import text
+FILES... out=DIR`` (:mod:`jevons.recipes.llm.importer`, docs/data.md) and trained
+on with ``data.source=DIR``: the folder's ``train.json``/``val.json`` shard
+indexes of ``tokens.npy`` documents plus the ``tokenizer.json`` that made them.
 
 This module stays light (no torch at import): the family object is created
 while plugins load.
@@ -25,6 +25,7 @@ from jevons.recipes.llm.shape import TransformerShapeConfig, check_heads
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.data.importing import Importer
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.llm.model import DecoderLM
@@ -84,13 +85,25 @@ class LLMFamily(FamilyBase[LLMConfig]):
 
         return (PROSE_SOURCE,)
 
+    def importers(self) -> Iterable[type[Importer[Any]]]:
+        from jevons.recipes.llm.importer import TextImporter
+
+        return (TextImporter,)
+
     def build_model(self, config: LLMConfig) -> torch.nn.Module:
+        from jevons.framework.errors import UsageError
         from jevons.framework.tensor_parallel import pad_vocab_size
         from jevons.recipes.llm.data import load_tokenizer
         from jevons.recipes.llm.model import DecoderLM
 
         cfg = config.model
-        vocab = cfg.vocab_size or load_tokenizer(self.data_dir(config)).get_vocab_size()
+        data_vocab = load_tokenizer(self.data_dir(config)).get_vocab_size()
+        if cfg.vocab_size is not None and cfg.vocab_size < data_vocab:
+            raise UsageError(
+                f"model.vocab_size={cfg.vocab_size} is smaller than the data's tokenizer ({data_vocab} tokens, "
+                f"{self.data_dir(config) / 'tokenizer.json'}): set model.vocab_size=null to take the tokenizer's."
+            )
+        vocab = cfg.vocab_size or data_vocab
         return DecoderLM(cfg.resolve(pad_vocab_size(vocab)))
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
