@@ -26,6 +26,7 @@ from jevons.framework.family import DataSource, EvalContext, FamilyBase
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.data.importing import Importer
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.diffusion.model import DiffusionModel
@@ -118,11 +119,44 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
             )
         if not 0 <= config.conditioning.dropout < 1:
             raise UsageError(f"conditioning.dropout={config.conditioning.dropout} must be in [0, 1).")
+        self._adopt_imported_data(config)
+
+    def _adopt_imported_data(self, config: DiffusionConfig) -> None:
+        """A model trained from scratch takes its channels from an imported folder's ``meta.json``
+        (RGB: 3); a pretrained one must match it. Class labels must fit the conditioner's ten classes."""
+        import json
+
+        from jevons.recipes.diffusion.data import NO_DIGIT  # the classes are 0 .. NO_DIGIT - 1
+
+        meta_path = Path(config.data.source).expanduser() / "meta.json"
+        if config.data.source in {s.name for s in self.data_sources()} or not meta_path.is_file():
+            return
+        meta = json.loads(meta_path.read_text())
+        channels = meta.get("channels")
+        if channels is not None and channels != config.model.channels:
+            if config.model.pretrained:
+                raise UsageError(
+                    f"data.source={config.data.source} holds {channels}-channel samples but the pretrained model "
+                    f"({config.model.pretrained}) takes model.channels={config.model.channels}: import matching "
+                    f"data or choose a model with {channels} channels."
+                )
+            config.model.channels = int(channels)
+        labels = int(meta.get("num_labels") or 0)
+        if labels > NO_DIGIT:
+            raise UsageError(
+                f"data.source={config.data.source} has class labels up to {labels - 1}; the class-conditional "
+                f"model takes 0-{NO_DIGIT - 1}. Relabel them, or import without them (label_field=no_such_column)."
+            )
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.diffusion.data import IMAGES, VIDEOS
 
         return (IMAGES, VIDEOS)
+
+    def importers(self) -> Iterable[type[Importer[Any]]]:
+        from jevons.recipes.diffusion.importer import ImageImporter, VideoImporter
+
+        return (ImageImporter, VideoImporter)
 
     def images_dir(self, config: DiffusionConfig) -> Path:
         """The digit images the quality classifier is trained on (built if missing)."""

@@ -63,7 +63,7 @@ def voice_for(sentence: str) -> Voice:
     return Voice(rng.choice(ACCENTS), rng.choice(VARIANTS), rng.randint(130, 210), rng.randint(30, 70))
 
 
-def _wav_bytes(waveform: np.ndarray) -> bytes:
+def wav_bytes(waveform: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as audio:
         audio.setnchannels(1)
@@ -112,7 +112,7 @@ def build_speech(
                     stats["seconds"] += seconds
                     fields = {
                         "__key__": f"{split}{number:06d}",
-                        "wav": _wav_bytes(waveform),
+                        "wav": wav_bytes(waveform),
                         "txt": sentence,
                         "json": {"voice": voice.name, "words_per_minute": voice.words_per_minute, "pitch": voice.pitch},
                     }

@@ -28,6 +28,7 @@ from jevons.recipes.speech.text import VOCAB
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.data.importing import Importer
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.speech.model import SpeechRecognizer
@@ -125,6 +126,11 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
 
         return (SPEECH_SOURCE,)
 
+    def importers(self) -> Iterable[type[Importer[Any]]]:
+        from jevons.recipes.speech.importer import AudioImporter
+
+        return (AudioImporter,)
+
     def build_model(self, config: SpeechConfig) -> torch.nn.Module:
         from jevons.recipes.speech.model import SpeechRecognizer
 
@@ -143,9 +149,24 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
         return encoder + decoder
 
     def build_dataset(self, config: SpeechConfig, split: str) -> MapDataset:
-        from jevons.recipes.speech.data import Utterances
+        import json
 
-        return Utterances.from_folder(self.data_dir(config), split, config.data)
+        from jevons.recipes.speech.data import Utterances
+        from jevons.recipes.speech.features import SAMPLE_RATE
+
+        folder = self.data_dir(config)
+        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+        unknown = sorted(set(meta.get("vocabulary", "")) - set(VOCAB))
+        if unknown:
+            raise UsageError(
+                f"{folder} has transcript characters {unknown!r} outside the speech family's vocabulary "
+                f"({''.join(VOCAB[3:])!r}): import it with jevons data import audio, which normalises transcripts."
+            )
+        if meta.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
+            raise UsageError(
+                f"{folder} holds {meta['sample_rate']} Hz audio; the speech family takes {SAMPLE_RATE} Hz."
+            )
+        return Utterances.from_folder(folder, split, config.data)
 
     def default_objective(self, model: torch.nn.Module, config: SpeechConfig) -> Objective:
         from jevons.recipes.speech.objective import HybridCTCAttentionObjective
