@@ -56,6 +56,9 @@ class TextImportOptions(ImportOptions):
     """Documents with fewer tokens (end-of-document excluded) are skipped as too short."""
     max_tokens: int | None = None
     """Documents with more tokens are skipped as too long; null keeps every length."""
+    records_per_shard: int = 256
+    """Documents per shard (about 1 M tokens for source-code-sized documents): small enough that two
+    workers share even a corpus of a few thousand documents evenly."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -62,16 +62,16 @@ def tokenizer(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _options(out: Path, **settings: Any) -> TextImportOptions:
-    defaults: dict[str, Any] = dict(
-        out=str(out),
-        vocab_size=300,
-        workers=0,
-        records_per_shard=8,
-        val_fraction=0.2,
-        min_tokens=5,
-        progress=False,
-        max_skipped_fraction=0.5,
-    )
+    defaults: dict[str, Any] = {
+        "out": str(out),
+        "vocab_size": 300,
+        "workers": 0,
+        "records_per_shard": 8,
+        "val_fraction": 0.2,
+        "min_tokens": 5,
+        "progress": False,
+        "max_skipped_fraction": 0.5,
+    }
     return TextImportOptions(**{**defaults, **settings})
 
 

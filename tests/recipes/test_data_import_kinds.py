@@ -264,9 +264,10 @@ def test_audio_import_resamples_filters_and_trains(
 
 
 def test_text_import_trains_the_llm(tmp_path: Path, train: Callable[..., Any], smoke: dict[str, list[str]]) -> None:
+    from pydoc_data import topics
+
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from pydoc_data import topics
 
     texts = sorted(set(topics.topics.values()))[:200]
     pq.write_table(pa.table({"content": texts}), tmp_path / "topics.parquet")
