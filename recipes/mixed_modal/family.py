@@ -26,6 +26,7 @@ from jevons.recipes.llm.shape import TransformerShapeConfig, check_heads
 if TYPE_CHECKING:
     import torch
 
+    from jevons.framework.data.importing import Importer
     from jevons.framework.objective import Objective
     from jevons.framework.protocols import Generator, MapDataset
     from jevons.recipes.mixed_modal.model import MixedModalDecoder
@@ -86,6 +87,11 @@ class MixedModalFamily(FamilyBase[MixedModalConfig]):
         from jevons.recipes.mixed_modal.data import CAPTIONED_DIGITS
 
         return (CAPTIONED_DIGITS,)
+
+    def importers(self) -> Iterable[type[Importer[Any]]]:
+        from jevons.recipes.mixed_modal.importer import MixedModalImageImporter
+
+        return (MixedModalImageImporter,)
 
     def build_model(self, config: MixedModalConfig) -> torch.nn.Module:
         from jevons.framework.errors import UsageError

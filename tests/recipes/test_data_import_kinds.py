@@ -280,3 +280,61 @@ def test_text_import_trains_the_llm(tmp_path: Path, train: Callable[..., Any], s
     result = train([*smoke["llm"], f"data.source={out}", *TEN_STEPS, f"run.root={tmp_path}"])
     assert result.summary["steps"] == 10
     assert _run_config(result)["model"]["vocab_size"] is None  # the tokenizer's, from the import
+
+
+def test_images_for_the_mixed_modal_family_train_it(
+    images: tuple[Path, Path], tmp_path: Path, train: Callable[..., Any], smoke: dict[str, list[str]], command: Any
+) -> None:
+    from jevons.recipes.mixed_modal.importer import MixedModalImageImporter, MixedModalImageOptions
+
+    folder, labelled = images
+    out = tmp_path / "out"
+    options = MixedModalImageOptions(
+        out=str(out), codebook_size=16, workers=0, val_fraction=0.25, progress=False, max_skipped_fraction=0.5
+    )
+    run_import(MixedModalImageImporter(options), [str(folder), str(labelled)])
+    assert _report(out)["skipped"] == {
+        "duplicate": 1,
+        "empty caption": 1,
+        "missing file": 1,
+        "truncated": 1,
+        "undecodable": 1,
+    }
+    vocabulary = json.loads((out / "vocab.json").read_text())
+    assert {"gradient", ",", "number", "class", "2"} <= set(vocabulary["words"]) and vocabulary["image_tokens"] == 64
+    assert np.load(out / "codebook.npy").shape == (16, 4)
+    sample = json.loads(_raw(out)[0]["json"])
+    assert len(bytes.fromhex(sample["codes"])) == 64 and max(bytes.fromhex(sample["codes"])) < 16
+
+    overrides = [o for o in smoke["mixed_modal"] if not o.startswith("generate.captions=")]
+    result = train(
+        [
+            *overrides,
+            f"data.source={out}",
+            "generate.captions=[a gradient , number 3]",
+            *TEN_STEPS,
+            f"run.root={tmp_path}",
+        ]
+    )
+    assert result.summary["steps"] == 10
+
+    # On the command line, images go to the diffusion family unless family= says otherwise.
+    cli = command(
+        [
+            "jevons",
+            "data",
+            "import",
+            "images",
+            str(labelled),
+            f"out={tmp_path / 'cli'}",
+            "family=mixed_modal",
+            "codebook_size=8",
+            "workers=0",
+            "progress=false",
+            "val_fraction=0.3",
+            "max_skipped_fraction=0.5",
+        ],
+        cwd=tmp_path,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads((tmp_path / "cli" / "meta.json").read_text())["family"] == "mixed_modal"
