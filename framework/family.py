@@ -177,11 +177,35 @@ class FamilyBase(Generic[ConfigT]):
 
     def data_dir(self, config: ConfigT) -> Path:
         """The folder ``config.data.source`` names: one of :meth:`data_sources` (built into the
-        data cache on first use) or a user's folder of shard indexes."""
+        data cache on first use) or a user's folder of shard indexes. For a blend of several, the
+        first: the one whose tokenizer, vocabulary or channels the model takes."""
+        return self.data_dirs(config)[0][0]
+
+    def data_dirs(self, config: ConfigT) -> list[tuple[Path, float | None]]:
+        """Every folder of ``config.data.source`` with its blend weight (``[DIR_A:0.7, DIR_B:0.3]``;
+        None: by size)."""
+        from jevons.framework.data.blend import parse_sources
         from jevons.framework.data.cache import data_root, resolve_source
 
         sources = {source.name: source for source in self.data_sources()}
-        return resolve_source(config.data.source, data_root(config.data.root), sources)
+        root = data_root(config.data.root)
+        return [(resolve_source(name, root, sources), weight) for name, weight in parse_sources(config.data.source)]
+
+    def blend(self, config: ConfigT, split: str, build: Callable[[Path], MapDataset]) -> MapDataset:
+        """``build(folder)`` for the one folder of ``data.source``, or the weighted
+        :class:`~jevons.framework.data.blend.BlendedDataset` of several (after :meth:`check_blend`)."""
+        folders = self.data_dirs(config)
+        if len(folders) == 1:
+            return build(folders[0][0])
+        from jevons.framework.data.blend import BlendedDataset
+
+        self.check_blend([folder for folder, _ in folders])
+        datasets = [build(folder) for folder, _ in folders]
+        names = [str(folder) for folder, _ in folders]
+        return BlendedDataset(datasets, [weight for _, weight in folders], names, seed=config.seed)
+
+    def check_blend(self, folders: list[Path]) -> None:
+        """Raise UsageError if ``folders`` cannot be blended (e.g. different tokenizers)."""
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
         return ()

@@ -93,9 +93,10 @@ class OptimizerConfig:
 class DataConfig:
     """Where the data comes from and how it is batched. Families extend this section."""
 
-    source: str = ""
-    """A built-in data source (``jevons data`` lists them) or the path of a shard
-    index (``index.json``) written by :func:`jevons.framework.data.shards.write_shards`."""
+    source: str | list[str] = ""
+    """A built-in data source (``jevons data`` lists them) or a folder of shard indexes (``train.json``,
+    ``val.json``: what ``jevons data import`` writes); or several, blended: ``[DIR_A:0.7, DIR_B:0.3]``
+    (weights; without them, by size; docs/data.md)."""
     root: str | None = None
     """Cache for built-in data; null means ``$JEVONS_DATA`` or ``~/.cache/jevons``."""
     batch_size: int = 32

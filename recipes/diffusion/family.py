@@ -57,7 +57,7 @@ class DiffusionModelConfig:
 
 @dataclass
 class DiffusionDataConfig(DataConfig):
-    source: str = "digits-images"
+    source: str | list[str] = "digits-images"
     resolution: int = 16
     """Pixels per side the samples are resized to."""
     frames: int = 1
@@ -126,17 +126,19 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         (RGB: 3); a pretrained one must match it. Class labels must fit the conditioner's ten classes."""
         import json
 
+        from jevons.framework.data.blend import parse_sources
         from jevons.recipes.diffusion.data import NO_DIGIT  # the classes are 0 .. NO_DIGIT - 1
 
-        meta_path = Path(config.data.source).expanduser() / "meta.json"
-        if config.data.source in {s.name for s in self.data_sources()} or not meta_path.is_file():
+        first = parse_sources(config.data.source)[0][0]  # the model takes the first source's channels
+        meta_path = Path(first).expanduser() / "meta.json"
+        if first in {s.name for s in self.data_sources()} or not meta_path.is_file():
             return
         meta = json.loads(meta_path.read_text())
         channels = meta.get("channels")
         if channels is not None and channels != config.model.channels:
             if config.model.pretrained:
                 raise UsageError(
-                    f"data.source={config.data.source} holds {channels}-channel samples but the pretrained model "
+                    f"data.source={first} holds {channels}-channel samples but the pretrained model "
                     f"({config.model.pretrained}) takes model.channels={config.model.channels}: import matching "
                     f"data or choose a model with {channels} channels."
                 )
@@ -144,7 +146,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         labels = int(meta.get("num_labels") or 0)
         if labels > NO_DIGIT:
             raise UsageError(
-                f"data.source={config.data.source} has class labels up to {labels - 1}; the class-conditional "
+                f"data.source={first} has class labels up to {labels - 1}; the class-conditional "
                 f"model takes 0-{NO_DIGIT - 1}. Relabel them, or import without them (label_field=no_such_column)."
             )
 
@@ -197,7 +199,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
     def build_dataset(self, config: DiffusionConfig, split: str) -> MapDataset:
         from jevons.recipes.diffusion.data import DigitClips
 
-        return DigitClips.from_folder(self.data_dir(config), split, config.data)
+        return self.blend(config, split, lambda folder: DigitClips.from_folder(folder, split, config.data))
 
     def real_reference(self, config: DiffusionConfig, count: int) -> torch.Tensor:
         """Up to ``count`` held-out samples ``(N, C, F, H, W)`` to compare generated ones with."""

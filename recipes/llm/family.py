@@ -39,7 +39,7 @@ class LLMModelConfig(TransformerShapeConfig):
 
 @dataclass
 class LLMDataConfig(DataConfig):
-    source: str = "llm-prose"
+    source: str | list[str] = "llm-prose"
     seq_len: int = 128
     """Tokens per training window; documents are cut into windows of this length."""
 
@@ -115,7 +115,18 @@ class LLMFamily(FamilyBase[LLMConfig]):
     def build_dataset(self, config: LLMConfig, split: str) -> MapDataset:
         from jevons.recipes.llm.data import TokenWindows
 
-        return TokenWindows.from_folder(self.data_dir(config), split, config.data)
+        return self.blend(config, split, lambda folder: TokenWindows.from_folder(folder, split, config.data))
+
+    def check_blend(self, folders: list[Path]) -> None:
+        from jevons.framework.errors import UsageError
+
+        first = (folders[0] / "tokenizer.json").read_bytes()
+        for folder in folders[1:]:
+            if (folder / "tokenizer.json").read_bytes() != first:
+                raise UsageError(
+                    f"data.source blends {folders[0]} and {folder}, whose tokenizer.json differ: import every "
+                    f"source with the same tokenizer (jevons data import text ... tokenizer={folders[0]})."
+                )
 
     def default_objective(self, model: torch.nn.Module, config: LLMConfig) -> Objective:
         from jevons.recipes.llm.objective import NextTokenObjective

@@ -39,7 +39,7 @@ class MixedModalModelConfig(TransformerShapeConfig):
 
 @dataclass
 class MixedModalDataConfig(DataConfig):
-    source: str = "captioned-digits"
+    source: str | list[str] = "captioned-digits"
 
 
 @dataclass
@@ -120,7 +120,19 @@ class MixedModalFamily(FamilyBase[MixedModalConfig]):
     def build_dataset(self, config: MixedModalConfig, split: str) -> MapDataset:
         from jevons.recipes.mixed_modal.data import CaptionedImages
 
-        return CaptionedImages.from_folder(self.data_dir(config), split, config.data)
+        return self.blend(config, split, lambda folder: CaptionedImages.from_folder(folder, split, config.data))
+
+    def check_blend(self, folders: list[Path]) -> None:
+        from jevons.framework.errors import UsageError
+
+        for name in ("vocab.json", "codebook.npy"):
+            first = (folders[0] / name).read_bytes()
+            for folder in folders[1:]:
+                if (folder / name).read_bytes() != first:
+                    raise UsageError(
+                        f"data.source blends {folders[0]} and {folder}, whose {name} differ: import every source "
+                        f"with one vocabulary and codebook (codebook={folders[0] / 'codebook.npy'})."
+                    )
 
     def default_objective(self, model: torch.nn.Module, config: MixedModalConfig) -> Objective:
         from jevons.recipes.mixed_modal.objective import MixedModalObjective

@@ -61,7 +61,7 @@ class ASRShape(SpeechModelConfig):
 
 @dataclass
 class SpeechDataConfig(DataConfig):
-    source: str = "speech"
+    source: str | list[str] = "speech"
     num_mels: int = 80
 
 

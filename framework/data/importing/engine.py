@@ -344,6 +344,10 @@ def _merge(importer: Importer[Any], out: Path, paths: list[Path], chunks: int, d
             f"max_skipped_fraction={options.max_skipped_fraction}; no index was written. "
             f"See {out / 'import_report.json'} for the first of each; fix them or raise max_skipped_fraction."
         )
+    if records == 0:
+        raise DataError(
+            f"Found no {importer.kind} inputs in {', '.join(map(str, paths))}: docs/data.md lists what each kind reads."
+        )
     if samples["train"] == 0:
         raise DataError(f"No training samples in {out}: every input was skipped or held out; see import_report.json.")
     meta = {
