@@ -47,6 +47,7 @@ frames=9) and utterances/s (1,000 generated 16 kHz mono FLACs of 1-3 s with tran
 ``--quick``: a 5 MiB corpus, 1 rep, 2x instead of 10x for memory, 100 images, 10 clips, 100
 utterances; written to ``data_import.quick.json`` (not committed).
 
+    pip install -e ".[bench]"   # the peer: Hugging Face datasets
     python benchmarks/data_import.py [--quick] [--workdir DIR] [--arms text,images,videos,audio]
 """
 

@@ -112,15 +112,7 @@ def submit(config: Config, overrides: Sequence[str]) -> None:
     (run_dir / "config.yaml").write_text(config_yaml(config))
     path = slurm_dir / "job.sbatch"
     path.write_text(script)
-    try:
-        result = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise UsageError(
-            f"sbatch is not on PATH: cannot submit {path}. Run on a Slurm login node, or use launcher=local."
-        ) from None
-    if result.returncode != 0:
-        raise UsageError(f"sbatch refused {path}: {result.stderr.strip() or result.stdout.strip()}")
-    job_id = result.stdout.strip().split(";")[0]
+    job_id = _sbatch(path)
     print(f"submitted job {job_id}: {launcher.nodes} node(s) x {launcher.tasks} task(s)")
     print(f"  script: {path}")
     print(f"  log:    {slurm_dir / f'{job_id}.out'}")
@@ -131,21 +123,8 @@ def submit(config: Config, overrides: Sequence[str]) -> None:
 def sbatch_script(config: Config, overrides: Sequence[str], run_dir: Path) -> str:
     """The job script for ``config``; pinned by a test (``launcher.dry_run=true`` prints it)."""
     slurm: SlurmLauncherConfig = config.launcher  # type: ignore[assignment]
-    directives = [
-        f"--job-name={slurm.job_name or f'jevons-{config.recipe}'}",
-        f"--nodes={slurm.nodes}",
-        f"--ntasks-per-node={slurm.tasks}",
-        *([f"--gpus-per-node={slurm.gpus_per_node}"] if slurm.gpus_per_node else []),
-        *([f"--cpus-per-task={slurm.cpus_per_task}"] if slurm.cpus_per_task else []),
-        *([f"--partition={slurm.partition}"] if slurm.partition else []),
-        *([f"--account={slurm.account}"] if slurm.account else []),
-        f"--time={slurm.time}",
-        f"--signal=USR1@{slurm.signal_seconds}",
-        "--requeue",
-        "--open-mode=append",
-        f"--output={run_dir}/slurm/%j.out",
-        *slurm.sbatch_args,
-    ]
+    requeue = [f"--signal=USR1@{slurm.signal_seconds}", "--requeue"]
+    directives = _directives(slurm, slurm.job_name or f"jevons-{config.recipe}", run_dir / "slurm", requeue)
     kept = [o for o in overrides if not o.startswith(("run.dir=", "checkpoint.resume=", "launcher.dry_run="))]
     command = [
         slurm.python or sys.executable,
@@ -189,3 +168,69 @@ def sbatch_script(config: Config, overrides: Sequence[str], run_dir: Path) -> st
         "",
     ]
     return "\n".join(lines)
+
+
+def _directives(slurm: SlurmLauncherConfig, job_name: str, log_dir: Path, after_time: Sequence[str] = ()) -> list[str]:
+    """The ``#SBATCH`` lines of a job: its size, place and time, ``after_time``, its log, then ``sbatch_args``."""
+    return [
+        f"--job-name={job_name}",
+        f"--nodes={slurm.nodes}",
+        f"--ntasks-per-node={slurm.tasks}",
+        *([f"--gpus-per-node={slurm.gpus_per_node}"] if slurm.gpus_per_node else []),
+        *([f"--cpus-per-task={slurm.cpus_per_task}"] if slurm.cpus_per_task else []),
+        *([f"--partition={slurm.partition}"] if slurm.partition else []),
+        *([f"--account={slurm.account}"] if slurm.account else []),
+        f"--time={slurm.time}",
+        *after_time,
+        "--open-mode=append",
+        f"--output={log_dir}/%j.out",
+        *slurm.sbatch_args,
+    ]
+
+
+def import_job_script(slurm: SlurmLauncherConfig, arguments: Sequence[str], out: Path) -> str:
+    """The job script of ``jevons data import ARGUMENTS launcher=slurm``: every task a rank of the same
+    import (the engine reads ``SLURM_PROCID``/``SLURM_NTASKS``); a job cut short resumes when resubmitted."""
+    command = [slurm.python or sys.executable, "-m", "jevons.framework.cli.jevons", "data", "import", *arguments]
+    srun = ["srun", "--kill-on-bad-exit=1", *slurm.srun_args]
+    lines = [
+        "#!/bin/bash",
+        *(f"#SBATCH {d}" for d in _directives(slurm, slurm.job_name or "jevons-import", out / ".import" / "slurm")),
+        "",
+        "# Written by `jevons data import ... launcher=slurm`; submit the same command again to resume it.",
+        *slurm.setup,
+        "export PYTHONSAFEPATH=1",
+        'echo "jevons: import job $SLURM_JOB_ID on $SLURM_JOB_NODELIST, $SLURM_NTASKS ranks"',
+        f"{shlex.join(srun)} \\",
+        f"    {shlex.join(command)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def submit_import(slurm: SlurmLauncherConfig, arguments: Sequence[str], out: Path) -> None:
+    """Write the import's job script into ``OUT/.import/slurm/`` and submit it (or print it: ``dry_run``)."""
+    script = import_job_script(slurm, arguments, out)
+    if slurm.dry_run:
+        print(script, end="")
+        return
+    folder = out / ".import" / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.sbatch"
+    path.write_text(script)
+    job_id = _sbatch(path)
+    print(f"submitted import job {job_id}: {slurm.nodes} node(s) x {slurm.tasks} task(s)")
+    print(f"  log: {folder / f'{job_id}.out'}")
+    print(f"  out: {out}")
+
+
+def _sbatch(path: Path) -> str:
+    try:
+        result = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise UsageError(
+            f"sbatch is not on PATH: cannot submit {path}. Run on a Slurm login node, or use launcher=local."
+        ) from None
+    if result.returncode != 0:
+        raise UsageError(f"sbatch refused {path}: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout.strip().split(";")[0]

@@ -3,7 +3,8 @@
 The settings use ``train``'s grammar (``key=value``; values are YAML: ``workers=4``,
 ``val_files=[a.txt,b.txt]``) and its error style. ``family=NAME`` picks the family where
 two import the same kind; ``launcher.nproc=N`` runs N ranks on this machine, and under
-Slurm (``srun jevons data import ...``) every task is a rank: each converts its share of
+Slurm every task is a rank (``launcher=slurm launcher.nodes=N ...`` submits the job; inside
+an allocation ``srun jevons data import ...`` does the same): each converts its share of
 the inputs and rank 0 writes the index (:mod:`jevons.framework.data.importing.engine`).
 """
 
@@ -21,7 +22,6 @@ from jevons.framework.text_table import format_table
 
 USAGE = "jevons data import KIND INPUT... out=DIR [key=value ...]"
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
-_LAUNCH_KEYS = ("launcher", "launcher.nproc")
 
 
 def import_command(arguments: Sequence[str]) -> int:
@@ -36,23 +36,13 @@ def import_command(arguments: Sequence[str]) -> int:
     settings = dict(_parse(a) for a in rest if _SETTING.match(a))
     family = settings.pop("family", None)
     launcher = settings.pop("launcher", "local")
-    nproc = settings.pop("launcher.nproc", 1)
-    if launcher != "local":
-        raise UsageError(
-            f"launcher={launcher!r}: an import runs on this machine (launcher=local launcher.nproc=N) or as the "
-            f"tasks of a Slurm allocation (srun jevons data import ...), which need no launcher setting."
-        )
-    if not isinstance(nproc, int) or nproc < 1:
-        raise UsageError(f"launcher.nproc={nproc!r} is not a positive integer.")
+    launch = {key.removeprefix("launcher."): settings.pop(key) for key in list(settings) if key.startswith("launcher.")}
     importer_class = find_importer(kind, family)
     options = _options(importer_class, kind, settings)
+    out = Path(options.out).expanduser().resolve()
+    kept = [a for a in arguments if not (a.startswith("launcher=") or a.startswith("launcher."))]
     env = process_env()
-    if nproc > 1 and env.world_size == 1:
-        from jevons.launch.ranks import run_ranks
-
-        kept = [a for a in arguments if not a.startswith(tuple(f"{k}=" for k in _LAUNCH_KEYS))]
-        run_ranks([sys.executable, "-m", "jevons.framework.cli.jevons", "data", "import", *kept], nproc)
-        _print_done(Path(options.out).expanduser().resolve(), resumed=None)
+    if env.world_size == 1 and _launch_elsewhere(launcher, launch, kept, out):
         return 0
     result = run_import(importer_class(options), inputs, env.rank, env.world_size)
     if env.rank == 0:
@@ -60,6 +50,34 @@ def import_command(arguments: Sequence[str]) -> int:
             print(f"{result.out} already holds this import (same inputs and options): nothing to do.")
         _print_done(result.out, resumed=result.chunks_done_before)
     return 0
+
+
+def _launch_elsewhere(launcher: Any, settings: dict[str, Any], arguments: list[str], out: Path) -> bool:
+    """Start the import's ranks the way ``launcher`` says, if not in this process; return whether it did."""
+    from jevons.framework.config.validate import to_dataclass
+    from jevons.framework.data.importing.engine import check_out_folder
+
+    if launcher == "slurm":
+        from jevons.launch.slurm import SlurmLauncherConfig, submit_import
+
+        check_out_folder(out)
+        submit_import(to_dataclass(SlurmLauncherConfig, {"name": "slurm", **settings}, "launcher"), arguments, out)
+        return True
+    if launcher != "local":
+        raise UsageError(f"launcher={launcher!r} is not a launcher: local (launcher.nproc=N) or slurm.")
+    unknown = sorted(set(settings) - {"nproc"})
+    if unknown:
+        raise UsageError(f"launcher.{unknown[0]}: launcher=local takes only launcher.nproc.")
+    nproc = settings.get("nproc", 1)
+    if not isinstance(nproc, int) or isinstance(nproc, bool) or nproc < 1:
+        raise UsageError(f"launcher.nproc={nproc!r} is not a positive integer.")
+    if nproc == 1:
+        return False
+    from jevons.launch.ranks import run_ranks
+
+    run_ranks([sys.executable, "-m", "jevons.framework.cli.jevons", "data", "import", *arguments], nproc)
+    _print_done(out, resumed=None)
+    return True
 
 
 def find_importer(kind: str, family: str | None) -> Any:
@@ -141,7 +159,7 @@ def _help() -> str:
     return (
         f"usage: {USAGE}\n\nKinds:\n{format_table(('kind', 'family', 'needs', 'inputs'), rows)}\n\n"
         "Every kind takes out=DIR, workers=N, val_fraction=F or val_files=[...], records_per_shard=N, strict=true,\n"
-        "max_skipped_fraction=F, launcher.nproc=N; see docs/data.md for each kind's inputs and settings."
+        "max_skipped_fraction=F, launcher.nproc=N or launcher=slurm launcher.nodes=N; docs/data.md has each kind."
     )
 
 

@@ -145,8 +145,10 @@ def _data(args: argparse.Namespace) -> int:
         if len(args.arguments) != 1:
             raise UsageError("usage: jevons data info DIR (a folder written by jevons data import)")
         return info_command(args.arguments[0])
-    if args.arguments:
-        raise UsageError(f"jevons data {args.name} takes no further arguments (got {' '.join(args.arguments)}).")
+    if args.arguments:  # what followed the source's name: only --root (argparse's REMAINDER took it)
+        rest = argparse.ArgumentParser(prog=f"jevons data {args.name or ''}".strip())
+        rest.add_argument("--root", default=args.root)
+        args.root = rest.parse_args(args.arguments).root
     manager = _manager()
     sources = {s.name: (s, f) for f, reg in sorted(manager.families.items()) for s in reg.value.data_sources()}
     if not args.name:

@@ -7,6 +7,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -237,3 +238,21 @@ def test_command_line_errors_name_the_setting(tmp_path: Path, corpus: Path) -> N
         import_command(["text", str(corpus), f"out={tmp_path / 'x'}", "val_fraction=1.5"])
     with pytest.raises(UsageError, match=r"Input\(s\) not found: .*nowhere"):
         import_command(["text", str(tmp_path / "nowhere"), f"out={tmp_path / 'y'}"])
+
+
+def test_info_describes_the_import_and_help_lists_every_kind(
+    corpus: Path, tokenizer: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jevons.framework.cli.data_import import import_command, info_command
+
+    run_import(TextImporter(_options(tmp_path / "out", tokenizer=str(tokenizer))), [str(corpus)])
+    info_command(str(tmp_path / "out"))
+    text = capsys.readouterr().out
+    assert "vocab_size: 300" in text and "token_stream: True" in text
+    assert re.search(r"train: \d+ samples in \d+ shard\(s\)", text) and "tokens: total" in text
+    assert f"skipped 1 truncated: first {corpus / 'cut.jsonl.gz'}:1" in text
+    import_command(["--help"])
+    help_text = capsys.readouterr().out
+    for kind, family in (("text", "llm"), ("images", "diffusion"), ("videos", "diffusion"), ("audio", "speech")):
+        assert re.search(rf"{kind}\s+{family}\s", help_text), (kind, family)
+    assert re.search(r"images\s+mixed_modal\s+family=", help_text)

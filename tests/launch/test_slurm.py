@@ -267,3 +267,60 @@ def test_without_slurm_requeue_the_checkpoint_is_saved_and_the_exit_is_clear(plu
     assert (run_dir / "checkpoints" / f"step_{step:08d}" / "COMPLETE").exists()
     assert (run_dir / "slurm" / "requeue-4242").read_text().strip() == str(step)
     assert "Traceback" not in err
+
+
+def test_a_two_node_import_job_writes_the_samples_of_a_local_import(command, slurm, tmp_path: Path) -> None:
+    import json
+
+    from jevons.framework.data.importing.engine import run_import
+    from jevons.framework.data.reader import ShardDataset
+    from jevons.framework.data.shards import read_index
+    from jevons.recipes.llm.importer import TextImporter, TextImportOptions
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": f"document {n}: " + "word " * (n % 13 + 3)}) + "\n" for n in range(60))
+    )
+    settings = ["vocab_size=280", "workers=0", "records_per_shard=8", "val_fraction=0.2", "progress=false"]
+    local = tmp_path / "local"
+    run_import(
+        TextImporter(
+            TextImportOptions(
+                out=str(local), vocab_size=280, workers=0, records_per_shard=8, val_fraction=0.2, progress=False
+            )
+        ),
+        [str(corpus)],
+    )
+    _wait_nodes_idle(slurm)
+    out = tmp_path / "slurm-import"
+    result = command(
+        [
+            "jevons",
+            "data",
+            "import",
+            "text",
+            str(corpus),
+            f"out={out}",
+            *settings,
+            "launcher=slurm",
+            "launcher.nodes=2",
+        ],
+        cwd=tmp_path,
+        **slurm,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    job = re.search(r"submitted import job (\d+)", result.stdout).group(1)
+    info = _wait(slurm, job, {"COMPLETED", "FAILED", "CANCELLED"})
+    log = (out / ".import" / "slurm" / f"{job}.out").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert "2 ranks" in log
+    assert sorted(p.name for p in (out / ".import").glob("rank-*")) == ["rank-0-of-2.done", "rank-1-of-2.done"]
+
+    def samples(folder: Path) -> dict[str, bytes]:
+        found = {}
+        for split in ("train", "val"):
+            dataset = ShardDataset(read_index(folder / f"{split}.json"), lambda s: s, "strict")
+            found.update({dataset.raw(i)["__key__"]: dataset.raw(i)["tokens.npy"] for i in range(len(dataset))})
+        return found
+
+    assert samples(out) == samples(local) and len(samples(local)) == 60

@@ -412,10 +412,17 @@ def _claim(out: Path, settings: dict[str, Any], fingerprint: str) -> bool:
                 f"Import into a new folder, or delete {out} to redo it."
             )
         return bool(claim.get("complete"))
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"out={out} exists and is not a Jevons import: import into a new or empty folder.")
+    check_out_folder(out)
     _write_atomic(claim_path, json.dumps({"fingerprint": fingerprint, "settings": settings, "complete": False}))
     return False
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse an ``out`` that holds anything but an import (``.import/`` may hold a Slurm job's script)."""
+    if (out / ".import" / "import.json").exists() or not out.exists():
+        return
+    if any(entry.name != ".import" for entry in out.iterdir()):
+        raise UsageError(f"out={out} exists and is not a Jevons import: import into a new or empty folder.")
 
 
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
