@@ -15,10 +15,13 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
 from jevons.framework.text_table import format_table
+
+if TYPE_CHECKING:
+    from jevons.framework.data.importing import Importer, ImportOptions
 
 USAGE = "jevons data import KIND INPUT... out=DIR [key=value ...]"
 _SETTING = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
@@ -76,11 +79,10 @@ def _launch_elsewhere(launcher: Any, settings: dict[str, Any], arguments: list[s
     from jevons.launch.ranks import run_ranks
 
     run_ranks([sys.executable, "-m", "jevons.framework.cli.jevons", "data", "import", *arguments], nproc)
-    _print_done(out, resumed=None)
-    return True
+    return True  # rank 0 printed the summary
 
 
-def find_importer(kind: str, family: str | None) -> Any:
+def find_importer(kind: str, family: str | None) -> type[Importer[Any]]:
     """The importer class for ``kind``: the named family's, else the default one for the kind."""
     from jevons.framework.plugin_manager import PluginManager
 
@@ -105,7 +107,7 @@ def find_importer(kind: str, family: str | None) -> Any:
     return defaults[0]
 
 
-def _options(importer_class: Any, kind: str, settings: dict[str, Any]) -> Any:
+def _options(importer_class: type[Importer[Any]], kind: str, settings: dict[str, Any]) -> ImportOptions:
     import dataclasses
 
     from jevons.framework.config.validate import to_dataclass

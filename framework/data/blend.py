@@ -12,6 +12,7 @@ sampler (and its checkpointed position) works on it unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,16 @@ def parse_sources(source: str | Sequence[str]) -> list[tuple[str, float | None]]
     if len(parsed) == 1:
         return [(parsed[0][0], None)]
     return parsed
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two folders' side files (a tokenizer, a vocabulary) are the same bytes; a missing one is a usage error."""
+    for path in (first, second):
+        if not path.is_file():
+            raise UsageError(
+                f"data.source: {path.parent} has no {path.name}; it is not a folder of that family's data."
+            )
+    return first.read_bytes() == second.read_bytes()
 
 
 def blend_counts(sizes: Sequence[int], weights: Sequence[float | None]) -> list[int]:
@@ -71,10 +82,12 @@ class BlendedDataset:
         if empty:
             raise UsageError(f"data.source: {', '.join(empty)} has no readable samples in this split.")
         self.datasets = list(datasets)
-        self.counts = dict(zip(names, blend_counts(sizes, weights)))
+        self.counts = blend_counts(sizes, weights)
+        """Samples each source fills, in the order of ``datasets`` (a source may be listed twice)."""
+        self.names = list(names)
         rng = np.random.default_rng(seed)
         sources, positions = [], []
-        for number, (size, count) in enumerate(zip(sizes, self.counts.values())):
+        for number, (size, count) in enumerate(zip(sizes, self.counts)):
             passes = -(-count // size)  # ceil: a source weighted above its size repeats, in a new order each time
             order = np.concatenate([rng.permutation(size) for _ in range(passes)])[:count]
             sources.append(np.full(count, number, dtype=np.int64))

@@ -150,6 +150,11 @@ class DigitClips(ShardBackedDataset):
             frames = frames[..., None]
         stride = max(1, frames.shape[0] // self.frames)
         frames = frames[::stride][: self.frames]
+        height, width = frames.shape[1:3]
+        if height != width:  # an aspect-ratio bucket of an import: the centre square, so nothing is squashed
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            frames = frames[:, top : top + side, left : left + side]
         if frames.shape[1] != self.resolution:
             frames = np.stack(
                 [np.stack([_resize(f[..., c], self.resolution) for c in range(f.shape[-1])], -1) for f in frames]

@@ -155,6 +155,17 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
 
         return (IMAGES, VIDEOS)
 
+    def check_blend(self, folders: list[Path]) -> None:
+        import json
+
+        described = []
+        for folder in folders:
+            meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+            described.append((meta.get("channels", 1), meta.get("frames", "clips")))
+        if len(set(described)) > 1:
+            found = ", ".join(f"{folder} ({c} channel(s), {f} frame(s))" for folder, (c, f) in zip(folders, described))
+            raise UsageError(f"data.source blends samples of different shapes: {found}. Blend like with like.")
+
     def importers(self) -> Iterable[type[Importer[Any]]]:
         from jevons.recipes.diffusion.importer import ImageImporter, VideoImporter
 

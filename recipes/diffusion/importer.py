@@ -70,6 +70,9 @@ class VideoImportOptions(MediaImportOptions):
     """Frames per clip; 4k + 1 for Wan-style latents (33 at 16 fps: about 2 s)."""
     max_clips: int = 8
     """Clips per video at most: non-overlapping windows from the start; a shorter video is skipped."""
+    records_per_shard: int = 16
+    """Videos per shard: frames are stored raw (uint8), so 16 videos of 8 clips of 33 x 256 x 256 are
+    about 830 MB; a shard is also the unit a rerun redoes."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -36,6 +36,22 @@ END_OF_TEXT = "<|endoftext|>"
 PAD_ID = 0  # the end-of-text id; padded positions are masked out of the loss
 
 
+EOD_CANDIDATES = (END_OF_TEXT, "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
+"""End-of-document tokens looked for, in order, in a tokenizer (GPT-2, Llama 3, Llama 2/Mistral, Gemma, Qwen)."""
+
+
+def end_of_document(tokenizer: Any, named: str | None = None) -> tuple[str, int]:
+    """The tokenizer's end-of-document token and id: ``named``, else the first of :data:`EOD_CANDIDATES` it has."""
+    candidates = (named,) if named else EOD_CANDIDATES
+    for token in candidates:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token, int(token_id)
+    raise UsageError(
+        f"The tokenizer has no end-of-document token ({', '.join(candidates)}): name one it has with eod_token=TOKEN."
+    )
+
+
 def load_tokenizer(folder: Path) -> Any:
     from tokenizers import Tokenizer
 
@@ -188,7 +204,7 @@ class TokenWindows(ShardBackedDataset):
         self.lengths = np.minimum(seq_len + 1, doc_lengths - self.windows[:, 1])
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, data_config: Any) -> TokenWindows:
+    def from_folder(cls, folder: Path, split: str, data_config: Any) -> TokenWindows | StreamWindows:
         """The split's windows: over one stream of all its documents for an import (``meta.json`` says
         ``token_stream``), else per document (the built-in corpus, whose benchmarks are per document)."""
         documents = open_split(folder, split, _decode_document, data_config)
@@ -228,7 +244,7 @@ class TokenWindows(ShardBackedDataset):
         return {"input_ids": input_ids, "targets": targets, "loss_mask": mask}
 
 
-class StreamWindows(TokenWindows):
+class StreamWindows(ShardBackedDataset):
     """Windows of ``seq_len + 1`` tokens over one stream: the split's documents end to end, each ending
     in its end-of-document token (Megatron's and LitGPT's packing; docs/data.md).
 
@@ -238,7 +254,7 @@ class StreamWindows(TokenWindows):
     """
 
     def __init__(self, documents: ShardDataset, seq_len: int) -> None:
-        ShardBackedDataset.__init__(self, documents)
+        super().__init__(documents)
         self.seq_len = seq_len
         self.ends = np.cumsum(documents.lengths[:, 0])  # stream offset after each document
         total = int(self.ends[-1]) if len(self.ends) else 0
@@ -263,3 +279,10 @@ class StreamWindows(TokenWindows):
                 return document
             pieces.append(document[max(0, start - begin) : stop - begin])
         return np.concatenate(pieces)
+
+    @property
+    def documents(self) -> ShardDataset:
+        """The split's documents, end to end in the stream."""
+        return self.samples
+
+    collate = staticmethod(TokenWindows.collate)

@@ -20,7 +20,7 @@ from einops import rearrange
 from jevons.recipes.llm.model import DecoderLM
 
 
-def llama_config(model: DecoderLM) -> dict:
+def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict:
     shape = model.shape
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -43,8 +43,8 @@ def llama_config(model: DecoderLM) -> dict:
         "initializer_range": shape.init_std,
         "torch_dtype": "float32",
         "bos_token_id": None,
-        "eos_token_id": 0,
-        "pad_token_id": 0,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": eos_token_id,
     }
 
 
@@ -79,6 +79,7 @@ def export_llama(model: DecoderLM, tokenizer_json: Path, out_dir: Path) -> list[
     from safetensors.torch import save_file
 
     from jevons.framework.tensor_parallel import tensor_parallel_size
+    from jevons.recipes.llm.data import end_of_document, load_tokenizer
 
     if tensor_parallel_size() != 1:
         raise RuntimeError("export the llm from a model built at tensor parallel size 1 (jevons export does)")
@@ -89,12 +90,13 @@ def export_llama(model: DecoderLM, tokenizer_json: Path, out_dir: Path) -> list[
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file(llama_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
-    (staging / "config.json").write_text(json.dumps(llama_config(model), indent=2) + "\n")
+    eos_token, eos_id = end_of_document(load_tokenizer(Path(tokenizer_json).parent))  # an import's own tokenizer
+    (staging / "config.json").write_text(json.dumps(llama_config(model, eos_id), indent=2) + "\n")
     shutil.copyfile(tokenizer_json, staging / "tokenizer.json")
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
+        "eos_token": eos_token,
+        "pad_token": eos_token,
         "model_max_length": model.shape.max_seq_len,
     }
     (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")

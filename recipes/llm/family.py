@@ -118,11 +118,11 @@ class LLMFamily(FamilyBase[LLMConfig]):
         return self.blend(config, split, lambda folder: TokenWindows.from_folder(folder, split, config.data))
 
     def check_blend(self, folders: list[Path]) -> None:
+        from jevons.framework.data.blend import same_file
         from jevons.framework.errors import UsageError
 
-        first = (folders[0] / "tokenizer.json").read_bytes()
         for folder in folders[1:]:
-            if (folder / "tokenizer.json").read_bytes() != first:
+            if not same_file(folders[0] / "tokenizer.json", folder / "tokenizer.json"):
                 raise UsageError(
                     f"data.source blends {folders[0]} and {folder}, whose tokenizer.json differ: import every "
                     f"source with the same tokenizer (jevons data import text ... tokenizer={folders[0]})."

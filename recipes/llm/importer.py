@@ -31,13 +31,11 @@ from jevons.framework.config.schema import require
 from jevons.framework.data.importing import Converted, Importer, ImportOptions, Record, Skipped
 from jevons.framework.data.importing.inputs import base_suffix, open_binary, read_rows, walk
 from jevons.framework.errors import UsageError
+from jevons.recipes.llm.data import END_OF_TEXT, end_of_document
 
 DEFAULT_VOCAB_SIZE = 16384
 """The BPE trained when no tokenizer is given: about GPT-2's subword granularity at a third of its
 size, which a corpus of tens of MB fills (larger vocabularies leave most merges rare)."""
-END_OF_DOCUMENT = "<|endoftext|>"
-EOD_CANDIDATES = (END_OF_DOCUMENT, "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
-"""End-of-document tokens looked for, in order, in a given tokenizer (GPT-2, Llama 3, Llama 2/Mistral, ...)."""
 TEXT_SUFFIXES = (".txt", ".md")
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -59,6 +57,8 @@ class TextImportOptions(ImportOptions):
     records_per_shard: int = 256
     """Documents per shard (about 1 M tokens for source-code-sized documents): small enough that two
     workers share even a corpus of a few thousand documents evenly."""
+
+    PATH_OPTIONS: ClassVar[tuple[str, ...]] = (*ImportOptions.PATH_OPTIONS, "tokenizer")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,8 +100,8 @@ class TextImporter(Importer[TextImportOptions]):
                 data = handle.read()
         except EOFError as error:
             return Record(path.stem, str(path), skip=Skipped("truncated", str(error)))
-        except OSError as error:
-            return Record(path.stem, str(path), skip=Skipped("undecodable", str(error)))
+        except Exception as error:  # unreadable, a dangling link, a corrupt gzip/zstd stream: this file's skip
+            return Record(path.stem, str(path), skip=Skipped("undecodable", f"{type(error).__name__}: {error}"))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -112,7 +112,7 @@ class TextImporter(Importer[TextImportOptions]):
         field_name = self.options.text_field
         number, read = 0, 0
         try:
-            for number, row, position in read_rows(path):
+            for number, row, position in read_rows(path, columns=[field_name]):
                 size, read = position - read, position
                 source = f"{path}:{number}"
                 key = f"{path.stem}-{number}"
@@ -137,7 +137,11 @@ class TextImporter(Importer[TextImportOptions]):
     def _text_record(self, key: str, source: str, text: str, size: int) -> Record:
         if not text.strip():
             return Record(key, source, size=size, skip=Skipped("empty text", "only whitespace"))
-        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        try:
+            encoded = text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate ("\\ud83d" in JSON): no tokenizer takes it
+            return Record(key, source, size=size, skip=Skipped("undecodable", f"not valid Unicode: {error.reason}"))
+        digest = hashlib.blake2b(encoded, digest_size=16).digest()
         return Record(key, source, payload=text, identity=digest, size=size)
 
     def prepare(self, out: Path, records: Callable[[], Iterator[Record]], progress: bool) -> None:
@@ -206,14 +210,10 @@ def _load(path: Path) -> Any:
 
 
 def _eod_id(tokenizer: Any, named: str | None, where: str) -> int:
-    candidates = (named,) if named else EOD_CANDIDATES
-    for token in candidates:
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            return int(token_id)
-    raise UsageError(
-        f"{where} has no end-of-document token ({', '.join(candidates)}): name one it has with eod_token=TOKEN."
-    )
+    try:
+        return end_of_document(tokenizer, named)[1]
+    except UsageError as error:
+        raise UsageError(f"{where}: {error}") from None
 
 
 def _train_bpe(records: Callable[[], Iterator[Record]], vocab_size: int, progress: bool) -> Any:
@@ -225,7 +225,7 @@ def _train_bpe(records: Callable[[], Iterator[Record]], vocab_size: int, progres
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[END_OF_DOCUMENT],  # id 0, as in the built-in corpus
+        special_tokens=[END_OF_TEXT],  # id 0, as in the built-in corpus
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=progress,
     )

@@ -52,8 +52,8 @@ def evaluate(context: EvalContext, data_dir: Path) -> dict[str, float]:
     samples = [s for s in samples if isinstance(s, dict)]
     captions = generator.captions(np.stack([s["codes"] for s in samples]), seed=context.step) if samples else []
     digits = [_digit_of(s["caption"]) for s in samples]
-    if samples and None not in digits:  # an imported corpus's captions need not name digits
-        accuracy = [names_digit(c, d) for c, d in zip(captions, digits) if d is not None]
+    accuracy = [names_digit(c, d) for c, d in zip(captions, digits) if d is not None]
+    if accuracy:  # over the references that name a digit (an imported corpus's need not)
         metrics["val/caption_digit_accuracy"] = float(np.mean(accuracy))
     if context.is_rank_zero:
         folder = context.run_dir / "samples"

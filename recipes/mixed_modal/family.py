@@ -123,15 +123,15 @@ class MixedModalFamily(FamilyBase[MixedModalConfig]):
         return self.blend(config, split, lambda folder: CaptionedImages.from_folder(folder, split, config.data))
 
     def check_blend(self, folders: list[Path]) -> None:
+        from jevons.framework.data.blend import same_file
         from jevons.framework.errors import UsageError
 
         for name in ("vocab.json", "codebook.npy"):
-            first = (folders[0] / name).read_bytes()
             for folder in folders[1:]:
-                if (folder / name).read_bytes() != first:
+                if not same_file(folders[0] / name, folder / name):
                     raise UsageError(
-                        f"data.source blends {folders[0]} and {folder}, whose {name} differ: import every source "
-                        f"with one vocabulary and codebook (codebook={folders[0] / 'codebook.npy'})."
+                        f"data.source blends {folders[0]} and {folder}, whose {name} differ: a model has one "
+                        f"vocabulary and codebook. Import the sources together in one import instead."
                     )
 
     def default_objective(self, model: torch.nn.Module, config: MixedModalConfig) -> Objective:

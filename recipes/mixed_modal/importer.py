@@ -58,6 +58,8 @@ class MixedModalImageOptions(ImportOptions):
     caption_field: str | None = None
     path_field: str | None = None
 
+    PATH_OPTIONS: ClassVar[tuple[str, ...]] = (*ImportOptions.PATH_OPTIONS, "codebook")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         require(2 <= self.codebook_size <= 256, "codebook_size", self.codebook_size, "2 to 256 (codes are bytes)")

@@ -69,7 +69,8 @@ def wav_bytes(waveform: np.ndarray) -> bytes:
         audio.setnchannels(1)
         audio.setsampwidth(2)
         audio.setframerate(SAMPLE_RATE)
-        audio.writeframes((waveform * 32767.0).astype("<i2").tobytes())
+        # Clipped first: resampling overshoots full-scale input, and a wrapped int16 is a click.
+        audio.writeframes((np.clip(waveform, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
     return buffer.getvalue()
 
 

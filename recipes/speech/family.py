@@ -154,19 +154,21 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
         from jevons.recipes.speech.data import Utterances
         from jevons.recipes.speech.features import SAMPLE_RATE
 
-        folder = self.data_dir(config)
-        meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-        unknown = sorted(set(meta.get("vocabulary", "")) - set(VOCAB))
-        if unknown:
-            raise UsageError(
-                f"{folder} has transcript characters {unknown!r} outside the speech family's vocabulary "
-                f"({''.join(VOCAB[3:])!r}): import it with jevons data import audio, which normalises transcripts."
-            )
-        if meta.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
-            raise UsageError(
-                f"{folder} holds {meta['sample_rate']} Hz audio; the speech family takes {SAMPLE_RATE} Hz."
-            )
-        return Utterances.from_folder(folder, split, config.data)
+        def build(folder: Path) -> MapDataset:
+            meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+            unknown = sorted(set(meta.get("vocabulary", "")) - set(VOCAB))
+            if unknown:
+                raise UsageError(
+                    f"{folder} has transcript characters {unknown!r} outside the speech family's vocabulary "
+                    f"({''.join(VOCAB[3:])!r}): import it with jevons data import audio, which normalises them."
+                )
+            if meta.get("sample_rate", SAMPLE_RATE) != SAMPLE_RATE:
+                raise UsageError(
+                    f"{folder} holds {meta['sample_rate']} Hz audio; the speech family takes {SAMPLE_RATE} Hz."
+                )
+            return Utterances.from_folder(folder, split, config.data)
+
+        return self.blend(config, split, build)
 
     def default_objective(self, model: torch.nn.Module, config: SpeechConfig) -> Objective:
         from jevons.recipes.speech.objective import HybridCTCAttentionObjective

@@ -54,7 +54,7 @@ def test_a_blend_draws_each_source_its_share_repeating_an_upweighted_one() -> No
     small, large = _Numbers(10, 0), _Numbers(90, 1000)
     blend = BlendedDataset([small, large], [0.5, 0.5], ["small", "large"], seed=3)
     items = [blend[i] for i in range(len(blend))]
-    assert len(blend) == 100 and blend.counts == {"small": 50, "large": 50}
+    assert len(blend) == 100 and blend.counts == [50, 50]
     assert sorted(i for i in items if i < 1000) == sorted(list(range(10)) * 5)  # five passes over the small source
     assert len({i for i in items if i >= 1000}) == 50  # a subset of the large one, none twice
     assert [blend.lengths[i, 0] for i in range(5)] == [(items[i] % 1000) + 1 for i in range(5)]

@@ -121,80 +121,158 @@ def test_strict_stops_at_the_first_bad_input_naming_it(corpus: Path, tokenizer: 
 
 
 def test_too_many_skips_abort_without_an_index(corpus: Path, tokenizer: Path, tmp_path: Path) -> None:
-    options = _options(tmp_path / "out", tokenizer=str(tokenizer), max_tokens=30, max_skipped_fraction=0.2)
-    with pytest.raises(DataError, match=r"more than max_skipped_fraction=0.2; no index was written"):
-        run_import(TextImporter(options), [str(corpus)])
-    assert not (tmp_path / "out" / "train.json").exists()
-    assert json.loads((tmp_path / "out" / "import_report.json").read_text())["skipped"]["too long"] > 10
+    out = tmp_path / "out"
+    strict_length = _options(out, tokenizer=str(tokenizer), max_tokens=100, max_skipped_fraction=0.2)
+    with pytest.raises(DataError, match=r"\d+ of the first 16 inputs this rank read were bad.* stopped early"):
+        run_import(TextImporter(strict_length), [str(corpus)])  # two shards in, about half is too long
+    assert not (out / "train.json").exists()
+    lenient = _options(out, tokenizer=str(tokenizer), max_tokens=100, max_skipped_fraction=0.9)
+    assert run_import(TextImporter(lenient), [str(corpus)]).chunks_done_before == 2  # the threshold shapes nothing
+    assert json.loads((out / "import_report.json").read_text())["skipped"]["too long"] > 15
+
+    # Under two shards read there is no early verdict: the whole count decides, before any index is written.
+    one_shard = _options(tmp_path / "one", tokenizer=str(tokenizer), max_tokens=100, max_skipped_fraction=0.2)
+    one_shard.records_per_shard = 64
+    with pytest.raises(
+        DataError, match=r"inputs were bad \(.*too long.*\), more than max_skipped_fraction=0.2; no index"
+    ):
+        run_import(TextImporter(one_shard), [str(corpus)])
+    assert not (tmp_path / "one" / "train.json").exists()
+    assert json.loads((tmp_path / "one" / "import_report.json").read_text())["skipped"]["too long"] > 15
 
 
-def _import_then_kill(corpus: str, options: TextImportOptions, kill_at_sample: int) -> None:
-    """In a child process: import, and SIGKILL this process while it writes sample ``kill_at_sample``."""
+def _assert_same_import(got: Path, expected: Path) -> None:
+    """The same samples in the same shards, the same index, report and meta (folder names aside)."""
+    assert _samples(got) == _samples(expected)
+    for name in ("train.json", "val.json", "import_report.json", "meta.json"):
+        want = (expected / name).read_text().replace(str(expected), "").replace(f'"{expected.name}/', '"')
+        assert (got / name).read_text().replace(str(got), "").replace(f'"{got.name}/', '"') == want, name
+    assert sorted(p.name for p in got.glob("*.tar")) == sorted(p.name for p in expected.glob("*.tar"))
+    for shard in expected.glob("*.tar"):
+        assert (got / shard.name).read_bytes() == shard.read_bytes(), f"{shard.name} differs"
+
+
+def _import_then_kill(corpus: str, options: TextImportOptions, kill_at_sample: int | None) -> None:
+    """In a child process: import, and SIGKILL this process while it writes sample ``kill_at_sample``,
+    or (None) between writing ``val.json`` and ``train.json``."""
     import webdataset
 
+    from jevons.framework.data import shards
+
     written = 0
-    original = webdataset.TarWriter.write
+    write_sample, write_index = webdataset.TarWriter.write, shards.write_index
 
     def write(self: Any, sample: dict[str, Any]) -> int:
         nonlocal written
         written += 1
         if written == kill_at_sample:
             os.kill(os.getpid(), signal.SIGKILL)  # mid-shard: its temporary tar is half written
-        return original(self, sample)
+        return write_sample(self, sample)
+
+    def index(directory: Path, split: str, *args: Any, **kwargs: Any) -> Path:
+        if split == "train" and kill_at_sample is None:
+            os.kill(os.getpid(), signal.SIGKILL)  # every shard, the report, meta.json and val.json are written
+        return write_index(directory, split, *args, **kwargs)
 
     webdataset.TarWriter.write = write  # type: ignore[method-assign]  # crash injection, in the child only
+    shards.write_index = index  # type: ignore[assignment]
     run_import(TextImporter(options), [corpus])
 
 
-def test_sigkill_then_the_same_command_gives_the_uninterrupted_output(
-    corpus: Path, tokenizer: Path, tmp_path: Path
-) -> None:
-    whole = tmp_path / "whole"
-    run_import(TextImporter(_options(whole, tokenizer=str(tokenizer))), [str(corpus)])
-    resumed = tmp_path / "resumed"
-    options = _options(resumed, tokenizer=str(tokenizer))
-    child = multiprocessing.get_context("fork").Process(target=_import_then_kill, args=(str(corpus), options, 20))
+def _killed(corpus: Path, options: TextImportOptions, kill_at_sample: int | None) -> None:
+    child = multiprocessing.get_context("fork").Process(
+        target=_import_then_kill, args=(str(corpus), options, kill_at_sample)
+    )
     child.start()
     child.join(60)
     assert child.exitcode == -signal.SIGKILL
-    assert not (resumed / "train.json").exists(), "an interrupted import shows no index"
+    assert not (Path(options.out) / "train.json").exists(), "an interrupted import shows no index"
+
+
+def test_sigkill_then_the_same_command_gives_the_uninterrupted_output(
+    corpus: Path, tokenizer: Path, tmp_path: Path, command: Callable[..., Any]
+) -> None:
+    whole = tmp_path / "whole"
+    run_import(TextImporter(_options(whole, tokenizer=str(tokenizer))), [str(corpus)])
+
+    resumed = tmp_path / "resumed"
+    options = _options(resumed, tokenizer=str(tokenizer))
+    _killed(corpus, options, kill_at_sample=20)
     assert list(resumed.glob(".*.tar.tmp-*")), "the kill left a half-written shard under a temporary name"
     done = sorted(p.name for p in (resumed / ".import" / "parts").glob("*.json"))
     assert done and len(done) < 9, done
-
     result = run_import(TextImporter(options), [str(corpus)])
     assert result.chunks_done_before == len(done)
     assert not list(resumed.glob(".*.tar.tmp-*"))
-    assert _samples(resumed) == _samples(whole)
-    for name in ("train.json", "val.json", "import_report.json", "meta.json"):
-        expected = (whole / name).read_text().replace(str(whole), "").replace('"whole/', '"')
-        assert (resumed / name).read_text().replace(str(resumed), "").replace('"resumed/', '"') == expected, name
-    for shard in whole.glob("*.tar"):
-        assert (resumed / shard.name).read_bytes() == shard.read_bytes(), f"{shard.name} differs"
+    _assert_same_import(resumed, whole)
+
+    late = tmp_path / "late"  # killed while writing the index: everything else is there
+    _killed(corpus, _options(late, tokenizer=str(tokenizer)), kill_at_sample=None)
+    assert (late / "val.json").exists() and (late / "meta.json").exists()
+    # The same command, now as two ranks: a resumed import may change its rank count.
+    finished = command([*_cli_args(corpus, tokenizer, late), "launcher.nproc=2"], cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    _assert_same_import(late, whole)
 
 
-def test_two_ranks_write_the_samples_one_rank_writes(
+def _cli_args(corpus: Path, tokenizer: Path, out: Path) -> list[str]:
+    """``jevons data import text`` with the settings of :func:`_options`."""
+    settings = [f"tokenizer={tokenizer}", "vocab_size=300", "records_per_shard=8", "val_fraction=0.2"]
+    settings += ["max_skipped_fraction=0.5", "min_tokens=5", "workers=0", "progress=false"]
+    return ["jevons", "data", "import", "text", str(corpus), f"out={out}", *settings]
+
+
+def test_two_ranks_write_what_one_rank_writes(
     corpus: Path, tokenizer: Path, tmp_path: Path, command: Callable[..., Any]
 ) -> None:
     one = tmp_path / "one"
     run_import(TextImporter(_options(one, tokenizer=str(tokenizer), workers=2)), [str(corpus)])
-    settings = [
-        f"tokenizer={tokenizer}",
-        "vocab_size=300",
-        "workers=0",
-        "records_per_shard=8",
-        "val_fraction=0.2",
-        "max_skipped_fraction=0.5",
-    ]
-    args = ["jevons", "data", "import", "text", str(corpus), f"out={tmp_path / 'two'}", *settings, "min_tokens=5"]
-    finished = command([*args, "launcher.nproc=2", "progress=false"], cwd=tmp_path)
+    finished = command([*_cli_args(corpus, tokenizer, tmp_path / "two"), "launcher.nproc=2"], cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
-    assert "train and" in finished.stdout
-    assert _samples(tmp_path / "two") == _samples(one)
-    assert sorted(p.name for p in (tmp_path / "two" / ".import").glob("rank-*")) == [
-        "rank-0-of-2.done",
-        "rank-1-of-2.done",
-    ]
+    assert finished.stdout.count("train and") == 1  # rank 0's summary, once
+    _assert_same_import(tmp_path / "two", one)
+    marks = sorted(p.name for p in (tmp_path / "two" / ".import" / "ranks").glob("*/of-2/*"))
+    assert marks == ["0.done", "0.started", "1.done", "1.started"]
+
+
+def test_a_failing_rank_stops_the_import(tokenizer: Path, tmp_path: Path, command: Callable[..., Any]) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for number in range(20):  # 8 per shard: a10.txt is in shard 1, which rank 1 of 2 converts
+        (docs / f"a{number:02d}.txt").write_text("tiny" if number == 10 else _document(number))
+    finished = command([*_cli_args(docs, tokenizer, tmp_path / "out"), "strict=true", "launcher.nproc=2"], cwd=tmp_path)
+    assert finished.returncode != 0
+    assert re.search(r"a10\.txt: too short", finished.stderr), finished.stderr[-2000:]
+    assert not (tmp_path / "out" / "train.json").exists()
+
+
+def test_strict_stops_at_a_bad_input_found_in_a_worker(corpus: Path, tokenizer: Path, tmp_path: Path) -> None:
+    only_good = tmp_path / "docs"
+    only_good.mkdir()
+    (only_good / "a.txt").write_text(_document(1))
+    (only_good / "b.txt").write_text("tiny")  # too short is found when tokenising, in the worker
+    options = _options(tmp_path / "out", tokenizer=str(tokenizer), strict=True, workers=1)
+    with pytest.raises(DataError, match=r"b\.txt: too short \(\d tokens, min_tokens=5\)"):
+        run_import(TextImporter(options), [str(only_good)])
+
+
+def test_damaged_files_are_skipped_and_counted(tokenizer: Path, tmp_path: Path) -> None:
+    import zstandard
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "good.txt").write_text(_document(1))
+    packed = zstandard.ZstdCompressor().compress(_document(2).encode() * 20)
+    (docs / "whole.txt.zst").write_bytes(packed)
+    (docs / "cut.txt.zst").write_bytes(packed[: len(packed) // 2])  # truncated
+    (docs / "garbage.txt.zst").write_bytes(b"not zstd at all")  # undecodable
+    (docs / "emoji.jsonl").write_text('{"text": "half an emoji \\ud83d here"}\n')  # undecodable: a lone surrogate
+    (docs / "dangling.txt").symlink_to(tmp_path / "nowhere.txt")  # undecodable: the link points nowhere
+    options = _options(tmp_path / "out", tokenizer=str(tokenizer), max_skipped_fraction=0.9)
+    run_import(TextImporter(options), [str(docs)])
+    report = json.loads((tmp_path / "out" / "import_report.json").read_text())
+    assert report["skipped"] == {"truncated": 1, "undecodable": 3}
+    assert report["samples"]["train"] + report["samples"]["val"] == 2
 
 
 def test_a_rerun_with_other_options_or_inputs_is_refused(corpus: Path, tokenizer: Path, tmp_path: Path) -> None:
@@ -210,6 +288,12 @@ def test_a_rerun_with_other_options_or_inputs_is_refused(corpus: Path, tokenizer
             run_import(TextImporter(_options(out, tokenizer=str(tokenizer))), [str(corpus)])
     finally:
         (corpus / "note00.txt").write_text(_document(0))
+    (corpus / "note09.txt").rename(corpus / "note99.txt")  # same files, sizes and times: another order
+    try:
+        with pytest.raises(UsageError, match=r"inputs changed"):
+            run_import(TextImporter(_options(out, tokenizer=str(tokenizer))), [str(corpus)])
+    finally:
+        (corpus / "note99.txt").rename(corpus / "note09.txt")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("a user's file")
     with pytest.raises(UsageError, match=r"exists and is not a Jevons import"):
@@ -236,6 +320,8 @@ def test_command_line_errors_name_the_setting(tmp_path: Path, corpus: Path) -> N
         import_command(["imagez", str(corpus), f"out={tmp_path}"])
     with pytest.raises(UsageError, match=r"val_fraction=1.5"):
         import_command(["text", str(corpus), f"out={tmp_path / 'x'}", "val_fraction=1.5"])
+    with pytest.raises(UsageError, match=r"is inside the input folder"):
+        import_command(["text", str(corpus), f"out={corpus / 'imported'}"])
     with pytest.raises(UsageError, match=r"Input\(s\) not found: .*nowhere"):
         import_command(["text", str(tmp_path / "nowhere"), f"out={tmp_path / 'y'}"])
 

@@ -314,13 +314,16 @@ def test_a_two_node_import_job_writes_the_samples_of_a_local_import(command, slu
     log = (out / ".import" / "slurm" / f"{job}.out").read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert "2 ranks" in log
-    assert sorted(p.name for p in (out / ".import").glob("rank-*")) == ["rank-0-of-2.done", "rank-1-of-2.done"]
+    assert sorted(p.name for p in (out / ".import" / "ranks").glob("*/of-2/*.done")) == ["0.done", "1.done"]
+    assert (out / "train.json").read_text().replace(str(out), "") == (local / "train.json").read_text().replace(
+        str(local), ""
+    ).replace('"local/', f'"{out.name}/')
 
-    def samples(folder: Path) -> dict[str, bytes]:
+    def samples(folder: Path) -> dict[str, dict[str, bytes]]:
         found = {}
         for split in ("train", "val"):
             dataset = ShardDataset(read_index(folder / f"{split}.json"), lambda s: s, "strict")
-            found.update({dataset.raw(i)["__key__"]: dataset.raw(i)["tokens.npy"] for i in range(len(dataset))})
+            found[split] = {dataset.raw(i)["__key__"]: dataset.raw(i)["tokens.npy"] for i in range(len(dataset))}
         return found
 
-    assert samples(out) == samples(local) and len(samples(local)) == 60
+    assert samples(out) == samples(local) and sum(len(split) for split in samples(local).values()) == 60

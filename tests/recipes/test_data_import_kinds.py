@@ -238,6 +238,8 @@ def test_audio_import_resamples_filters_and_trains(
         + "\n"
         + json.dumps({"audio_filepath": "audio/missing.flac", "text": "gone", "duration": 1.0})
         + "\n"
+        + json.dumps({"audio_filepath": "audio/utt00.flac", "text": "bad times", "offset": "soon"})
+        + "\n"
     )
     out = tmp_path / "out"
     options = AudioImportOptions(
@@ -251,7 +253,7 @@ def test_audio_import_resamples_filters_and_trains(
     )
     run_import(AudioImporter(options), [str(folder), str(manifest)])
     report = _report(out)
-    assert report["skipped"] == {"missing file": 1, "too long": 1, "too short": 1, "undecodable": 1}
+    assert report["skipped"] == {"missing file": 1, "too long": 1, "too short": 1, "undecodable": 2}
     samples = {s["txt"].decode(): s for split in ("train", "val") for s in _raw(out, split)}
     assert len(samples) == 17 and "the middle second" in samples
     meta = json.loads((out / "meta.json").read_text())

@@ -73,8 +73,10 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
         max_seq_len=16,
         tie_embeddings=True,
     )
-    tokenizer = tmp_path / "tokenizer.json"
-    tokenizer.write_text("{}")
+    from tokenizers import Tokenizer, models
+
+    tokenizer = tmp_path / "tokenizer.json"  # a user's, as an import copies it: its end-of-document token is </s>
+    Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "a": 2}, unk_token="<unk>")).save(str(tokenizer))
     with distributed.initialized(ParallelConfig()):
         torch.manual_seed(0)
         ours = DecoderLM(shape).eval()
@@ -84,6 +86,8 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
             expected = ours(ids)
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["tie_word_embeddings"] is True
+    assert config["eos_token_id"] == 1
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
     model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         assert (model(ids).logits - expected).abs().max().item() < 1e-4

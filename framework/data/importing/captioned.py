@@ -23,10 +23,19 @@ from pathlib import Path
 from typing import Any
 
 from jevons.framework.data.importing.contract import Record, Skipped
-from jevons.framework.data.importing.inputs import MANIFEST_SUFFIXES, base_suffix, first_field, read_rows, walk
+from jevons.framework.data.importing.inputs import (
+    MANIFEST_SUFFIXES,
+    base_suffix,
+    file_size,
+    first_field,
+    read_rows,
+    walk,
+)
 
 PATH_FIELDS = ("file_name", "path", "audio_filepath", "video_path", "video", "image", "filepath", "file")
 CAPTION_FIELDS = ("text", "caption", "cap", "captions", "prompt", "transcript")
+SIDECAR_SUFFIXES = (".txt", ".json")
+"""Files beside the media that belong to them (a caption; img2dataset's per-sample metadata), not inputs."""
 FOLDER_MANIFESTS = ("metadata.jsonl", "metadata.csv")
 """Hugging Face imagefolder's manifest names: a folder holding one is read through it."""
 
@@ -49,7 +58,7 @@ def media_records(
             for path in walk([item]):
                 if base_suffix(path) in media_suffixes:
                     yield _sidecar_record(path, require_caption)
-                elif path.suffix.lower() != ".txt":  # a caption belongs to its media file
+                elif path.suffix.lower() not in SIDECAR_SUFFIXES:
                     yield Record(path.stem, str(path), skip=Skipped("undecodable", _not_media(media_suffixes)))
         elif base_suffix(item) in MANIFEST_SUFFIXES:
             yield from _manifest_records(item, caption_field, path_field, label_field, require_caption)
@@ -65,40 +74,81 @@ def _not_media(suffixes: Sequence[str]) -> str:
 
 def _sidecar_record(path: Path, require_caption: bool) -> Record:
     sidecar = path.with_suffix(".txt")
-    caption = sidecar.read_text(encoding="utf-8", errors="replace").strip() if sidecar.is_file() else ""
+    try:
+        caption = sidecar.read_text(encoding="utf-8-sig").strip() if sidecar.is_file() else ""
+    except (OSError, UnicodeDecodeError) as error:
+        return Record(path.stem, str(path), skip=Skipped("undecodable", f"caption {sidecar.name}: {error}"))
     return _record(path.stem, str(path), path, caption, None, 0.0, None, require_caption)
 
 
 def _manifest_records(
     manifest: Path, caption_field: str | None, path_field: str | None, label_field: str, require_caption: bool
 ) -> Iterator[Record]:
+    number = 0
+    try:
+        for number, row in _manifest_rows(manifest):
+            yield _row_record(manifest, number, row, caption_field, path_field, label_field, require_caption)
+    except EOFError as error:  # a cut .jsonl.gz: the rows before it are kept
+        yield Record(f"{manifest.stem}-{number + 1}", f"{manifest}:{number + 1}", skip=Skipped("truncated", str(error)))
+    except Exception as error:  # a damaged parquet page, a CSV that is not UTF-8: the rest of the manifest
+        detail = f"{type(error).__name__}: {error}; the manifest's remaining rows were not read"
+        yield Record(f"{manifest.stem}-{number + 1}", f"{manifest}:{number + 1}", skip=Skipped("undecodable", detail))
+
+
+def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
+    for number, row, _ in read_rows(manifest):
+        yield number, row
+
+
+def _row_record(
+    manifest: Path,
+    number: int,
+    row: dict[str, Any] | Exception,
+    caption_field: str | None,
+    path_field: str | None,
+    label_field: str,
+    require_caption: bool,
+) -> Record:
     path_fields = (path_field,) if path_field else PATH_FIELDS
     caption_fields = (caption_field,) if caption_field else CAPTION_FIELDS
-    for number, row, _ in read_rows(manifest):
-        source, key = f"{manifest}:{number}", f"{manifest.stem}-{number}"
-        if isinstance(row, Exception):
-            yield Record(key, source, skip=Skipped("undecodable", str(row)))
-            continue
-        found = first_field(row, path_fields)
-        if found is None or not isinstance(found[1], str) or not found[1]:
-            yield Record(key, source, skip=Skipped("missing field", f"no file path ({', '.join(path_fields)})"))
-            continue
-        path = (manifest.parent / found[1]).resolve()
-        caption = _caption(first_field(row, caption_fields))
-        label = row.get(label_field)
-        if label is not None and (isinstance(label, bool) or not isinstance(label, (int, str))):
-            yield Record(key, source, skip=Skipped("undecodable", f"{label_field}={label!r} is not an integer class"))
-            continue
-        try:
-            label = None if label is None or label == "" else int(label)
-        except ValueError:
-            label = -1
-        if label is not None and label < 0:
-            yield Record(key, source, skip=Skipped("undecodable", f"{label_field}={row[label_field]!r} is not a class"))
-            continue
-        offset = float(row.get("offset") or 0.0)
-        duration = float(row["duration"]) if row.get("duration") not in (None, "") else None
-        yield _record(f"{key}-{path.stem}", source, path, caption, label, offset, duration, require_caption)
+    source, key = f"{manifest}:{number}", f"{manifest.stem}-{number}"
+    if isinstance(row, Exception):
+        return Record(key, source, skip=Skipped("undecodable", str(row)))
+    found = first_field(row, path_fields)
+    if found is None or not isinstance(found[1], str) or not found[1]:
+        return Record(key, source, skip=Skipped("missing field", f"no file path ({', '.join(path_fields)})"))
+    path = (manifest.parent / found[1]).resolve()
+    caption = _caption(first_field(row, caption_fields))
+    label = _integer(row.get(label_field))
+    if label is not None and label < 0:
+        return Record(key, source, skip=Skipped("undecodable", f"{label_field}={row[label_field]!r} is not a class"))
+    offset, duration = _seconds(row.get("offset")), _seconds(row.get("duration"))
+    if (offset is not None and offset < 0) or (duration is not None and duration <= 0):
+        found_times = f"offset={row.get('offset')!r}, duration={row.get('duration')!r}"
+        return Record(key, source, skip=Skipped("undecodable", f"{found_times}: expected seconds, offset >= 0"))
+    return _record(f"{key}-{path.stem}", source, path, caption, label, offset or 0.0, duration, require_caption)
+
+
+def _integer(value: Any) -> int | None:
+    """A class label: None when absent, -1 when not an integer (the caller skips it)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        return -1
+
+
+def _seconds(value: Any) -> float | None:
+    """A time in seconds: None when absent, -1.0 when not a number (the caller skips it)."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return -1.0
 
 
 def _caption(found: tuple[str, Any] | None) -> str:
@@ -125,12 +175,15 @@ def _record(
     if require_caption and not caption:
         return Record(key, source, skip=Skipped("empty caption", f"no caption for {path.name}"))
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:  # unreadable (permissions): this file's skip, on every rank alike
+        return Record(key, source, skip=Skipped("undecodable", f"{path}: {error.strerror or error}"))
     digest.update(f"\0{caption}\0{label}\0{offset}\0{duration}".encode())
     payload = {"path": str(path), "caption": caption, "label": label, "offset": offset, "duration": duration}
-    return Record(key, source, payload=payload, identity=digest.digest(), size=path.stat().st_size)
+    return Record(key, source, payload=payload, identity=digest.digest(), size=file_size(path))
 
 
 def media_bytes(inputs: Sequence[Path], media_suffixes: Sequence[str], path_field: str | None = None) -> int:
@@ -140,14 +193,16 @@ def media_bytes(inputs: Sequence[Path], media_suffixes: Sequence[str], path_fiel
     for item in inputs:
         manifest = next((item / name for name in FOLDER_MANIFESTS if (item / name).is_file()), None)
         if item.is_dir() and manifest is None:
-            total += sum(p.stat().st_size for p in walk([item]) if base_suffix(p) in media_suffixes)
+            total += sum(file_size(p) for p in walk([item]) if base_suffix(p) in media_suffixes)
             continue
         if item.is_file() and base_suffix(item) not in MANIFEST_SUFFIXES:
-            total += item.stat().st_size
+            total += file_size(item)
             continue
-        for _, row, _ in read_rows(manifest or item):
-            found = None if isinstance(row, Exception) else first_field(row, path_fields)
-            path = ((manifest or item).parent / str(found[1])) if found else None
-            if path is not None and path.is_file():
-                total += path.stat().st_size
+        try:
+            for _, row in _manifest_rows(manifest or item):
+                found = None if isinstance(row, Exception) else first_field(row, path_fields)
+                path = ((manifest or item).parent / str(found[1])) if found else None
+                total += file_size(path) if path is not None else 0
+        except Exception:  # a damaged manifest: media_records counts it; the bar's total is an estimate
+            continue
     return total

@@ -27,32 +27,19 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 from jevons.framework.config.schema import require
+from jevons.framework.data.media import REASONS as MEDIA_REASONS
+from jevons.framework.data.media import MediaError
 
-REASONS = (
-    "missing file",
-    "undecodable",
-    "truncated",
-    "missing field",
-    "empty text",
-    "empty caption",
-    "too short",
-    "too long",
-    "duplicate",
-)
-"""Why an input was skipped; ``import_report.json`` counts each."""
+REASONS = (*MEDIA_REASONS, "missing field", "empty text", "empty caption", "duplicate")
+"""Why an input was skipped; ``import_report.json`` counts each. A decoder's :class:`MediaError` reasons
+(missing file, undecodable, truncated, too short, too long) and what reading records finds."""
 
 
-class Skipped(Exception):
-    """An input that does not become a sample: ``reason`` (one of :data:`REASONS`) and what was found."""
+class Skipped(MediaError):
+    """An input that does not become a sample: ``reason`` (one of :data:`REASONS`) and what was found.
+    A :class:`MediaError` a decoder raises is one too (a narrower set of reasons)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        assert reason in REASONS, f"unknown skip reason {reason!r}"
-        super().__init__(reason, detail)  # both in args: a Skipped raised in a worker unpickles whole
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
+    reasons = REASONS
 
 
 @dataclass(frozen=True)
@@ -114,8 +101,17 @@ class ImportOptions:
 
     UNCHANGING: ClassVar[frozenset[str]] = frozenset({"out", "workers", "progress", "strict", "max_skipped_fraction"})
     """Options that do not change the output (left out of the fingerprint)."""
+    PATH_OPTIONS: ClassVar[tuple[str, ...]] = ("val_files",)
+    """Options naming files or folders: resolved to absolute paths, and their contents fingerprinted."""
 
     def __post_init__(self) -> None:
+
+        for key in self.PATH_OPTIONS:  # absolute, so a rerun from another folder means the same files
+            value = getattr(self, key)
+            if isinstance(value, list):
+                setattr(self, key, [str(Path(v).expanduser().resolve()) for v in value])
+            elif value is not None:
+                setattr(self, key, str(Path(value).expanduser().resolve()))
         require(bool(self.out), "out", self.out, "the folder to import into: out=DIR")
         require(self.workers is None or self.workers >= 0, "workers", self.workers, "0 or more, or null")
         require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "a number in [0, 1)")

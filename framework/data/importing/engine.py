@@ -28,14 +28,16 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jevons.framework.data.importing.contract import Converted, Importer, Record, Skipped
 from jevons.framework.data.importing.inputs import check_inputs, walk
+from jevons.framework.data.media import MediaError
 from jevons.framework.errors import DataError, UsageError
 
 FORMAT = 1
@@ -82,6 +84,9 @@ def run_import(importer: Importer[Any], inputs: Sequence[str], rank: int = 0, wo
     options = importer.options
     paths = check_inputs(inputs)
     out = Path(options.out).expanduser().resolve()
+    inside = next((path for path in paths if path.is_dir() and out.is_relative_to(path)), None)
+    if inside is not None:
+        raise UsageError(f"out={out} is inside the input folder {inside}: the import would read its own output.")
     state = out / ".import"
     settings = _settings(importer, paths)
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
@@ -91,16 +96,21 @@ def run_import(importer: Importer[Any], inputs: Sequence[str], rank: int = 0, wo
         finished = _await_claim(out, fingerprint)
     if finished:
         return _finished_result(out)
+    ranks = _Ranks(state, rank, world_size)
+    with ranks.running():
+        return _import(importer, paths, out, ranks)
 
+
+def _import(importer: Importer[Any], paths: list[Path], out: Path, ranks: _Ranks) -> ImportResult:
+    options, state, rank, world_size = importer.options, out / ".import", ranks.rank, ranks.world_size
     if rank == 0:
         if not (state / "prepared").exists():
             importer.prepare(out, lambda: importer.records(paths), options.progress)
             _write_atomic(state / "prepared", "")
     else:
-        _wait_for([state / "prepared"], "rank 0 to prepare the import (e.g. train the tokenizer)")
+        ranks.wait([state / "prepared"], "rank 0 to prepare the import (e.g. train the tokenizer)")
 
-    workers = options.workers if options.workers is not None else max(1, (os.cpu_count() or 1) // world_size)
-    val_roots = [str(Path(p).expanduser().resolve()) for p in options.val_files]
+    workers = options.workers if options.workers is not None else default_workers()
     progress = _Progress(importer, paths, enabled=options.progress and rank == 0)
     runner = _Runner(importer, out, workers, progress)
     seen: set[bytes] = set()
@@ -111,29 +121,102 @@ def run_import(importer: Importer[Any], inputs: Sequence[str], rank: int = 0, wo
         for record in importer.records(paths):
             chunk.append(record)
             if len(chunk) == options.records_per_shard:
-                done_before += _dispatch(chunks, chunk, seen, val_roots, importer, runner, state, rank, world_size)
+                done_before += _dispatch(chunks, chunk, seen, importer, runner, state, rank, world_size)
                 chunks, chunk = chunks + 1, []
         if chunk:
-            done_before += _dispatch(chunks, chunk, seen, val_roots, importer, runner, state, rank, world_size)
+            done_before += _dispatch(chunks, chunk, seen, importer, runner, state, rank, world_size)
             chunks += 1
         runner.finish()
     finally:
         runner.close()
         progress.close()
     del seen
-    _write_atomic(state / f"rank-{rank}-of-{world_size}.done", str(chunks))
+    ranks.finished(chunks)
     if rank != 0:
         return _own_result(out, state, chunks, rank, world_size, done_before)
-    parts = [state / "parts" / f"{k:06d}.json" for k in range(chunks)]
-    _wait_for(parts, "the other ranks' shards")
+    ranks.check_all_finished(chunks)
     return _merge(importer, out, paths, chunks, done_before)
+
+
+def default_workers() -> int:
+    """Worker processes per rank: the cores this process may use (Slurm's allocation, a cgroup's mask)
+    shared by the ranks on this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+class _Ranks:
+    """How the ranks of one launch meet through the folder, under ``.import/ranks/<launch>/``: each writes
+    ``K.started``, ``K.done`` (the chunk count it saw) or ``K.failed`` (its error); rank 0 waits for every
+    ``done`` and compares counts. A lock per rank refuses a second import into the same folder."""
+
+    def __init__(self, state: Path, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        launch = "-".join(os.environ.get(v, "") for v in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "MASTER_PORT"))
+        self.folder = state / "ranks" / (launch.strip("-") or "local") / f"of-{world_size}"
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder.parents[1] / f"rank-{self.rank}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(
+                    f"Another import into {self.folder.parents[2]} is running (rank {self.rank} holds its lock): "
+                    f"wait for it, or stop it first."
+                ) from None
+            _write_atomic(self.folder / f"{self.rank}.started", "")
+            try:
+                yield
+            except BaseException as error:
+                _write_atomic(self.folder / f"{self.rank}.failed", f"{type(error).__name__}: {error}")
+                raise
+
+    def finished(self, chunks: int) -> None:
+        _write_atomic(self.folder / f"{self.rank}.done", str(chunks))
+
+    def wait(self, paths: Sequence[Path], what: str, timeout: float = 24 * 3600.0) -> None:
+        """Wait until every path exists; stop at once if a rank of this launch failed."""
+        deadline = time.monotonic() + timeout
+        remaining = list(paths)
+        while remaining:
+            remaining = [path for path in remaining if not path.exists()]
+            failed = sorted(self.folder.glob("*.failed"))
+            if failed:
+                raise DataError(f"Rank {failed[0].stem} of the import failed: {failed[0].read_text()}")
+            if remaining and time.monotonic() > deadline:
+                raise DataError(f"Gave up waiting for {what}: {remaining[0]} did not appear in {timeout:.0f} s.")
+            if remaining:
+                time.sleep(0.2)
+
+    def check_all_finished(self, chunks: int) -> None:
+        """Rank 0: every rank started (within 10 minutes) and finished, each having seen ``chunks`` chunks."""
+        if self.world_size == 1:
+            return
+        others = range(1, self.world_size)
+        self.wait(
+            [self.folder / f"{k}.started" for k in others],
+            f"all {self.world_size} ranks to start (a single process that Slurm's variables make rank 0 of "
+            f"{self.world_size}? run it under srun, or with launcher.nproc)",
+            timeout=600.0,
+        )
+        self.wait([self.folder / f"{k}.done" for k in others], "the other ranks' shards")
+        for k in others:
+            seen = int((self.folder / f"{k}.done").read_text())
+            if seen != chunks:
+                raise DataError(
+                    f"Rank {k} saw {seen} chunks of inputs, rank 0 saw {chunks}: the ranks read different inputs "
+                    f"(a file changed during the import, or the ranks see different files). Nothing was indexed."
+                )
 
 
 def _dispatch(
     number: int,
     records: list[Record],
     seen: set[bytes],
-    val_roots: list[str],
     importer: Importer[Any],
     runner: _Runner,
     state: Path,
@@ -158,14 +241,30 @@ def _dispatch(
                 raise DataError(_strict_message(record.source, record.skip))
             decided.append((dataclasses.replace(record, payload=None), None))
         else:
-            decided.append((record, _split_of(record, val_roots, options.val_fraction)))
+            decided.append((record, _split_of(record, options.val_files, options.val_fraction)))
     if number % world_size != rank:
         return 0
-    if (state / "parts" / f"{number:06d}.json").exists():
+    if _part_intact(state.parent, number):
         runner.progress.advance(len(records), sum(r.size for r in records))
         return 1
     runner.submit(_Task(number, decided))
     return 0
+
+
+def _part_intact(out: Path, number: int) -> bool:
+    """Whether chunk ``number`` was finished by an earlier run: its part file and shards of the sizes it lists.
+    A part whose shards differ (a machine crash before the disk caught up) is removed, so the chunk is redone."""
+    path = out / ".import" / "parts" / f"{number:06d}.json"
+    if not path.exists():
+        return False
+    try:
+        shards = json.loads(path.read_text())["shards"].values()
+        if all((out / shard["url"]).stat().st_size == shard["filesize"] for shard in shards):
+            return True
+    except (OSError, ValueError, KeyError):
+        pass
+    path.unlink(missing_ok=True)
+    return False
 
 
 def _split_of(record: Record, val_roots: list[str], val_fraction: float) -> str:
@@ -173,12 +272,12 @@ def _split_of(record: Record, val_roots: list[str], val_fraction: float) -> str:
         source = record.source
         held_out = any(source == root or source.startswith((root + ":", root + os.sep)) for root in val_roots)
         return "val" if held_out else "train"
-    assert record.identity is not None
-    position = int.from_bytes(hashlib.blake2b(record.identity, digest_size=8).digest(), "big") / 2**64
+    identity = record.identity if record.identity is not None else record.key.encode()  # no content hash: the key
+    position = int.from_bytes(hashlib.blake2b(identity, digest_size=8).digest(), "big") / 2**64
     return "val" if position < val_fraction else "train"
 
 
-def _strict_message(source: str, skip: Skipped) -> str:
+def _strict_message(source: str, skip: MediaError) -> str:
     return (
         f"{source}: {skip.reason} ({skip.detail}). strict=true stops at the first bad input; "
         f"without it, bad inputs are skipped and counted in import_report.json."
@@ -190,8 +289,9 @@ class _Runner:
 
     def __init__(self, importer: Importer[Any], out: Path, workers: int, progress: _Progress) -> None:
         self.importer = importer
-        self.out = out
         self.progress = progress
+        self.records = 0
+        self.bad = 0  # skipped inputs other than duplicates: what max_skipped_fraction bounds
         self.pending: set[Future[_Part]] = set()
         self.pool: ProcessPoolExecutor | None = None
         self.workers = workers
@@ -221,12 +321,31 @@ class _Runner:
             self._collect(wait(self.pending, return_when=FIRST_COMPLETED).done)
 
     def _collect(self, futures: set[Future[_Part]]) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
         for future in futures:
             self.pending.discard(future)
-            self._done(future.result())  # a worker's DataError (strict) is raised here, naming the input
+            try:
+                part = future.result()  # a worker's DataError (strict) is raised here, naming the input
+            except BrokenProcessPool:
+                raise DataError(
+                    f"A worker process of the import died (killed for memory?) while converting one of "
+                    f"{len(self.pending) + 1} chunks in flight; rerun the same command with fewer workers= "
+                    f"(finished shards are kept)."
+                ) from None
+            self._done(part)
 
     def _done(self, part: _Part) -> None:
         self.progress.advance(part.records, part.size, len(part.skipped))
+        self.records += part.records
+        self.bad += sum(reason != "duplicate" for reason, _, _ in part.skipped)
+        limit = self.importer.options.max_skipped_fraction
+        if self.records >= 2 * self.importer.options.records_per_shard and self.bad > limit * self.records:
+            raise DataError(
+                f"{self.bad} of the first {self.records} inputs this rank read were bad, more than "
+                f"max_skipped_fraction={limit}: stopped early; see the part files in .import/parts/ for which. "
+                f"Fix the inputs, or rerun with a higher max_skipped_fraction (finished shards are kept)."
+            )
 
     def close(self) -> None:
         if self.pool is not None:
@@ -259,12 +378,12 @@ def convert_chunk(task: _Task) -> _Part:
         for ordinal, (record, split) in enumerate(task.records):
             part.records += 1
             part.size += record.size
-            skip = record.skip
+            skip: MediaError | None = record.skip
             samples: list[Converted] = []
             if skip is None:
                 try:
                     samples = importer.convert(record)
-                except Skipped as skipped:
+                except MediaError as skipped:  # Skipped, or a decoder's MediaError let through
                     skip = skipped
             if skip is not None or split is None:
                 assert skip is not None
@@ -282,6 +401,8 @@ def convert_chunk(task: _Task) -> _Part:
                 importer.observe(sample, part.stats)
         for split, writer in writers.items():
             writer.close()
+            files[split].flush()
+            os.fsync(files[split].fileno())
             files[split].close()
             final = out / f"{split}-{task.chunk:06d}.tar"
             os.replace(temporary[split], final)
@@ -337,10 +458,11 @@ def _merge(importer: Importer[Any], out: Path, paths: list[Path], chunks: int, d
         "first_skipped": examples,
     }
     _write_atomic(out / "import_report.json", json.dumps(report, indent=2))
-    if records and sum(skipped.values()) > options.max_skipped_fraction * records:
-        counts = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
+    bad = sum(n for reason, n in skipped.items() if reason != "duplicate")
+    if records and bad > options.max_skipped_fraction * records:
+        counts = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common() if reason != "duplicate")
         raise DataError(
-            f"{sum(skipped.values())} of {records} inputs were skipped ({counts}), more than "
+            f"{bad} of {records} inputs were bad ({counts}), more than "
             f"max_skipped_fraction={options.max_skipped_fraction}; no index was written. "
             f"See {out / 'import_report.json'} for the first of each; fix them or raise max_skipped_fraction."
         )
@@ -372,32 +494,48 @@ def _merge(importer: Importer[Any], out: Path, paths: list[Path], chunks: int, d
 
 
 def _settings(importer: Importer[Any], paths: list[Path]) -> dict[str, Any]:
-    """What the output depends on: the kind, its version, the inputs as found on disk, the shaping options."""
-    options = {
-        key: value
-        for key, value in dataclasses.asdict(importer.options).items()
-        if key not in importer.options.UNCHANGING
-    }
+    """What the output depends on: the kind, its version, the inputs as found on disk, the shaping options
+    (files an option names, such as a tokenizer, described like inputs)."""
+    options = importer.options
+    shaping = {key: value for key, value in dataclasses.asdict(options).items() if key not in options.UNCHANGING}
+    named_files = []
+    for key in options.PATH_OPTIONS:
+        value = getattr(options, key)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and Path(item).expanduser().exists():
+                named_files.append({"option": key, **_describe_input(Path(item).expanduser().resolve())})
     return {
         "format": FORMAT,
         "kind": importer.kind,
         "family": importer.family,
         "importer_version": importer.version,
         "inputs": [_describe_input(path) for path in paths],
-        "options": options,
+        "options": shaping,
+        "option_files": named_files,
     }
 
 
 def _describe_input(path: Path) -> dict[str, Any]:
-    """A file's size and modification time; a folder's file count, total size and newest modification."""
-    if path.is_file():
-        stat = path.stat()
-        return {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    files, size, newest = 0, 0, 0
+    """A file's size and modification time; for a folder, a hash of every file's relative path, size and
+    modification time, so a rename, an added file or a same-size edit is seen."""
+    if not path.is_dir():
+        stat = _stat(path)
+        return {"path": str(path), "bytes": stat[0], "mtime_ns": stat[1]}
+    digest = hashlib.sha256()
+    files = 0
     for file in walk([path]):
-        stat = file.stat()
-        files, size, newest = files + 1, size + stat.st_size, max(newest, stat.st_mtime_ns)
-    return {"path": str(path), "files": files, "bytes": size, "mtime_ns": newest}
+        size, mtime = _stat(file)
+        digest.update(f"{file.relative_to(path)}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        files += 1
+    return {"path": str(path), "files": files, "listing_sha256": digest.hexdigest()}
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError:  # a dangling link: its record is skipped and counted; here it only has to be stable
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _claim(out: Path, settings: dict[str, Any], fingerprint: str) -> bool:
@@ -441,7 +579,7 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> str:
 
 def _await_claim(out: Path, fingerprint: str) -> bool:
     claim_path = out / ".import" / "import.json"
-    _wait_for([claim_path], "rank 0 to start the import")
+    _wait_for([claim_path], "rank 0 to start the import", timeout=600.0)
     claim = json.loads(claim_path.read_text())
     if claim["fingerprint"] != fingerprint:
         raise UsageError(f"This rank sees different inputs or options than rank 0 for out={out}.")
@@ -467,9 +605,14 @@ def _own_result(out: Path, state: Path, chunks: int, rank: int, world_size: int,
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """``text`` into ``path`` under a temporary name, flushed to disk, then renamed: a crash (even of the
+    machine) leaves the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 

@@ -1,10 +1,12 @@
 """Reading users' inputs as streams: folders walked in sorted order, compressed text, manifests row by row.
 
-Nothing here holds a whole input in memory: a jsonl file is read line by line, a
-parquet file batch by batch (``pyarrow.parquet.ParquetFile.iter_batches``), a CSV
-with :mod:`csv`. Compression is decided by the file name (``.gz`` with :mod:`gzip`,
-``.zst`` with ``zstandard``: Python 3.11 has no zstd). Errors a user can fix raise
-:class:`~jevons.framework.errors.UsageError`; a damaged row is the caller's to skip.
+A jsonl file is read line by line, a parquet file a record batch at a time
+(``pyarrow.parquet.ParquetFile.iter_batches``, only the columns asked for), a CSV with
+:mod:`csv`; only a ``.json`` array is read whole, as the tool that wrote it held it.
+Compression is decided by the file name (``.gz`` with :mod:`gzip`, ``.zst`` with
+``zstandard``: Python 3.11 has no zstd); a compressed stream cut short raises
+``EOFError`` either way. Errors a user can fix raise
+:class:`~jevons.framework.errors.UsageError`; a damaged row or file is the caller's to skip.
 """
 
 from __future__ import annotations
@@ -30,11 +32,22 @@ def base_suffix(path: Path) -> str:
 
 
 def walk(inputs: Sequence[Path], suffixes: Sequence[str] | None = None) -> Iterator[Path]:
-    """The files of ``inputs`` (files as given, folders recursively in sorted order, hidden entries skipped);
-    with ``suffixes``, only files whose :func:`base_suffix` is one of them."""
+    """The files of ``inputs``: files as given, folders recursively in sorted order (symbolic links
+    followed, each real folder once; hidden entries skipped); with ``suffixes``, only files whose
+    :func:`base_suffix` is one of them. A folder that cannot be read is a usage error, not a silent gap."""
+
+    def unreadable(error: OSError) -> None:
+        raise UsageError(f"Cannot read {error.filename}: {error.strerror}. Fix its permissions or leave it out.")
+
     for path in inputs:
         if path.is_dir():
-            for directory, folders, files in os.walk(path):
+            visited: set[str] = set()
+            for directory, folders, files in os.walk(path, onerror=unreadable, followlinks=True):
+                real = os.path.realpath(directory)
+                if real in visited:  # a link back up the tree: walked already
+                    folders[:] = []
+                    continue
+                visited.add(real)
                 folders[:] = sorted(f for f in folders if not f.startswith("."))
                 for name in sorted(files):
                     file = Path(directory) / name
@@ -42,6 +55,14 @@ def walk(inputs: Sequence[Path], suffixes: Sequence[str] | None = None) -> Itera
                         yield file
         elif suffixes is None or base_suffix(path) in suffixes:
             yield path
+
+
+def file_size(path: Path) -> int:
+    """``path``'s size, 0 for one that cannot be stat-ed (a dangling link: reading it is skipped and counted)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def check_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -71,27 +92,66 @@ def _open(path: Path) -> tuple[io.BufferedIOBase, IO[bytes]]:
     if suffix == ".zst":
         import zstandard
 
-        # BufferedReader: the decompressor's stream reads but has no readline.
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)), raw
+        return io.BufferedReader(_ZstdReader(raw, zstandard.ZstdDecompressor().decompressobj())), raw
     return raw, raw
+
+
+class _ZstdReader(io.RawIOBase):
+    """A zstd stream decompressed as it is read; unlike ``ZstdDecompressor.stream_reader``, a stream that
+    ends inside a frame raises ``EOFError`` (as gzip does) instead of ending quietly short."""
+
+    def __init__(self, raw: IO[bytes], decompressor: Any) -> None:
+        self.raw = raw
+        self.decompressor = decompressor
+        self.fed = False  # the current frame's decompressor has been given bytes
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        import zstandard
+
+        while not self.pending:
+            if self.decompressor.eof:  # a frame ended; zstd allows another after it
+                leftover = self.decompressor.unused_data
+                self.decompressor, self.fed = zstandard.ZstdDecompressor().decompressobj(), False
+                if leftover:
+                    self.pending, self.fed = self.decompressor.decompress(leftover), True
+                    continue
+            chunk = self.raw.read(1 << 16)
+            if not chunk:
+                if self.fed and not self.decompressor.eof:
+                    raise EOFError("zstd stream ended before the end of its frame (the file is cut short)")
+                return 0
+            self.pending, self.fed = self.decompressor.decompress(chunk), True
+        count = min(len(buffer), len(self.pending))
+        buffer[:count] = self.pending[:count]
+        self.pending = self.pending[count:]
+        return count
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 Row = tuple[int, dict[str, Any] | Exception, int]
 """``(row_number, fields or the error that row raised, bytes of the file on disk read so far)``."""
 
 
-def read_rows(path: Path) -> Iterator[Row]:
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> Iterator[Row]:
     """A manifest's rows, streamed (:data:`Row`); a row that does not parse comes as its error.
 
     ``.jsonl``: one JSON object per line. ``.json``: one array of objects (FastVideo's
     ``videos2caption.json``) or JSON lines. ``.csv``: a header row, then rows (Open-Sora, MUG-V).
-    ``.parquet``: rows of its columns, a record batch at a time.
+    ``.parquet``: rows of ``columns`` (all if None), a record batch at a time. A file that cannot be
+    opened as its format comes as one error row (row 0).
     """
     import json
 
     suffix = base_suffix(path)
     if suffix == ".parquet":
-        yield from _parquet_rows(path)
+        yield from _parquet_rows(path, columns)
         return
     stream, raw = _open(path)
     with stream, raw:
@@ -123,16 +183,18 @@ def read_rows(path: Path) -> Iterator[Row]:
                 yield number, parsed, raw.tell()
 
 
-def _parquet_rows(path: Path) -> Iterator[Row]:
+def _parquet_rows(path: Path, columns: Sequence[str] | None) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError...: all mean "not a parquet file"
-        raise UsageError(f"{path} is not a readable parquet file: {error}") from None
-    size, rows = path.stat().st_size, max(1, table.metadata.num_rows)
+        yield 0, ValueError(f"not a readable parquet file: {error}"), file_size(path)
+        return
+    present = [c for c in columns if c in table.schema_arrow.names] if columns is not None else None
+    size, rows = file_size(path), max(1, table.metadata.num_rows)
     number = 0
-    for batch in table.iter_batches(batch_size=1024):
+    for batch in table.iter_batches(batch_size=1024, columns=present):
         for row in batch.to_pylist():
             number += 1
             yield number, row, size * number // rows

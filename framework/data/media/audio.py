@@ -29,7 +29,7 @@ import numpy as np
 import soundfile
 from scipy.signal import resample_poly
 
-from jevons.framework.data.media import MediaError
+from jevons.framework.data.media import MediaError, require_file
 
 __all__ = ["SAMPLE_RATE", "load_mono", "probe_seconds"]
 
@@ -51,7 +51,7 @@ def load_mono(
     if offset < 0 or (duration is not None and duration < 0):
         raise ValueError(f"offset and duration cannot be negative, got offset={offset}, duration={duration}")
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     try:
         with soundfile.SoundFile(str(path)) as sound:
             source_rate = int(sound.samplerate)
@@ -77,7 +77,7 @@ def probe_seconds(path: Path) -> float:
     Raises :class:`MediaError` "missing file" or "undecodable".
     """
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError) as error:
@@ -85,9 +85,3 @@ def probe_seconds(path: Path) -> float:
     if info.samplerate <= 0:
         raise MediaError("undecodable", f"{path}: the header gives no sample rate")
     return float(info.frames / info.samplerate)
-
-
-def _require_file(path: Path) -> None:
-    # libsndfile reports a missing file as "System error", indistinguishable from others: check first.
-    if not path.is_file():
-        raise MediaError("missing file", f"{path} does not exist" if not path.exists() else f"{path} is not a file")

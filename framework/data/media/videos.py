@@ -46,7 +46,7 @@ from av.container import InputContainer
 from av.video.stream import VideoStream
 from PIL import Image
 
-from jevons.framework.data.media import MediaError
+from jevons.framework.data.media import MediaError, require_file
 from jevons.framework.data.media.images import fit
 
 __all__ = ["VideoInfo", "clip_starts", "probe", "read_clip"]
@@ -69,7 +69,7 @@ def probe(path: Path) -> VideoInfo:
     Raises :class:`MediaError` "missing file", "truncated" (the file ends inside its headers) or "undecodable".
     """
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     try:
         with _open(path) as container:
             stream = _video_stream(container, path)
@@ -130,7 +130,7 @@ def read_clip(path: Path, start: float, fps: float, frames: int, width: int, hei
     if start < 0:
         raise ValueError(f"a clip cannot start before the file does, got start={start}")
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     targets = [start + i / fps for i in range(frames)]
     picked: list[np.ndarray] = []
     decoded = 0
@@ -174,11 +174,6 @@ def read_clip(path: Path, start: float, fps: float, frames: int, width: int, hei
             f"frames up to {targets[-1]:.2f} s",
         )
     return np.stack(picked)
-
-
-def _require_file(path: Path) -> None:
-    if not path.is_file():
-        raise MediaError("missing file", f"{path} does not exist" if not path.exists() else f"{path} is not a file")
 
 
 def _open(path: Path) -> InputContainer:
