@@ -43,7 +43,10 @@ def import_command(arguments: Sequence[str]) -> int:
     importer_class = find_importer(kind, family)
     options = _options(importer_class, kind, settings)
     out = Path(options.out).expanduser().resolve()
-    kept = [a for a in arguments if not (a.startswith("launcher=") or a.startswith("launcher."))]
+    # The ranks' own command: the same settings, paths absolute (a Slurm job may start elsewhere).
+    settings_kept = [a for a in rest if _SETTING.match(a) and not a.startswith(("launcher=", "launcher.", "out="))]
+    absolute = [str(Path(i).expanduser().resolve()) for i in inputs]
+    kept = [kind, *absolute, f"out={out}", *settings_kept]
     env = process_env()
     if env.world_size == 1 and _launch_elsewhere(launcher, launch, kept, out):
         return 0
