@@ -135,6 +135,7 @@ def _import(importer: Importer[Any], paths: list[Path], out: Path, ranks: _Ranks
     if rank != 0:
         return _own_result(out, state, chunks, rank, world_size, done_before)
     ranks.check_all_finished(chunks)
+    ranks.wait([state / "parts" / f"{k:06d}.json" for k in range(chunks)], "every shard's part file")
     return _merge(importer, out, paths, chunks, done_before)
 
 
@@ -168,6 +169,8 @@ class _Ranks:
                     f"Another import into {self.folder.parents[2]} is running (rank {self.rank} holds its lock): "
                     f"wait for it, or stop it first."
                 ) from None
+            for stale in (f"{self.rank}.done", f"{self.rank}.failed"):  # a launch id reused by hand
+                (self.folder / stale).unlink(missing_ok=True)
             _write_atomic(self.folder / f"{self.rank}.started", "")
             try:
                 yield
