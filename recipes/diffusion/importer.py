@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from jevons.framework.config.schema import require
-from jevons.framework.data.importing import Converted, Importer, ImportOptions, Record, Skipped
+from jevons.framework.data.importing import Converted, Importer, ImportOptions, Record
 from jevons.framework.data.importing.captioned import media_bytes, media_records
 from jevons.recipes.diffusion.data import NO_DIGIT
 
@@ -152,13 +152,9 @@ class ImageImporter(_CaptionedMedia):
     suffixes = IMAGE_SUFFIXES
 
     def convert(self, record: Record) -> list[Converted]:
-        from jevons.framework.data.media import MediaError
         from jevons.framework.data.media.images import fit, load_rgb, nearest_bucket
 
-        try:
-            image = load_rgb(Path(record.payload["path"]))
-        except MediaError as error:
-            raise Skipped(error.reason, error.detail) from None
+        image = load_rgb(Path(record.payload["path"]))  # a MediaError is the record's skip (the engine counts it)
         width, height = nearest_bucket(image.width, image.height, self.options.sizes())
         return [self._sample(fit(image, width, height)[None], record)]
 
@@ -176,19 +172,15 @@ class VideoImporter(_CaptionedMedia):
     suffixes = VIDEO_SUFFIXES
 
     def convert(self, record: Record) -> list[Converted]:
-        from jevons.framework.data.media import MediaError
         from jevons.framework.data.media.images import nearest_bucket
         from jevons.framework.data.media.videos import clip_starts, probe, read_clip
 
         options = self.options
         path = Path(record.payload["path"])
-        try:
-            info = probe(path)
-            width, height = nearest_bucket(info.width, info.height, options.sizes())
-            starts = clip_starts(info, options.fps, options.frames, options.max_clips)
-            clips = [read_clip(path, start, options.fps, options.frames, width, height) for start in starts]
-        except MediaError as error:
-            raise Skipped(error.reason, error.detail) from None
+        info = probe(path)  # a MediaError here or below is the record's skip (the engine counts it)
+        width, height = nearest_bucket(info.width, info.height, options.sizes())
+        starts = clip_starts(info, options.fps, options.frames, options.max_clips)
+        clips = [read_clip(path, start, options.fps, options.frames, width, height) for start in starts]
         return [self._sample(clip, record, f"-c{number}") for number, clip in enumerate(clips)]
 
     def describe(self, out: Path, chunk_stats: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -61,7 +61,6 @@ class AudioImporter(Importer[AudioImportOptions]):
         )
 
     def convert(self, record: Record) -> list[Converted]:
-        from jevons.framework.data.media import MediaError
         from jevons.framework.data.media.audio import SAMPLE_RATE, load_mono, probe_seconds
         from jevons.recipes.speech.data import wav_bytes
         from jevons.recipes.speech.features import num_frames
@@ -72,14 +71,11 @@ class AudioImporter(Importer[AudioImportOptions]):
         if not text:
             raise Skipped("empty text", f"transcript {payload['caption']!r} has no letters")
         path = Path(payload["path"])
-        try:
-            seconds = payload["duration"]
-            if seconds is None:  # from the header: nothing is decoded for an utterance the filters drop
-                seconds = probe_seconds(path) - payload["offset"]
-            self._check_duration(seconds)
-            audio = load_mono(path, SAMPLE_RATE, payload["offset"], payload["duration"])
-        except MediaError as error:
-            raise Skipped(error.reason, error.detail) from None
+        seconds = payload["duration"]  # a MediaError here or below is the record's skip (the engine counts it)
+        if seconds is None:  # from the header: nothing is decoded for an utterance the filters drop
+            seconds = probe_seconds(path) - payload["offset"]
+        self._check_duration(seconds)
+        audio = load_mono(path, SAMPLE_RATE, payload["offset"], payload["duration"])
         self._check_duration(len(audio) / SAMPLE_RATE)
         fields = {
             "wav": wav_bytes(audio),

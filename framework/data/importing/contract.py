@@ -164,7 +164,8 @@ class Importer(ABC, Generic[OptionsT]):
 
     @abstractmethod
     def convert(self, record: Record) -> list[Converted]:
-        """The record's samples; raise :class:`Skipped` for an input that cannot be one."""
+        """The record's samples; raise :class:`Skipped` for an input that cannot be one (a decoder's
+        :class:`MediaError`, which it extends, may pass through: it is counted the same way)."""
 
     def observe(self, sample: Converted, stats: dict[str, Any]) -> None:
         """Add a written sample to its shard's JSON-able ``stats``; :meth:`describe` receives every shard's."""

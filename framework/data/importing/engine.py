@@ -183,17 +183,7 @@ class _Ranks:
 
     def wait(self, paths: Sequence[Path], what: str, timeout: float = 24 * 3600.0) -> None:
         """Wait until every path exists; stop at once if a rank of this launch failed."""
-        deadline = time.monotonic() + timeout
-        remaining = list(paths)
-        while remaining:
-            remaining = [path for path in remaining if not path.exists()]
-            failed = sorted(self.folder.glob("*.failed"))
-            if failed:
-                raise DataError(f"Rank {failed[0].stem} of the import failed: {failed[0].read_text()}")
-            if remaining and time.monotonic() > deadline:
-                raise DataError(f"Gave up waiting for {what}: {remaining[0]} did not appear in {timeout:.0f} s.")
-            if remaining:
-                time.sleep(0.2)
+        _wait_for(paths, what, timeout, failed_in=self.folder)
 
     def check_all_finished(self, chunks: int) -> None:
         """Rank 0: every rank started (within 10 minutes) and finished, each having seen ``chunks`` chunks."""
@@ -619,16 +609,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _wait_for(paths: Sequence[Path], what: str, poll: float = 0.2, timeout: float = 24 * 3600.0) -> None:
-    """Wait until every path exists (the ranks meet through the folder; a failing rank stops the job)."""
+def _wait_for(paths: Sequence[Path], what: str, timeout: float, failed_in: Path | None = None) -> None:
+    """Wait until every path exists (the ranks meet through the folder); stop at once when a rank has left
+    a ``*.failed`` marker in ``failed_in``."""
     deadline = time.monotonic() + timeout
     remaining = list(paths)
     while remaining:
         remaining = [path for path in remaining if not path.exists()]
+        failed = sorted(failed_in.glob("*.failed")) if failed_in is not None else []
+        if failed:
+            raise DataError(f"Rank {failed[0].stem} of the import failed: {failed[0].read_text()}")
+        if remaining and time.monotonic() > deadline:
+            raise DataError(f"Gave up waiting for {what}: {remaining[0]} did not appear in {timeout:.0f} s.")
         if remaining:
-            if time.monotonic() > deadline:
-                raise DataError(f"Gave up waiting for {what}: {remaining[0]} did not appear in {timeout:.0f} s.")
-            time.sleep(poll)
+            time.sleep(0.2)
 
 
 class _Progress:
