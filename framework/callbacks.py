@@ -41,6 +41,9 @@ class ResumableState(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch != self._epoch:  # a new epoch, not the one a resume continues
             self._epoch, self.position = trainer.current_epoch, 0
+            # Lightning sets the epoch of ``batch_sampler.sampler`` only; a Jevons batch sampler has none
+            # (before this call every epoch repeated the first one's order, and a resume changed it).
+            self.batch_sampler.set_epoch(trainer.current_epoch)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -66,6 +69,11 @@ class ResumableState(pl.Callback):
         self._epoch, self.position = int(state["epoch"]), int(state["position"])
         if hasattr(self.batch_sampler, "load_state_dict"):
             self.batch_sampler.load_state_dict(state["sampler"])
+        if self.position >= len(self.batch_sampler):
+            # Saved after an epoch's last batch: Lightning resumes into the next epoch (without its
+            # epoch-start hook), so the sampler starts that epoch from its first batch.
+            self._epoch, self.position = self._epoch + 1, 0
+            self.batch_sampler.set_epoch(self._epoch)
         self.batch_sampler.resume(self._epoch, self.position)
         self._pending_rng = state["rng"]
 

@@ -72,7 +72,12 @@ def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int) -> DataL
     """Workers are spawned, not forked: forking the training process, which runs gloo, OpenMP
     and progress-bar threads, can copy a held lock into a worker and hang it (seen here); and
     workers started by a forkserver outlived a SIGKILLed trainer, holding its pipes open (seen
-    here). Spawned workers are the trainer's own children and die with it."""
+    here). Spawned workers are the trainer's own children and die with it.
+
+    The loader draws its workers' base seed from its own generator, not the global RNG: making an
+    epoch's iterator would otherwise advance the training stream between a checkpoint after an
+    epoch's last batch and the next batch, which a resumed run (its RNG restored at that batch)
+    does not see."""
     collate = getattr(dataset, "collate", None)
     if collate is None:
         raise TypeError(f"{type(dataset).__name__} has no collate(samples) method; families' datasets must provide one")
@@ -84,4 +89,5 @@ def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int) -> DataL
         persistent_workers=num_workers > 0,
         worker_init_fn=_init_worker if num_workers > 0 else None,
         multiprocessing_context="spawn" if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),
     )

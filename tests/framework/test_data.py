@@ -104,6 +104,28 @@ def test_sampler_resumes_mid_epoch_without_repeats_or_gaps() -> None:
         RandomBatchSampler(3, 4)
 
 
+def test_each_training_epoch_draws_its_own_order() -> None:
+    """Lightning sets the epoch of ``batch_sampler.sampler`` only; the run's state callback sets ours, so
+    epochs differ (they all repeated epoch 0's order before) and a resume past epoch 0 reads what an
+    uninterrupted run reads."""
+    from types import SimpleNamespace
+
+    from jevons.framework.callbacks import ResumableState
+
+    sampler = RandomBatchSampler(12, 4, seed=5)
+    state = ResumableState(sampler)
+    epochs = []
+    for epoch in range(3):
+        state.on_train_epoch_start(SimpleNamespace(current_epoch=epoch), None)  # type: ignore[arg-type]
+        epochs.append(list(sampler))
+    assert epochs == [_epoch(RandomBatchSampler(12, 4, seed=5), e) for e in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2]
+    state.position = len(sampler)  # a checkpoint after epoch 2's last batch: Lightning resumes into epoch 3
+    resumed = ResumableState(RandomBatchSampler(12, 4, seed=5))
+    resumed.load_state_dict(state.state_dict())
+    assert list(resumed.batch_sampler) == _epoch(RandomBatchSampler(12, 4, seed=5), 3)
+
+
 def test_built_in_data_is_built_once_and_atomically(tmp_path: Path) -> None:
     builds = []
 
