@@ -55,6 +55,8 @@ class Record:
         it decides the validation split, so every rank of a distributed import decides alike.
     :param size: bytes read, for the progress bar.
     :param skip: set when reading already found it bad (a missing file, an undecodable line).
+    :param split: set when the input already belongs to a split (``train`` or ``val``: a precompute of an
+        import keeps the import's); otherwise the engine decides by ``val_files`` or content hash.
     """
 
     key: str
@@ -63,6 +65,7 @@ class Record:
     identity: bytes | None = None
     size: int = 0
     skip: Skipped | None = None
+    split: str | None = None
 
 
 @dataclass(frozen=True)

@@ -261,6 +261,8 @@ def _part_intact(out: Path, number: int) -> bool:
 
 
 def _split_of(record: Record, val_roots: list[str], val_fraction: float) -> str:
+    if record.split is not None:
+        return record.split
     if val_roots:
         source = record.source
         held_out = any(source == root or source.startswith((root + ":", root + os.sep)) for root in val_roots)
