@@ -139,6 +139,6 @@ def make_generator(model: torch.nn.Module, config: Config) -> Generator | None:
         model,
         [(s.res, s.steps) for s in cfg.stages],
         sample.guidance,
-        sample.shift,
+        sample.resolved_shift(),
         cfg.sample_condition_noise,
     )

@@ -10,15 +10,18 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from jevons.framework.objective import Objective, ObjectiveOutput
-from jevons.recipes.diffusion.data import NO_DIGIT
-from jevons.recipes.diffusion.generate import DiffusionSampler, classifier_free_guidance
+from jevons.recipes.diffusion.conditioning import Condition
+from jevons.recipes.diffusion.generate import DiffusionSampler, classifier_free_guidance, conditioner_of
 from jevons.recipes.diffusion.objective import add_noise
+
+if TYPE_CHECKING:
+    from jevons.recipes.diffusion.model import DiffusionModel
 
 
 def widen_for_condition(model: Any) -> None:
@@ -38,8 +41,8 @@ def widen_for_condition(model: Any) -> None:
 
 
 def attach_stage_tokens(model: Any, stages: int) -> None:
-    """One learned conditioning token per stage, next to the class tokens."""
-    width = model.conditioner.table.embedding_dim // model.conditioner.tokens
+    """One learned conditioning token per stage, next to the condition's tokens."""
+    width = model.transformer.config["text_dim"]
     model.stage_tokens = torch.nn.Embedding(stages, width)
     torch.nn.init.normal_(model.stage_tokens.weight, std=0.02)
 
@@ -74,17 +77,17 @@ def low_resolution_condition(clean: torch.Tensor, stage: int, resolutions: Seque
 def velocity(
     model: torch.nn.Module,
     noisy: torch.Tensor,
-    condition: torch.Tensor,
+    low_resolution: torch.Tensor,
     sigma: torch.Tensor,
-    labels: torch.Tensor,
+    condition: Condition,
     stage: int,
 ) -> torch.Tensor:
-    """The cascade model's velocity: condition as extra input channels, the stage as an extra token."""
-    tokens = model.get_submodule("conditioner")(labels)  # (B, L, D)
-    stage_token = stage_tokens(model).weight[stage].expand(labels.shape[0], 1, -1)  # (B, 1, D)
+    """The cascade model's velocity: the low resolution as extra input channels, the stage as an extra token."""
+    tokens = conditioner_of(model)(condition)  # (B, L, D)
+    stage_token = stage_tokens(model).weight[stage].expand(len(condition), 1, -1).to(tokens.dtype)  # (B, 1, D)
     hidden = torch.cat([tokens, stage_token], dim=1)
     transformer = model.get_submodule("transformer")
-    return transformer(torch.cat([noisy, condition], dim=1), sigma * 1000.0, hidden, return_dict=False)[0]
+    return transformer(torch.cat([noisy, low_resolution], dim=1), sigma * 1000.0, hidden, return_dict=False)[0]
 
 
 class CascadeObjective(Objective):
@@ -102,12 +105,14 @@ class CascadeObjective(Objective):
         self.condition_dropout = condition_dropout
 
     def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        clean, labels = batch["video"], batch["labels"]  # full resolution (B, C, F, H, W), (B, 2)
+        conditioner = conditioner_of(model)
+        clean = cast("DiffusionModel", model).clean(batch)  # full resolution (B, C, F, H, W): pixels or latents
+        condition = conditioner.from_batch(batch)
         count = clean.shape[0]
         stages = torch.multinomial(self.weights, count, replacement=True)
         if self.training and self.condition_dropout > 0:
             dropped = torch.rand(count) < self.condition_dropout
-            labels = torch.where(dropped[:, None], torch.full_like(labels, NO_DIGIT), labels)
+            condition = conditioner.drop(condition, dropped)
         total = clean.new_zeros(())
         metrics = {}
         for stage in range(len(self.resolutions)):
@@ -115,13 +120,13 @@ class CascadeObjective(Objective):
             if len(chosen) == 0:
                 continue
             target = resize(clean[chosen], self.resolutions[stage])
-            condition = low_resolution_condition(clean[chosen], stage, self.resolutions)
+            low = low_resolution_condition(clean[chosen], stage, self.resolutions)
             if stage > 0:
                 strength = torch.rand(len(chosen)).view(-1, 1, 1, 1, 1) * self.condition_noise
-                condition = condition + strength * torch.randn_like(condition)
+                low = low + strength * torch.randn_like(low)
             sigma = torch.sigmoid(torch.randn(len(chosen)))
             noise = torch.randn_like(target)
-            predicted = velocity(model, add_noise(target, noise, sigma), condition, sigma, labels[chosen], stage)
+            predicted = velocity(model, add_noise(target, noise, sigma), low, sigma, condition[chosen], stage)
             per_sample = (predicted.float() - (noise - target).float()).pow(2).flatten(1).mean(dim=1)  # (n,)
             total = total + per_sample.sum()
             metrics[f"loss_stage{stage}"] = per_sample.mean().detach()
@@ -129,7 +134,7 @@ class CascadeObjective(Objective):
 
 
 class CascadeSampler(DiffusionSampler):
-    """``sampler(labels, shape)``: stage by stage, each conditioned on the last, the final at ``shape``."""
+    """``sampler(condition, shape)``: stage by stage, each conditioned on the last, the final at ``shape``."""
 
     def __init__(
         self,
@@ -148,7 +153,7 @@ class CascadeSampler(DiffusionSampler):
 
     def sample(
         self,
-        labels: torch.Tensor,
+        condition: Condition,
         shape: Sequence[int],
         steps: int | None,
         guidance: float,
@@ -167,22 +172,24 @@ class CascadeSampler(DiffusionSampler):
         channels, frames = shape[0], shape[1]
         previous: torch.Tensor | None = None
         for stage, ((res, _), count) in enumerate(zip(self.stages, plan)):
-            x = torch.randn((labels.shape[0], channels, frames, res, res), generator=generator)
+            x = torch.randn((len(condition), channels, frames, res, res), generator=generator)
             if previous is None:
-                condition = torch.zeros_like(x)
+                low = torch.zeros_like(x)
             else:
-                condition = resize(previous, res)
-                condition = condition + self.condition_noise * torch.randn(condition.shape, generator=generator)
+                low = resize(previous, res)
+                low = low + self.condition_noise * torch.randn(low.shape, generator=generator)
             scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=self.shift)
             scheduler.set_timesteps(count)
-            predict = functools.partial(velocity, self.model, stage=stage)  # predict(noisy, condition, sigma, labels)
+            predict = functools.partial(velocity, self.model, stage=stage)  # predict(noisy, low, sigma, condition)
             for t in scheduler.timesteps:
-                sigma = (t / 1000.0).expand(labels.shape[0])
-                guided = classifier_free_guidance(predict, (x, condition, sigma), labels, guidance)
+                sigma = (t / 1000.0).expand(len(condition))
+                guided = classifier_free_guidance(
+                    predict, (x, low, sigma), condition, guidance, conditioner_of(self.model)
+                )
                 x = scheduler.step(guided, t, x).prev_sample
-            previous = x.clamp(-1.0, 1.0)
+            previous = self.diffusion.finish(x)
         resolutions = [res for res, _ in self.stages]
-        self.calls.append(SamplingCall(labels.shape[0], resolutions, plan, time.perf_counter() - started))
+        self.calls.append(SamplingCall(len(condition), resolutions, plan, time.perf_counter() - started))
         if previous is None:
             raise ValueError("the cascade has no stages to sample")
         return previous

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 class StepDistillationConfig:
     method: Literal["tdm", "boss"] = "tdm"
     teacher: str | None = None
-    """The dense teacher: a Jevons diffusion export (``transformer/`` + ``conditioner.safetensors``).
-    Null: ``model.pretrained``, the folder the student starts from."""
+    """The dense teacher: a Jevons diffusion export (``transformer/``, and ``conditioner.safetensors`` for a
+    class-conditional one) or a diffusers pipeline folder. Null: ``model.pretrained``, the student's start."""
     steps: int = 4
     """Student sampling steps (K)."""
     teacher_steps: int = 50
@@ -73,13 +73,14 @@ class StepDistillationConfig:
     max_fd_jump: float = 2.0
     """Collapse when ``val/fd`` exceeds this multiple of the best so far."""
     guard_per_class: int = 6
-    """Samples per digit the guard draws from student and teacher (the teacher's once, with ``teacher_steps``)."""
+    """Samples per class or prompt the guard draws from student and teacher (the teacher's once)."""
 
 
 def teacher_folder(config: Config) -> Path:
-    from jevons.recipes.diffusion.family import DiffusionModelConfig
+    from jevons.recipes.diffusion.family import ConditioningConfig, DiffusionModelConfig
 
     cfg = section(config, "step_distillation", StepDistillationConfig)
+    class_table = section(config, "conditioning", ConditioningConfig).kind == "labels"
     folder = cfg.teacher or section(config, "model", DiffusionModelConfig).pretrained
     if not folder:
         raise UsageError(
@@ -87,10 +88,12 @@ def teacher_folder(config: Config) -> Path:
             "it; e.g. benchmarks/teachers/image-16px) or step_distillation.teacher=PATH."
         )
     path = Path(folder).expanduser()
-    if not (path / "transformer").is_dir() or not (path / "conditioner.safetensors").is_file():
+    table = path / "conditioner.safetensors"
+    if not (path / "transformer").is_dir() or (class_table and not table.is_file()):
+        expected = f"{path / 'transformer'}/" + (f" and {table}" if class_table else "")
         raise UsageError(
-            f"step_distillation teacher {path} is not a Jevons diffusion export: expected "
-            f"{path / 'transformer'}/ and {path / 'conditioner.safetensors'} (written by `jevons export`)."
+            f"step_distillation teacher {path} is not a Jevons diffusion export: expected {expected} "
+            f"(written by `jevons export`)."
         )
     return path
 
@@ -117,7 +120,7 @@ def configure(config: Config) -> None:
     if cfg.guard_per_class < 2:
         raise UsageError(
             f"step_distillation.guard_per_class={cfg.guard_per_class} must be at least 2: diversity is "
-            f"measured between samples of the same digit."
+            f"measured between samples of the same class or prompt."
         )
     if not 0.0 <= cfg.min_diversity_ratio < 1.0 or cfg.max_fd_jump <= 1.0:
         raise UsageError(
@@ -133,7 +136,9 @@ def modify_model(model: torch.nn.Module, config: Config) -> None:
     from jevons.recipes.diffusion.family import SampleConfig
 
     steps = section(config, "step_distillation", StepDistillationConfig).steps
-    model.register_buffer("student_sigmas", shifted_schedule(steps, section(config, "sample", SampleConfig).shift))
+    model.register_buffer(
+        "student_sigmas", shifted_schedule(steps, section(config, "sample", SampleConfig).resolved_shift())
+    )
 
 
 @hookimpl
@@ -143,19 +148,17 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
     from jevons.framework.distributed import is_rank_zero
     from jevons.plugins.step_distillation.flow import seeded_inputs
     from jevons.plugins.step_distillation.objectives import BOSSObjective, TDMObjective, bellman_optimal_schedule
-    from jevons.recipes.diffusion.family import (
-        ConditioningConfig,
-        DiffusionDataConfig,
-        DiffusionModelConfig,
-        SampleConfig,
-    )
+    from jevons.recipes.diffusion.components import sample_shape
+    from jevons.recipes.diffusion.family import ConditioningConfig, DiffusionConfig, SampleConfig
+    from jevons.recipes.diffusion.generate import conditioner_of
     from jevons.recipes.diffusion.model import DiffusionModel
 
     cfg = section(config, "step_distillation", StepDistillationConfig)
-    data = section(config, "data", DiffusionDataConfig)
     sample = section(config, "sample", SampleConfig)
     conditioning = section(config, "conditioning", ConditioningConfig)
-    teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens)
+    conditioner = conditioner_of(model)
+    shared = conditioner if conditioner.kind == "text" else None  # text: frozen, so teacher and student share it
+    teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens, shared)
     student_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
     if student_shapes != teacher_shapes:
@@ -165,13 +168,13 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
             f"(first differences: {different}); the student is initialised from the teacher, so the "
             f"model section must match the teacher's."
         )
-    shape = (section(config, "model", DiffusionModelConfig).channels, data.frames, data.resolution, data.resolution)
+    shape = sample_shape(cast("DiffusionConfig", config))
     guidance = sample.guidance if cfg.guidance is None else cfg.guidance
     common: dict[str, Any] = {
         "shape": shape,
         "guidance": guidance,
         "teacher_steps": cfg.teacher_steps,
-        "shift": sample.shift,
+        "shift": sample.resolved_shift(),
         "seed": config.seed,
         "samples_per_epoch": cfg.samples_per_epoch,
         "val_samples": cfg.val_samples,
@@ -184,9 +187,9 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
             clip=config.trainer.gradient_clip_val or 1.0,
             **common,
         )
-    noise, labels = seeded_inputs(torch.arange(cfg.calibration_samples) + 2_000_000_000, shape)
+    noise, condition = seeded_inputs(torch.arange(cfg.calibration_samples) + 2_000_000_000, shape, conditioner)
     sigmas, cost = bellman_optimal_schedule(
-        teacher, noise, labels, cfg.steps, cfg.teacher_steps, sample.shift, guidance
+        teacher, noise, condition, cfg.steps, cfg.teacher_steps, sample.resolved_shift(), guidance
     )
     model.get_buffer("student_sigmas").copy_(sigmas)
     if is_rank_zero():

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.conditioning import Condition, Conditioner
 from jevons.recipes.diffusion.generate import DiffusionSampler, guided_velocity
 
 SEED_STRIDE = 1_000_003
@@ -50,19 +50,21 @@ def shifted_schedule(steps: int, shift: float) -> torch.Tensor:
     return (shift * sigmas / (1.0 + (shift - 1.0) * sigmas)).float()
 
 
-def seeded_inputs(seeds: torch.Tensor, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise ``(B, *shape)`` and single-digit labels ``(B, 2)``, each sample's from its own seed."""
-    noises, digits = [], []
+def seeded_inputs(
+    seeds: torch.Tensor, shape: Sequence[int], conditioner: Conditioner
+) -> tuple[torch.Tensor, Condition]:
+    """Noise ``(B, *shape)`` and conditions drawn by the family's ``conditioner`` (a digit, a prompt),
+    each sample's from its own seed: the condition first, then the noise."""
+    noises, conditions = [], []
     for seed in seeds.tolist():
         generator = torch.Generator().manual_seed(int(seed))
-        digits.append(int(torch.randint(0, 10, (1,), generator=generator)))
+        conditions.append(conditioner.draw(generator))
         noises.append(torch.randn(tuple(shape), generator=generator))
-    labels = torch.tensor([[d, NO_DIGIT] for d in digits])
-    return torch.stack(noises), labels
+    return torch.stack(noises), Condition.cat(conditions)
 
 
 class NoiseSeeds:
-    """A data-free objective's dataset: sample ``i`` is the seed ``offset + i`` of its noise and label."""
+    """A data-free objective's dataset: sample ``i`` is the seed ``offset + i`` of its noise and condition."""
 
     def __init__(self, length: int, offset: int) -> None:
         self.length = length
@@ -82,13 +84,13 @@ class NoiseSeeds:
 
 @torch.no_grad()
 def sample_on_schedule(
-    model: Any, noise: torch.Tensor, labels: torch.Tensor, sigmas: torch.Tensor, guidance: float = 1.0
+    model: Any, noise: torch.Tensor, condition: Condition, sigmas: torch.Tensor, guidance: float = 1.0
 ) -> torch.Tensor:
     """Euler steps of the flow from ``noise`` along ``sigmas`` (1 to 0)."""
     x = noise
     for sigma, next_sigma in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
         s = torch.full((len(x),), sigma, device=x.device)
-        x = x + (next_sigma - sigma) * guided_velocity(model, x, s, labels, guidance)
+        x = x + (next_sigma - sigma) * guided_velocity(model, x, s, condition, guidance)
     return x
 
 
@@ -109,7 +111,13 @@ class StudentSampler(DiffusionSampler):
         return len(self.sigmas) - 1
 
     def sample(
-        self, labels: torch.Tensor, shape: Sequence[int], steps: int | None, guidance: float, generator: torch.Generator
+        self,
+        condition: Condition,
+        shape: Sequence[int],
+        steps: int | None,
+        guidance: float,
+        generator: torch.Generator,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if steps is not None and steps != self.steps:
             from jevons.framework.errors import UsageError
@@ -118,6 +126,6 @@ class StudentSampler(DiffusionSampler):
                 f"this distilled student samples in {self.steps} steps on its schedule "
                 f"{[round(s, 4) for s in self.sigmas.tolist()]}; steps={steps} was asked for."
             )
-        device = next(self.model.parameters()).device
-        noise = torch.randn((labels.shape[0], *shape), generator=generator).to(device)
-        return sample_on_schedule(self.model, noise, labels.to(device), self.sigmas, guidance).clamp(-1.0, 1.0)
+        x = self.initial_noise(len(condition), shape, generator, noise)
+        samples = sample_on_schedule(self.model, x, condition.to(x.device), self.sigmas, guidance)
+        return self.diffusion.finish(samples)

@@ -3,8 +3,9 @@
 Distribution matching can collapse — to a few modes, to static or
 single-colour output (seen in FastVideo's DMD runs) — while its loss looks
 fine. At every validation the guard draws ``per_class`` student samples for
-each digit from fixed seeds and measures their within-class diversity (mean
-pairwise L2 distance between samples of the same class), as a ratio to the
+each class or prompt the family's conditioner draws from, from fixed seeds,
+and measures their within-class diversity (mean pairwise L2 distance between
+samples of the same class), as a ratio to the
 teacher's diversity on the same seeds; and it watches ``val/fd`` for a jump
 over the best value so far. Either sign warns (``collapse_guard=warn``) or
 stops the run with a ``TrainingStopped`` error that says what was seen
@@ -14,22 +15,26 @@ stops the run with a ``TrainingStopped`` error that says what was seen
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytorch_lightning as pl
 import torch
 
 from jevons.framework.errors import TrainingStopped
 from jevons.plugins.step_distillation.flow import sample_on_schedule, seeded_inputs, shifted_schedule
+from jevons.recipes.diffusion.conditioning import Condition
+
+if TYPE_CHECKING:
+    from jevons.recipes.diffusion.model import DiffusionModel
 
 GUARD_SEED_OFFSET = 3_000_000_000
 
 
-def within_class_diversity(samples: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over classes of the mean pairwise L2 distance between that class's samples."""
+def within_class_diversity(samples: torch.Tensor, groups: torch.Tensor) -> float:
+    """Mean over classes (or prompts) of the mean pairwise L2 distance between that class's samples."""
     distances = []
-    for digit in labels[:, 0].unique():
-        group = samples[labels[:, 0] == digit].flatten(1).float()
+    for value in groups.unique():
+        group = samples[groups == value].flatten(1).float()
         if len(group) > 1:
             pairwise = torch.cdist(group, group)
             distances.append(pairwise.sum() / (len(group) * (len(group) - 1)))
@@ -52,11 +57,16 @@ class CollapseGuard(pl.Callback):
         self.steps = 0
         self.schedule = ""
 
-    def _inputs(self, objective: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        seeds = GUARD_SEED_OFFSET + torch.arange(10 * self.per_class * 4)
-        noise, labels = seeded_inputs(seeds, objective.shape)
-        chosen = torch.cat([torch.nonzero(labels[:, 0] == d).squeeze(1)[: self.per_class] for d in range(10)])
-        return noise[chosen].to(device), labels[chosen].to(device)
+    def _inputs(self, objective: Any, device: torch.device) -> tuple[torch.Tensor, Condition, torch.Tensor]:
+        """``per_class`` seeded inputs for each class or prompt the conditioner draws from, and their groups."""
+        conditioner = objective.conditioner
+        seeds = GUARD_SEED_OFFSET + torch.arange(conditioner.num_groups * self.per_class * 4)
+        noise, condition = seeded_inputs(seeds, objective.shape, conditioner)
+        groups = conditioner.group(condition)
+        chosen = torch.cat(
+            [torch.nonzero(groups == g).squeeze(1)[: self.per_class] for g in range(conditioner.num_groups)]
+        )
+        return noise[chosen].to(device), condition[chosen].to(device), groups[chosen]
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.mode == "off" or trainer.sanity_checking:
@@ -65,24 +75,24 @@ class CollapseGuard(pl.Callback):
         from jevons.plugins.step_distillation.objectives import DistillationObjective
 
         assert isinstance(pl_module, JevonsModule), "Jevons trains a JevonsModule"
-        objective, model = pl_module.objective, pl_module.model
+        objective, model = pl_module.objective, cast("DiffusionModel", pl_module.model)
         assert isinstance(objective, DistillationObjective), "step_distillation makes the run's objective"
         sigmas = model.get_buffer("student_sigmas")
         device = next(model.parameters()).device
-        noise, labels = self._inputs(objective, device)
+        noise, condition, groups = self._inputs(objective, device)
         with torch.no_grad():
             if self.teacher_diversity is None:
                 teacher = sample_on_schedule(
                     objective.teacher,
                     noise,
-                    labels,
+                    condition,
                     shifted_schedule(objective.teacher_steps, objective.shift),
                     objective.guidance,
                 )
-                self.teacher_diversity = within_class_diversity(teacher.clamp(-1, 1), labels)
-            student = sample_on_schedule(model, noise, labels, sigmas).clamp(-1, 1)
+                self.teacher_diversity = within_class_diversity(model.finish(teacher), groups)
+            student = model.finish(sample_on_schedule(model, noise, condition, sigmas))
         self.steps, self.schedule = len(sigmas) - 1, str([round(s, 4) for s in sigmas.tolist()])
-        self.diversity_ratio = within_class_diversity(student, labels) / max(self.teacher_diversity, 1e-8)
+        self.diversity_ratio = within_class_diversity(student, groups) / max(self.teacher_diversity, 1e-8)
         problems = []
         if self.diversity_ratio < self.min_diversity_ratio:
             problems.append(

@@ -1,14 +1,15 @@
 """Data-free step distillation objectives: TDM (distribution matching) and BOSS (trajectory straightening).
 
 Both read nothing but noise seeds (:class:`NoiseSeeds`): every input is noise
-and a random digit label drawn from the sample's seed. The frozen dense
+and a condition the family's conditioner draws from the sample's seed (a
+digit, or one of the configured prompts). The frozen dense
 teacher is held outside the module tree, so it is neither trained nor saved
 in checkpoints; the student is the run's model, and its K-step schedule is
 the model's ``student_sigmas`` buffer (saved with it, read by the sampler).
 
 Validation (``val/loss``, the same for both methods) is the mean squared
 difference between the student's K-step sample and the teacher's
-``teacher_steps``-step guided sample from the same noise and label: the
+``teacher_steps``-step guided sample from the same noise and condition: the
 student's departure from the teacher's sampler, on fixed seeds.
 """
 
@@ -17,12 +18,17 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from jevons.framework.objective import Objective, ObjectiveOutput
+from jevons.recipes.diffusion.conditioning import Condition, Conditioner
+from jevons.recipes.diffusion.generate import conditioner_of
+
+if TYPE_CHECKING:
+    from jevons.recipes.diffusion.model import DiffusionModel
 from jevons.plugins.step_distillation.flow import (
     NoiseSeeds,
     diffuse,
@@ -72,13 +78,18 @@ class DistillationObjective(Objective):
             return NoiseSeeds(self.samples_per_epoch, self.seed * 1_000_003)
         return NoiseSeeds(self.val_samples, VAL_SEED_OFFSET + self.seed * 1_000_003)
 
-    def inputs(self, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        noise, labels = seeded_inputs(batch["seeds"], self.shape)
+    @property
+    def conditioner(self) -> Conditioner:
+        """The family's conditioner (the teacher's): what a seed's condition is drawn by."""
+        return conditioner_of(self.teacher)
+
+    def inputs(self, batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, Condition]:
+        noise, condition = seeded_inputs(batch["seeds"], self.shape, self.conditioner)
         self.teacher.to(device)
-        return noise.to(device), labels.to(device)
+        return noise.to(device), condition.to(device)
 
     @torch.no_grad()
-    def teacher_samples(self, seeds: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def teacher_samples(self, seeds: torch.Tensor, noise: torch.Tensor, condition: Condition) -> torch.Tensor:
         """The teacher's guided ``teacher_steps``-step samples for these seeds (cached: validation seeds repeat)."""
         from jevons.plugins.step_distillation.flow import shifted_schedule
 
@@ -88,19 +99,19 @@ class DistillationObjective(Objective):
             made = sample_on_schedule(
                 self.teacher,
                 noise[index],
-                labels[index],
+                condition[index],
                 shifted_schedule(self.teacher_steps, self.shift),
                 self.guidance,
             )
-            for i, sample in zip(missing, made.clamp(-1, 1)):
+            for i, sample in zip(missing, finish(self.teacher, made)):
                 self._teacher_samples[int(seeds[i])] = sample.cpu()
         return torch.stack([self._teacher_samples[int(s)] for s in seeds.tolist()]).to(noise.device)
 
     def validation(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveOutput:
-        noise, labels = self.inputs(batch, batch["seeds"].device)
+        noise, condition = self.inputs(batch, batch["seeds"].device)
         with torch.no_grad():
-            student = sample_on_schedule(model, noise, labels, model.get_buffer("student_sigmas")).clamp(-1, 1)
-            reference = self.teacher_samples(batch["seeds"], noise, labels)
+            student = finish(model, sample_on_schedule(model, noise, condition, model.get_buffer("student_sigmas")))
+            reference = self.teacher_samples(batch["seeds"], noise, condition)
             loss = F.mse_loss(student.float(), reference.float())
         return ObjectiveOutput(loss=loss, weight=len(noise))
 
@@ -151,7 +162,7 @@ class TDMObjective(DistillationObjective):
         self.fake_optimizer.load_state_dict(state["fake_optimizer"])
 
     def _segment_points(
-        self, model: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor
+        self, model: torch.nn.Module, noise: torch.Tensor, condition: Condition
     ) -> dict[str, torch.Tensor]:
         """Segment starts on the student's own trajectory and the noise levels drawn in each segment."""
         sigmas = model.get_buffer("student_sigmas").to(noise.device)
@@ -160,7 +171,7 @@ class TDMObjective(DistillationObjective):
             x, starts = noise, []
             for k in range(steps):
                 starts.append(x)
-                x = x + (sigmas[k + 1] - sigmas[k]) * model(x, sigmas[k].expand(batch), labels)
+                x = x + (sigmas[k + 1] - sigmas[k]) * model(x, sigmas[k].expand(batch), condition)
         segment = torch.randint(0, steps, (batch,), device=device)
         start = torch.stack(starts)[segment, torch.arange(batch, device=device)]
         sigma_start, sigma_end = sigmas[segment], sigmas[segment + 1]
@@ -183,11 +194,11 @@ class TDMObjective(DistillationObjective):
         return x_t, log_ratio.clamp(max=5.0).exp()
 
     def _fake_step(
-        self, x0: torch.Tensor, noise: torch.Tensor, labels: torch.Tensor, points: dict[str, torch.Tensor]
+        self, x0: torch.Tensor, noise: torch.Tensor, condition: Condition, points: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         x_t, importance = self._noised(x0, noise, points)
         sigma_t = points["sigma_t"]
-        fake_x0, _ = x0_and_noise(x_t, sigma_t, self.fake(x_t, sigma_t, labels))
+        fake_x0, _ = x0_and_noise(x_t, sigma_t, self.fake(x_t, sigma_t, condition))
         snr = ((1.0 - sigma_t) / sigma_t).pow(2).clamp(max=5.0)
         per_sample = (fake_x0.float() - x0.float()).pow(2).flatten(1).mean(1)
         loss = (per_sample * snr * importance).mean()
@@ -199,21 +210,21 @@ class TDMObjective(DistillationObjective):
         return loss.detach()
 
     def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
-        noise_in, labels = self.inputs(batch, next(model.parameters()).device)
-        points = self._segment_points(model, noise_in, labels)
+        noise_in, condition = self.inputs(batch, next(model.parameters()).device)
+        points = self._segment_points(model, noise_in, condition)
         start, sigma_start = points["start"], points["sigma_start"]
         with torch.no_grad():
-            x0_fixed, noise_fixed = x0_and_noise(start, sigma_start, model(start, sigma_start, labels))
-        fake_losses = [self._fake_step(x0_fixed, noise_fixed, labels, points) for _ in range(self.fake_updates)]
+            x0_fixed, noise_fixed = x0_and_noise(start, sigma_start, model(start, sigma_start, condition))
+        fake_losses = [self._fake_step(x0_fixed, noise_fixed, condition, points) for _ in range(self.fake_updates)]
 
-        x0, noise = x0_and_noise(start, sigma_start, model(start, sigma_start, labels))
+        x0, noise = x0_and_noise(start, sigma_start, model(start, sigma_start, condition))
         sigma_t = points["sigma_t"]
         with torch.no_grad():
             x_t, _ = self._noised(x0.detach(), noise.detach(), points)
             teacher_x0, _ = x0_and_noise(
-                x_t, sigma_t, guided_velocity(self.teacher, x_t, sigma_t, labels, self.guidance)
+                x_t, sigma_t, guided_velocity(self.teacher, x_t, sigma_t, condition, self.guidance)
             )
-            fake_x0, _ = x0_and_noise(x_t, sigma_t, self.fake(x_t, sigma_t, labels))
+            fake_x0, _ = x0_and_noise(x_t, sigma_t, self.fake(x_t, sigma_t, condition))
             scale = (x0 - teacher_x0).abs().flatten(1).mean(1).clamp(min=1e-4).view(-1, *[1] * (x0.ndim - 1))
             target = x0 + (teacher_x0 - fake_x0)
         loss = ((x0.float() - target.float()).pow(2) / scale).mean()
@@ -243,45 +254,50 @@ class BOSSObjective(DistillationObjective):
     def __init__(self, teacher: torch.nn.Module, *args: Any, pool_size: int, **kwargs: Any) -> None:
         super().__init__(teacher, *args, **kwargs)
         self.pool_size = pool_size
-        self._pool: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pool: tuple[torch.Tensor, Condition] | None = None
 
-    def pool(self, sigmas: torch.Tensor, device: torch.device, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(points (P, K + 1, ...), labels (P, 2))`` of the teacher's trajectories at ``sigmas``."""
+    def pool(self, sigmas: torch.Tensor, device: torch.device, chunk: int = 128) -> tuple[torch.Tensor, Condition]:
+        """``(points (P, K + 1, ...), conditions (P))`` of the teacher's trajectories at ``sigmas``."""
         if self._pool is None:
             seeds = POOL_SEED_OFFSET + torch.arange(self.pool_size)
-            points, labels = [], []
+            points, conditions = [], []
             for start in range(0, self.pool_size, chunk):
-                noise, label = self.inputs({"seeds": seeds[start : start + chunk]}, device)
+                noise, condition_part = self.inputs({"seeds": seeds[start : start + chunk]}, device)
                 points.append(
                     teacher_points(
-                        self.teacher, noise, label, sigmas, self.teacher_steps, self.shift, self.guidance
+                        self.teacher, noise, condition_part, sigmas, self.teacher_steps, self.shift, self.guidance
                     ).transpose(0, 1)
                 )
-                labels.append(label)
-            self._pool = (torch.cat(points), torch.cat(labels))
+                conditions.append(condition_part)
+            self._pool = (torch.cat(points), Condition.cat(conditions))
         return self._pool
 
     def training_step(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
         device = next(model.parameters()).device
         sigmas = model.get_buffer("student_sigmas").to(device)
-        pool, pool_labels = self.pool(sigmas, device)
+        pool, pool_conditions = self.pool(sigmas, device)
         chosen = (batch["seeds"] % self.pool_size).to(device)
-        points, labels = pool[chosen], pool_labels[chosen]  # (B, K + 1, ...), (B, 2)
+        points, condition = pool[chosen], pool_conditions[chosen]  # (B, K + 1, ...), B conditions
         batch_size, steps = len(chosen), len(sigmas) - 1
         k = torch.randint(0, steps, (batch_size,), device=device)
         rows = torch.arange(batch_size, device=device)
         start, end = points[rows, k], points[rows, k + 1]
         sigma, next_sigma = sigmas[k], sigmas[k + 1]
         chord = (end - start) / (next_sigma - sigma).view(-1, *[1] * (start.ndim - 1))
-        velocity = model(start, sigma, labels)
+        velocity = model(start, sigma, condition)
         return ObjectiveOutput(loss=F.mse_loss(velocity.float(), chord.float()), weight=batch_size)
+
+
+def finish(model: Any, samples: torch.Tensor) -> torch.Tensor:
+    """The family model's last sampling step (pixels clamped, latents kept)."""
+    return cast("DiffusionModel", model).finish(samples)
 
 
 @torch.no_grad()
 def teacher_points(
     teacher: Any,
     noise: torch.Tensor,
-    labels: torch.Tensor,
+    condition: Condition,
     sigmas: torch.Tensor,
     teacher_steps: int,
     shift: float,
@@ -302,7 +318,7 @@ def teacher_points(
             found[wanted[round(sigma, 6)]] = x
         if index + 1 < len(fine):
             s = torch.full((len(x),), sigma, device=x.device)
-            x = x + (float(fine[index + 1]) - sigma) * guided_velocity(teacher, x, s, labels, guidance)
+            x = x + (float(fine[index + 1]) - sigma) * guided_velocity(teacher, x, s, condition, guidance)
     points = [point for point in found if point is not None]
     if len(points) < len(found):
         raise ValueError(f"sigmas {sigmas.tolist()} are not all on the teacher's grid")
@@ -313,7 +329,7 @@ def teacher_points(
 def bellman_optimal_schedule(
     teacher: Any,
     noise: torch.Tensor,
-    labels: torch.Tensor,
+    condition: Condition,
     steps: int,
     teacher_steps: int,
     shift: float,
@@ -329,12 +345,16 @@ def bellman_optimal_schedule(
     from jevons.plugins.step_distillation.flow import shifted_schedule
 
     grid = shifted_schedule(teacher_steps, shift)
-    trajectory = teacher_points(teacher, noise, labels, grid, teacher_steps, shift, guidance)  # (N+1, B, ...)
+    trajectory = teacher_points(teacher, noise, condition, grid, teacher_steps, shift, guidance)  # (N+1, B, ...)
     count = len(grid)
     velocities = torch.stack(
         [
             guided_velocity(
-                teacher, trajectory[i], torch.full((len(noise),), float(grid[i]), device=noise.device), labels, guidance
+                teacher,
+                trajectory[i],
+                torch.full((len(noise),), float(grid[i]), device=noise.device),
+                condition,
+                guidance,
             )
             for i in range(count - 1)
         ]

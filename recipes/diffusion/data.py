@@ -9,8 +9,10 @@ indexed shards with their labels; the dataset resizes to the recipe's
 resolution and frame count when reading (16 px x 8 frames for the CPU video
 recipe: every other frame, area-downsampled). Every tenth sample is held out.
 Users' own data is a folder of ``train.json``/``val.json`` shard indexes whose
-samples hold ``frames.npy`` (uint8, ``(F, H, W)`` or ``(F, H, W, C)``) and
-``labels.json``.
+samples hold ``frames.npy`` (uint8, ``(F, H, W)`` or ``(F, H, W, C)``),
+``labels.json`` and ``txt`` (the caption), or, precomputed from such a folder
+by ``jevons data import latents``, ``latent.safetensors`` (the VAE latents and
+the caption's trimmed text embedding: :class:`LatentClips`).
 """
 
 from __future__ import annotations
@@ -130,16 +132,20 @@ def _decode(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 class DigitClips(ShardBackedDataset):
-    """Map-style samples ``{"video": (C, F, H, W) float in [-1, 1], "labels": (2,)}`` at the recipe's size."""
+    """Map-style samples ``{"video": (C, F, H, W) float in [-1, 1], "labels": (2,)}`` at the recipe's size,
+    and with ``captions`` the sample's ``"caption"`` (for a text-conditioned model encoding online)."""
 
-    def __init__(self, samples: ShardDataset, resolution: int, frames: int) -> None:
+    def __init__(self, samples: ShardDataset, resolution: int, frames: int, captions: bool = False) -> None:
         super().__init__(samples)
         self.resolution = resolution
         self.frames = frames
+        self.captions = captions
 
     @classmethod
-    def from_folder(cls, folder: Path, split: str, data_config: Any) -> DigitClips:
-        return cls(open_split(folder, split, _decode, data_config), data_config.resolution, data_config.frames)
+    def from_folder(cls, folder: Path, split: str, data_config: Any, captions: bool = False) -> DigitClips:
+        decode = _decode_captioned if captions else _decode
+        samples = open_split(folder, split, decode, data_config)
+        return cls(samples, data_config.resolution, data_config.frames, captions)
 
     def __getitem__(self, i: int) -> Any:
         sample = self.samples[i]
@@ -160,13 +166,74 @@ class DigitClips(ShardBackedDataset):
                 [np.stack([_resize(f[..., c], self.resolution) for c in range(f.shape[-1])], -1) for f in frames]
             )
         video = np.transpose(frames, (3, 0, 1, 2)) * 2.0 - 1.0  # (C, F, H, W)
-        return {"video": video.astype(np.float32), "labels": np.asarray(sample["labels"], dtype=np.int64)}
+        item = {"video": video.astype(np.float32), "labels": np.asarray(sample["labels"], dtype=np.int64)}
+        if self.captions:
+            item["caption"] = sample["caption"]
+        return item
 
     @staticmethod
     def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        return {
+        batch: dict[str, Any] = {
             "video": torch.from_numpy(np.stack([s["video"] for s in samples])),  # (B, C, F, H, W)
             "labels": torch.from_numpy(np.stack([s["labels"] for s in samples])),  # (B, 2)
+        }
+        if "caption" in samples[0]:
+            batch["captions"] = [s["caption"] for s in samples]
+        return batch
+
+
+def _decode_captioned(sample: dict[str, Any]) -> dict[str, Any]:
+    if "txt" not in sample:
+        raise ValueError("the sample has no caption (txt): a text-conditioned model needs one per sample")
+    return {**_decode(sample), "caption": sample["txt"].decode()}
+
+
+LATENT_FIELD = "latent.safetensors"
+"""A precomputed sample's field: ``latents`` ``(C, F', H', W')`` and ``text`` ``(length, text_dim)``."""
+
+
+def is_latent_folder(folder: Path) -> bool:
+    meta = folder / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text()).get("kind") == "latents"
+
+
+def _decode_latent(sample: dict[str, Any]) -> dict[str, Any]:
+    from safetensors.torch import load
+
+    tensors = load(sample[LATENT_FIELD])
+    return {"latents": tensors["latents"].float(), "text": tensors["text"].float()}
+
+
+class LatentClips(ShardBackedDataset):
+    """Precomputed samples ``{"latents": (C, F', H', W'), "text_embeddings": (max_length, text_dim)}``: the
+    embedding trimmed at its mask when stored, zero-padded here as WanPipeline pads it. Latents of one
+    batch must share a shape (one import size, or the padding-aware sampler's buckets)."""
+
+    def __init__(self, samples: ShardDataset, max_length: int) -> None:
+        super().__init__(samples)
+        self.max_length = max_length
+
+    @classmethod
+    def from_folder(cls, folder: Path, split: str, data_config: Any, max_length: int) -> LatentClips:
+        return cls(open_split(folder, split, _decode_latent, data_config), max_length)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.samples[i]
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        from jevons.recipes.diffusion.text import pad_embeddings
+
+        shapes = {tuple(s["latents"].shape) for s in samples}
+        if len(shapes) > 1:
+            raise ValueError(
+                f"a batch mixes latent shapes {sorted(shapes)}: enable padding_aware_sampling (it batches "
+                f"one bucket at a time) or precompute one size"
+            )
+        return {
+            "latents": torch.stack([s["latents"] for s in samples]),
+            "text_embeddings": pad_embeddings([s["text"] for s in samples], self.max_length),
         }

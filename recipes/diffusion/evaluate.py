@@ -1,4 +1,8 @@
-"""What each diffusion validation adds: a sample grid (PNG) or clips (GIF), and the quality metrics."""
+"""What each diffusion validation adds: a sample grid (PNG for images; GIF and MP4 for clips), TensorBoard
+images or animations, and, for the class-conditional digits, the quality metrics.
+
+A latent model's samples are decoded through its VAE first. TensorBoard's own ``add_video`` needs
+moviepy 1.x; an animated GIF in an image summary (what ``add_video`` writes) needs only Pillow."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 import torch
 
 from jevons.framework.family import EvalContext
-from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.conditioning import Condition, class_labels
 from jevons.recipes.diffusion.metrics import (
     classifier,
     features_and_predictions,
@@ -36,16 +40,25 @@ def grid(videos: np.ndarray, columns: int) -> np.ndarray:
     return canvas
 
 
-def save_grid(frames: np.ndarray, path: Path) -> Path:
-    """A PNG for one frame, an animated GIF for several; grayscale when there is one channel."""
+def _images(frames: np.ndarray, scale: int) -> list[Any]:
     from PIL import Image
 
-    images = [
+    return [
         Image.fromarray(f[..., 0] if f.shape[-1] == 1 else f).resize(
-            (f.shape[1] * 4, f.shape[0] * 4), Image.Resampling.NEAREST
+            (f.shape[1] * scale, f.shape[0] * scale), Image.Resampling.NEAREST
         )
         for f in frames
     ]
+
+
+def grid_scale(frames: np.ndarray) -> int:
+    """Nearest-neighbour upscaling that makes a small grid viewable (4x for the 16 px digits, 1x from 256 px)."""
+    return max(1, min(4, 256 // max(1, frames.shape[1])))
+
+
+def save_grid(frames: np.ndarray, path: Path) -> Path:
+    """A PNG for one frame, an animated GIF for several; grayscale when there is one channel."""
+    images = _images(frames, grid_scale(frames))
     if len(images) == 1:
         path = path.with_suffix(".png")
         images[0].save(path)
@@ -55,10 +68,47 @@ def save_grid(frames: np.ndarray, path: Path) -> Path:
     return path
 
 
-def class_labels(count: int) -> torch.Tensor:
-    """``count`` single-digit labels cycling 0..9: ``(count, 2)`` with the second slot empty."""
-    digits = torch.arange(count) % 10
-    return torch.stack([digits, torch.full_like(digits, NO_DIGIT)], dim=1)
+def save_mp4(frames: np.ndarray, path: Path, fps: float = 16.0) -> Path:
+    """``(F, H, W, C)`` uint8 frames as an H.264 MP4 (PyAV), written under a temporary name then renamed."""
+    import os
+    from fractions import Fraction
+
+    import av
+
+    path = path.with_suffix(".mp4")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    height, width = frames.shape[1:3]
+    partial = path.with_name(path.name + ".partial")
+    with av.open(str(partial), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        stream.width, stream.height = width + width % 2, height + height % 2  # yuv420p: even sides
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12"}
+        for frame in frames:
+            padded = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="rgb24")))
+        container.mux(stream.encode())
+    os.replace(partial, path)
+    return path
+
+
+def log_to_tensorboard(writer: Any, tag: str, frames: np.ndarray, step: int) -> None:
+    """One frame as an image; several as an animated GIF in an image summary (what ``add_video`` writes,
+    without moviepy)."""
+    import io
+
+    if frames.shape[0] == 1:
+        writer.add_image(tag, frames[0], step, dataformats="HWC")
+        return
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    images = _images(frames, 1)
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=120, loop=0)
+    height, width, channels = frames.shape[1:]
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 def quality(
@@ -78,7 +128,7 @@ def quality(
     labels = class_labels(count)
     samples = torch.cat(
         [
-            sampler(labels[i : i + batch], shape, steps=steps, seed=seed + i, **sampler_options)
+            sampler(Condition(labels=labels[i : i + batch]), shape, steps=steps, seed=seed + i, **sampler_options)
             for i in range(0, count, batch)
         ]
     )
@@ -96,28 +146,27 @@ def quality(
 
 
 def evaluate(context: EvalContext, family: Any) -> dict[str, float]:
-    cfg, data = context.config.sample, context.config.data
-    shape = (context.config.model.channels, data.frames, data.resolution, data.resolution)
-    columns = 10
-    labels = class_labels(columns * cfg.grid_rows)
-    videos = context.generator(labels, shape, seed=context.step)
+    from jevons.recipes.diffusion.components import sample_shape
+    from jevons.recipes.diffusion.generate import conditioner_of
+
+    config = context.config
+    cfg = config.sample
+    conditioner = conditioner_of(context.model)
+    columns = min(10, conditioner.grid_columns)
+    shape = sample_shape(config)
+    samples = context.generator(conditioner.grid(columns * cfg.grid_rows), shape, seed=context.step)
     if context.is_rank_zero:
+        tiled = grid(to_uint8(context.model.to_pixels(samples)), columns)  # (F, H, W, C)
         folder = context.run_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
-        path = save_grid(grid(to_uint8(videos), columns), folder / f"step_{context.step:08d}")
-        context.artifacts.append(path)
+        context.artifacts.append(save_grid(tiled, folder / f"step_{context.step:08d}"))
+        if tiled.shape[0] > 1:
+            context.artifacts.append(save_mp4(tiled, folder / f"step_{context.step:08d}"))
         if context.tensorboard is not None:
-            tiled = grid(to_uint8(videos), columns)  # (F, H, W, C)
-            if tiled.shape[0] == 1:
-                context.tensorboard.add_image("samples", tiled[0], context.step, dataformats="HWC")
-            else:
-                context.tensorboard.add_video(
-                    "samples", torch.from_numpy(tiled).permute(0, 3, 1, 2)[None], context.step, fps=8
-                )
-    if cfg.fd_samples <= 0:
+            log_to_tensorboard(context.tensorboard, "samples", tiled, context.step)
+    if cfg.fd_samples <= 0 or conditioner.kind != "labels":
         return {}
-    real = family.real_reference(context.config, cfg.fd_samples)
-    metrics = quality(
-        context.generator, shape, real, family.images_dir(context.config), cfg.fd_samples, cfg.eval_batch, seed=10_000
-    )
+    real = family.real_reference(config, cfg.fd_samples)
+    images = family.images_dir(config)
+    metrics = quality(context.generator, shape, real, images, cfg.fd_samples, cfg.eval_batch, seed=10_000)
     return {f"val/{name}": value for name, value in metrics.items()}

@@ -1,10 +1,13 @@
 """The ``diffusion`` family: image and video diffusion transformers (diffusers' Wan) trained by rectified flow.
 
 Images are one-frame videos. The model is :class:`~jevons.recipes.diffusion.model.DiffusionModel`:
-a diffusers ``WanTransformer3DModel`` plus a learned class conditioner. The
-default objective is rectified flow with condition dropout; the default
-generator samples with diffusers' ``FlowMatchEulerDiscreteScheduler`` and
-classifier-free guidance. Plugins find the transformer's self-attention
+a diffusers ``WanTransformer3DModel``, its conditioner (a learned class table,
+or a text encoder's embeddings: :mod:`~jevons.recipes.diffusion.conditioning`)
+and, for a latent model, a VAE. ``model.pretrained`` may be a released
+diffusers pipeline folder (``Wan2.1-T2V-1.3B-Diffusers``), whose scheduler
+config sets the sampler. The default objective is rectified flow with
+condition dropout; the default generator samples with the diffusers flow
+scheduler and classifier-free guidance. Plugins find the transformer's self-attention
 modules (``blocks.N.attn1``, diffusers ``WanAttention``, whose processor they
 may swap) and feed-forward modules through ``attention_modules`` and
 ``ffn_modules``.
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from jevons.framework.config.schema import Config, DataConfig
 from jevons.framework.errors import UsageError
@@ -49,10 +52,19 @@ class DiffusionModelConfig:
     """Input and output channels: 1 for grayscale digit pixels, 16 for Wan's VAE latents."""
     rope_max_seq_len: int = 64
     pretrained: str | None = None
-    """A local diffusers folder to load the transformer from (nothing is downloaded); a Jevons export
-    (``jevons export``, ``benchmarks/teachers/*``, with ``pretrained_subfolder: transformer``) also
-    restores the class conditioner."""
+    """A local folder (nothing is downloaded): a diffusers pipeline (``model_index.json``: its transformer,
+    VAE, text encoder, tokenizer and scheduler), or a transformer folder (with ``pretrained_subfolder``);
+    a class-conditional Jevons export (``benchmarks/teachers/*``) also restores the class table."""
     pretrained_subfolder: str | None = None
+    vae: str | None = None
+    """A VAE folder (``AutoencoderKLWan``; ``AutoencoderKL`` for images) instead of the pipeline's. With a VAE
+    the model works on latents."""
+    text_encoder: str | None = None
+    """A text encoder folder (``UMT5EncoderModel``, ``T5EncoderModel``, ``CLIPTextModel``) instead of the pipeline's."""
+    tokenizer: str | None = None
+    """The text encoder's tokenizer folder instead of the pipeline's."""
+    encoder_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """The VAE's and text encoder's dtype (they are frozen)."""
 
 
 @dataclass
@@ -66,23 +78,48 @@ class DiffusionDataConfig(DataConfig):
 
 @dataclass
 class ConditioningConfig:
+    kind: Literal["labels", "text"] = "labels"
+    """What conditions a sample: class ``labels`` (a learned table), or ``text`` (a text encoder's embeddings)."""
     tokens: int = 4
-    """Conditioning tokens per digit label."""
+    """Labels: conditioning tokens per digit label."""
     dropout: float = 0.1
-    """Probability of training a sample unconditionally (for classifier-free guidance)."""
+    """Probability of training a sample unconditionally (for classifier-free guidance): prompt dropout."""
+    online: bool = False
+    """Text: encode each batch's captions (and, with a VAE, its pixels) during training instead of reading
+    precomputed embeddings and latents (``jevons data import latents``). For small setups."""
+    max_length: int = 512
+    """Text: tokens per prompt; embeddings are trimmed at the mask and zero-padded to this (WanPipeline's
+    ``max_sequence_length``)."""
+    negative_prompt: str = ""
+    """Text: the unconditional (negative) prompt of guidance and of prompt dropout."""
+    prompts: list[str] = field(default_factory=list)
+    """Text: prompts of the sample grids and of data-free distillation; empty: the data's validation captions."""
 
 
 @dataclass
 class SampleConfig:
     steps: int = 20
     guidance: float = 2.0
-    shift: float = 1.0
-    """Timestep shift of the flow-matching scheduler (Wan uses 5 at 480p; 1 is uniform)."""
+    shift: float | None = None
+    """Timestep shift of the flow scheduler (Wan uses 3 to 5; 1 is uniform); null: the pipeline
+    folder's (UniPC's ``flow_shift``), else 1."""
+    scheduler: Literal["flow_match_euler", "unipc"] | None = None
+    """The diffusers scheduler sampling uses; null: the pipeline folder's, else ``flow_match_euler``."""
+    frames: int | None = None
+    """Frames of generated clips (null: ``data.frames``)."""
+    height: int | None = None
+    """Height of generated clips in pixels (null: the data's)."""
+    width: int | None = None
+    """Width of generated clips in pixels (null: the data's)."""
     grid_rows: int = 2
-    """Rows of the per-validation sample grid (ten columns: one per digit)."""
+    """Rows of the per-validation sample grid (a column per digit, or per prompt)."""
     fd_samples: int = 1000
     """Generated samples per quality measurement (Fréchet distance, accuracy); 0 turns it off."""
     eval_batch: int = 250
+
+    def resolved_shift(self) -> float:
+        """``shift`` as the family's validation resolved it (the pipeline folder's, else 1)."""
+        return 1.0 if self.shift is None else self.shift
 
 
 @dataclass
@@ -104,26 +141,67 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
     parallelism = frozenset({"tensor"})
 
     def validate(self, config: DiffusionConfig) -> None:
+        from jevons.recipes.diffusion.components import (
+            adopt_pretrained,
+            sample_shape,
+            scheduler_config,
+            text_folders,
+            vae_folder,
+        )
+
         cfg, data = config.model, config.data
+        adopt_pretrained(cfg)
         pf, ph, pw = cfg.patch_size
-        if data.resolution % ph or data.resolution % pw or data.frames % pf:
-            raise UsageError(
-                f"data.resolution={data.resolution} and data.frames={data.frames} must be multiples of "
-                f"model.patch_size={cfg.patch_size} (frames, height, width)."
-            )
         tp = config.parallel.tensor
         if cfg.num_heads % tp or cfg.ffn_dim % tp:
             raise UsageError(
                 f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads} and model.ffn_dim={cfg.ffn_dim}: "
                 f"tensor parallelism splits whole heads and feed-forward units across ranks."
             )
-        if not 0 <= config.conditioning.dropout < 1:
-            raise UsageError(f"conditioning.dropout={config.conditioning.dropout} must be in [0, 1).")
-        self._adopt_imported_data(config)
+        conditioning = config.conditioning
+        if not 0 <= conditioning.dropout < 1:
+            raise UsageError(f"conditioning.dropout={conditioning.dropout} must be in [0, 1).")
+        if conditioning.max_length < 1:
+            raise UsageError(f"conditioning.max_length={conditioning.max_length} must be at least 1.")
+        meta = self._adopt_imported_data(config)
+        vae = vae_folder(cfg)
+        if conditioning.kind == "text" and text_folders(cfg) is None:
+            raise UsageError(
+                "conditioning.kind=text needs a text encoder: model.pretrained=PIPELINE_DIR (a diffusers folder with "
+                "text_encoder/ and tokenizer/) or model.text_encoder=DIR and model.tokenizer=DIR."
+            )
+        precomputed = meta.get("kind") == "latents"
+        if precomputed and conditioning.kind != "text":
+            raise UsageError(
+                f"data.source={data.source} holds precomputed latents and text embeddings: set conditioning.kind=text."
+            )
+        if vae is not None and not precomputed and not conditioning.online and meta:
+            raise UsageError(
+                f"the model has a VAE ({vae}) and data.source={data.source} holds pixels: precompute its latents "
+                f"and text embeddings (jevons data import latents {data.source} out=DIR model.pretrained=...) "
+                f"and train on DIR, or set conditioning.online=true to encode every batch."
+            )
+        folder_scheduler = scheduler_config(cfg)
+        if config.sample.scheduler is None:
+            folder_class = (folder_scheduler or {}).get("_class_name")
+            config.sample.scheduler = "unipc" if folder_class == "UniPCMultistepScheduler" else "flow_match_euler"
+        if config.sample.shift is None:
+            folder_shift = (folder_scheduler or {}).get("flow_shift", (folder_scheduler or {}).get("shift"))
+            config.sample.shift = float(folder_shift) if folder_shift is not None else 1.0
+        _, frames, height, width = sample_shape(config)
+        if height % ph or width % pw or (frames % pf and frames != 1):
+            kind = "latents" if vae is not None else "pixels"
+            raise UsageError(
+                f"generated {kind} of {frames} frames x {width}x{height} are not multiples of "
+                f"model.patch_size={cfg.patch_size} (frames, height, width): set data.resolution or sample.height "
+                f"and sample.width."
+            )
 
-    def _adopt_imported_data(self, config: DiffusionConfig) -> None:
+    def _adopt_imported_data(self, config: DiffusionConfig) -> dict[str, Any]:
         """A model trained from scratch takes its channels from an imported folder's ``meta.json``
-        (RGB: 3); a pretrained one must match it. Class labels must fit the conditioner's ten classes."""
+        (RGB: 3; latents: the VAE's), a pretrained one must match it; clips generated from precomputed
+        latents take the encoded clips' size unless ``sample.*`` sets one. Class labels must fit the conditioner's ten classes.
+        Returns the meta (empty for built-in data)."""
         import json
 
         from jevons.framework.data.blend import parse_sources
@@ -132,9 +210,14 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         first = parse_sources(config.data.source)[0][0]  # the model takes the first source's channels
         meta_path = Path(first).expanduser() / "meta.json"
         if first in {s.name for s in self.data_sources()} or not meta_path.is_file():
-            return
-        meta = json.loads(meta_path.read_text())
-        channels = meta.get("channels")
+            return {}
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
+        from jevons.recipes.diffusion.components import vae_folder
+
+        latent_model = vae_folder(config.model) is not None  # pixels are the VAE's input, not the transformer's
+        channels = meta.get("latent_channels") if meta.get("kind") == "latents" else meta.get("channels")
+        if latent_model and meta.get("kind") != "latents":
+            channels = None
         if channels is not None and channels != config.model.channels:
             if config.model.pretrained:
                 raise UsageError(
@@ -143,12 +226,20 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                     f"data or choose a model with {channels} channels."
                 )
             config.model.channels = int(channels)
+        sample = config.sample
+        if meta.get("kind") == "latents":  # generate clips of the size the latents were encoded from
+            sizes = list(meta.get("sizes") or {})
+            if len(sizes) == 1 and sample.width is None and sample.height is None:
+                sample.width, sample.height = (int(n) for n in sizes[0].split("x"))
+            if sample.frames is None:
+                sample.frames = int(meta["frames"])
         labels = int(meta.get("num_labels") or 0)
         if labels > NO_DIGIT:
             raise UsageError(
                 f"data.source={first} has class labels up to {labels - 1}; the class-conditional "
                 f"model takes 0-{NO_DIGIT - 1}. Relabel them, or import without them (label_field=no_such_column)."
             )
+        return meta
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.diffusion.data import IMAGES, VIDEOS
@@ -168,8 +259,9 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
 
     def importers(self) -> Iterable[type[Importer[Any]]]:
         from jevons.recipes.diffusion.importer import ImageImporter, VideoImporter
+        from jevons.recipes.diffusion.precompute import LatentImporter
 
-        return (ImageImporter, VideoImporter)
+        return (ImageImporter, VideoImporter, LatentImporter)
 
     def images_dir(self, config: DiffusionConfig) -> Path:
         """The digit images the quality classifier is trained on (built if missing)."""
@@ -179,24 +271,31 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         return ensure_built(IMAGES, data_root(config.data.root))
 
     def build_model(self, config: DiffusionConfig) -> torch.nn.Module:
-        from jevons.recipes.diffusion.model import ClassConditioner, DiffusionModel, build_transformer
+        import torch
+
+        from jevons.recipes.diffusion.components import build_conditioner, vae_folder
+        from jevons.recipes.diffusion.model import DiffusionModel, build_transformer
+        from jevons.recipes.diffusion.pipeline import LatentCodec, load_vae
         from jevons.recipes.diffusion.tensor_parallel import apply_tensor_parallel
 
         transformer = apply_tensor_parallel(build_transformer(config.model))
-        model = DiffusionModel(
-            transformer, ClassConditioner(transformer.config["text_dim"], config.conditioning.tokens)
-        )
+        folder = vae_folder(config.model)
+        codec = LatentCodec(load_vae(folder, getattr(torch, config.model.encoder_dtype))) if folder else None
+        data_dir = None if config.data.source in {s.name for s in self.data_sources()} else self.data_dir(config)
+        conditioner = build_conditioner(config, transformer.config["text_dim"], data_dir)
+        model = DiffusionModel(transformer, conditioner, codec)
         table = Path(config.model.pretrained or "") / "conditioner.safetensors"
-        if config.model.pretrained and table.exists():  # a Jevons export: the class table comes with it
-            from safetensors.torch import load_file
+        if config.model.pretrained and table.exists() and config.conditioning.kind == "labels":
+            from safetensors.torch import load_file  # a Jevons export: the class table comes with it
 
             weights = load_file(str(table))["table"]
-            if weights.shape != model.conditioner.table.weight.shape:
+            expected = model.conditioner.get_parameter("table.weight")
+            if weights.shape != expected.shape:
                 raise UsageError(
                     f"{table} holds a class table of shape {tuple(weights.shape)}; this config's conditioner "
-                    f"is {tuple(model.conditioner.table.weight.shape)} (conditioning.tokens, model.text_dim)."
+                    f"is {tuple(expected.shape)} (conditioning.tokens, model.text_dim)."
                 )
-            model.conditioner.table.weight.data.copy_(weights)
+            expected.data.copy_(weights)
         return model.train()  # diffusers' from_pretrained hands modules back in eval mode
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
@@ -208,9 +307,15 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         return [(f"transformer.blocks.{i}.ffn", i, block.ffn) for i, block in enumerate(blocks)]
 
     def build_dataset(self, config: DiffusionConfig, split: str) -> MapDataset:
-        from jevons.recipes.diffusion.data import DigitClips
+        from jevons.recipes.diffusion.data import DigitClips, LatentClips, is_latent_folder
 
-        return self.blend(config, split, lambda folder: DigitClips.from_folder(folder, split, config.data))
+        def build(folder: Path) -> MapDataset:
+            if is_latent_folder(folder):
+                return LatentClips.from_folder(folder, split, config.data, config.conditioning.max_length)
+            captions = config.conditioning.kind == "text"
+            return DigitClips.from_folder(folder, split, config.data, captions=captions)
+
+        return self.blend(config, split, build)
 
     def real_reference(self, config: DiffusionConfig, count: int) -> torch.Tensor:
         """Up to ``count`` held-out samples ``(N, C, F, H, W)`` to compare generated ones with."""
@@ -226,9 +331,14 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         return RectifiedFlowObjective(config.conditioning.dropout)
 
     def default_generator(self, model: torch.nn.Module, config: DiffusionConfig) -> Generator:
+        from jevons.recipes.diffusion.components import scheduler_config
         from jevons.recipes.diffusion.generate import FlowSampler
 
-        return FlowSampler(model, config.sample.steps, config.sample.guidance, config.sample.shift)
+        sample = config.sample
+        assert sample.shift is not None and sample.scheduler is not None, "validate() resolved them"
+        return FlowSampler(
+            model, sample.steps, sample.guidance, sample.shift, sample.scheduler, scheduler_config(config.model)
+        )
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         from jevons.recipes.diffusion.evaluate import evaluate
@@ -236,26 +346,64 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         return evaluate(context, self)
 
     def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
-        """Options: ``steps``, ``guidance``, ``rows`` (of ten digits), ``seed``."""
-        from jevons.recipes.diffusion.evaluate import class_labels, grid, save_grid, to_uint8
+        """Options: ``steps``, ``guidance``, ``rows``, ``seed``; text: ``prompt`` (else the configured prompts)
+        and ``negative_prompt``. Writes a grid (PNG, or GIF and MP4) and, for clips, one MP4 per sample."""
+        from jevons.recipes.diffusion.components import sample_shape
+        from jevons.recipes.diffusion.evaluate import grid, save_grid, save_mp4, to_uint8
 
-        known = {"steps", "guidance", "rows", "seed"}
+        known = {"steps", "guidance", "rows", "seed", "prompt", "negative_prompt"}
         unknown = set(options) - known
         if unknown:
             raise UsageError(
-                f"Unknown sample option(s) {', '.join(sorted(unknown))} for family diffusion; options: {', '.join(sorted(known))}."
+                f"Unknown sample option(s) {', '.join(sorted(unknown))} for family diffusion; "
+                f"options: {', '.join(sorted(known))}."
             )
-        config, data = run.config, run.config.data
+        config = run.config
         steps = int(options.get("steps", config.sample.steps))
         guidance = float(options.get("guidance", config.sample.guidance))
-        labels = class_labels(10 * int(options.get("rows", 2)))
-        shape = (config.model.channels, data.frames, data.resolution, data.resolution)
-        videos = run.generator(labels, shape, steps=steps, guidance=guidance, seed=int(options.get("seed", 0)))
+        rows = int(options.get("rows", 2))
+        conditioner = run.model.conditioner
+        if ("prompt" in options or "negative_prompt" in options) and conditioner.kind != "text":
+            raise UsageError("prompt= and negative_prompt= need a text-conditioned run (conditioning.kind=text).")
+        if "prompt" in options or "negative_prompt" in options:
+            condition, columns = self._prompted(run, options, rows)
+        else:
+            columns = min(10, conditioner.grid_columns)
+            condition = conditioner.grid(columns * rows)
+        samples = run.generator(
+            condition, sample_shape(config), steps=steps, guidance=guidance, seed=int(options.get("seed", 0))
+        )
+        videos = to_uint8(run.model.to_pixels(samples))
         out_dir.mkdir(parents=True, exist_ok=True)
-        return [save_grid(grid(to_uint8(videos), 10), out_dir / f"step_{run.step:08d}_{steps}steps_g{guidance:g}")]
+        stem = f"step_{run.step:08d}_{steps}steps_g{guidance:g}"
+        written = [save_grid(grid(videos, columns), out_dir / stem)]
+        if videos.shape[1] > 1:
+            written += [save_mp4(video, out_dir / f"{stem}_{index:03d}") for index, video in enumerate(videos)]
+        return written
+
+    def _prompted(self, run: Any, options: dict[str, str], rows: int) -> tuple[Any, int]:
+        """``rows`` samples of ``prompt=`` (each its own noise), with ``negative_prompt=`` as the negative."""
+        import torch
+
+        from jevons.recipes.diffusion.components import prompt_encoder
+        from jevons.recipes.diffusion.conditioning import Condition
+
+        conditioning = run.config.conditioning
+        conditioner = run.model.conditioner
+        encoder = conditioner.encoder or prompt_encoder(run.config)
+        if "negative_prompt" in options:
+            negative = encoder.embed([options["negative_prompt"]], conditioning.max_length)[0]
+            conditioner.negative.copy_(negative.to(conditioner.negative))
+        prompts = [options["prompt"]] if "prompt" in options else conditioner.prompt_texts
+        embeddings = encoder.embed(prompts, conditioning.max_length).float()
+        index = torch.arange(len(prompts) * rows) % len(prompts)
+        return Condition(embeddings=embeddings[index]), len(prompts)
 
     def export(self, run: Any, out_dir: Path) -> list[Path]:
-        """A diffusers ``WanTransformer3DModel`` folder (``transformer/``) and the class table, staged then renamed."""
+        """Class-conditional: the transformer folder and the class table. Text-conditioned: a diffusers
+        ``WanPipeline`` folder (the trained transformer, the VAE, text encoder and tokenizer it was trained
+        with, and the scheduler and shift it sampled with) that ``WanPipeline.from_pretrained`` runs.
+        Staged under a temporary name, then renamed."""
         import shutil
 
         out_dir = Path(out_dir)
@@ -263,6 +411,11 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
             raise UsageError(f"{out_dir} exists; choose another out= or remove it.")
         staging = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
-        run.model.save_pretrained(staging)
+        if run.model.conditioner.kind == "text":
+            from jevons.recipes.diffusion.export import save_pipeline
+
+            save_pipeline(run.model, run.config, staging)
+        else:
+            run.model.save_pretrained(staging)
         staging.rename(out_dir)
         return sorted(p for p in out_dir.rglob("*") if p.is_file())

@@ -1,92 +1,117 @@
-"""The diffusion family's model: a diffusers ``WanTransformer3DModel`` and a learned class conditioner.
+"""The diffusion family's model: a diffusers ``WanTransformer3DModel``, its conditioner and, for latents, a VAE.
 
 The transformer *is* a diffusers model (Wan 2.1's architecture: patchified
 3-D video tokens, self-attention with 3-D RoPE, cross-attention to the text
 tokens), so it saves with ``save_pretrained`` and loads with
 ``from_pretrained``; images are one-frame videos. Conditioning reaches it
-through ``encoder_hidden_states``: here from :class:`ClassConditioner`, a
-learned table of ``tokens`` vectors per digit class (and one "no digit"
-entry, which is also the unconditional input for classifier-free guidance);
-a real text encoder takes its place in full-size recipes.
+through ``encoder_hidden_states``, from the model's
+:class:`~jevons.recipes.diffusion.conditioning.Conditioner`: a learned table
+per digit class, or text-encoder embeddings (see that module).
 
-Shapes: video ``(B, C, F, H, W)``; labels ``(B, 2)`` (one or two digits, the
-second possibly "none"); conditioning ``(B, 2 * tokens, text_dim)``.
+Shapes: samples ``(B, C, F, H, W)`` (pixels, or VAE latents); conditioning
+``(B, L, text_dim)``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
+
+from jevons.recipes.diffusion.conditioning import ClassConditioner, Condition, Conditioner
 
 if TYPE_CHECKING:
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel, WanTransformerBlock
 
     from jevons.recipes.diffusion.family import DiffusionModelConfig
+    from jevons.recipes.diffusion.pipeline import LatentCodec
 
-NUM_LABELS = 11  # ten digits and "no digit", which doubles as the unconditional input
-
-
-class ClassConditioner(nn.Module):
-    """Labels ``(B, 2)`` to encoder hidden states ``(B, 2 * tokens, text_dim)``."""
-
-    def __init__(self, text_dim: int, tokens: int) -> None:
-        super().__init__()
-        self.tokens = tokens
-        self.table = nn.Embedding(NUM_LABELS, tokens * text_dim)
-        nn.init.normal_(self.table.weight, std=0.02)
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        batch = labels.shape[0]
-        return self.table(labels).reshape(batch, labels.shape[1] * self.tokens, -1)
+__all__ = ["ClassConditioner", "DiffusionModel", "build_transformer"]
 
 
 class DiffusionModel(nn.Module):
-    """``transformer(x_t, t * 1000, conditioner(labels))``: the velocity of rectified flow."""
+    """``transformer(x_t, t * 1000, conditioner(condition))``: the velocity of rectified flow.
 
-    def __init__(self, transformer: WanTransformer3DModel, conditioner: ClassConditioner) -> None:
+    ``codec`` (a :class:`~jevons.recipes.diffusion.pipeline.LatentCodec`, held outside the module tree:
+    frozen, never saved with the run) makes it a latent model: batches of pixels are encoded online,
+    samples are decoded for viewing. Without one the model works on pixels."""
+
+    def __init__(
+        self, transformer: WanTransformer3DModel, conditioner: Conditioner, codec: LatentCodec | None = None
+    ) -> None:
         super().__init__()
         self.transformer = transformer
         self.conditioner = conditioner
+        self._codec = [codec] if codec is not None else []  # a list: not a submodule
+
+    @property
+    def codec(self) -> LatentCodec | None:
+        return self._codec[0] if self._codec else None
 
     @property
     def blocks(self) -> list[WanTransformerBlock]:
         """The transformer's blocks, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
         return cast("list[WanTransformerBlock]", list(self.transformer.blocks))
 
-    def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        condition = self.conditioner(labels)
-        return self.transformer(noisy, sigma * 1000.0, condition, return_dict=False)[0]
+    def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        hidden = self.conditioner(condition)
+        return self.transformer(noisy, sigma * 1000.0, hidden, return_dict=False)[0]
+
+    def clean(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's clean samples in model space: precomputed latents, pixels encoded online, or pixels."""
+        if "latents" in batch:
+            return cast(torch.Tensor, batch["latents"]).float()
+        video = cast(torch.Tensor, batch["video"])
+        return self.codec.encode(video) if self.codec is not None else video
+
+    def finish(self, samples: torch.Tensor) -> torch.Tensor:
+        """A sampler's last step: pixels are clamped to [-1, 1]; latents are left as they are."""
+        return samples if self.codec is not None else samples.clamp(-1.0, 1.0)
+
+    def to_pixels(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples ``(B, C, F, H, W)`` as pixels in [-1, 1] (decoded through the VAE for a latent model)."""
+        return self.codec.decode(samples) if self.codec is not None else samples.clamp(-1.0, 1.0)
 
     def save_pretrained(self, directory: Path) -> None:
-        """A diffusers transformer folder, plus the conditioner's table as safetensors."""
+        """A diffusers transformer folder, plus the class table as safetensors when conditioned on labels."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
         self.transformer.save_pretrained(directory / "transformer")
-        save_file(
-            {"table": self.conditioner.table.weight.detach().contiguous()}, str(directory / "conditioner.safetensors")
-        )
+        if isinstance(self.conditioner, ClassConditioner):
+            save_file(
+                {"table": self.conditioner.table.weight.detach().contiguous()},
+                str(directory / "conditioner.safetensors"),
+            )
 
     @classmethod
-    def from_pretrained(cls, directory: Path, tokens: int) -> DiffusionModel:
+    def from_pretrained(
+        cls, directory: Path, tokens: int = 4, conditioner: Conditioner | None = None
+    ) -> DiffusionModel:
+        """A Jevons export: its transformer and class table, or its transformer with ``conditioner``
+        (a text-conditioned model shares its conditioner: nothing of it is trained)."""
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from safetensors.torch import load_file
 
         directory = Path(directory)
         transformer = WanTransformer3DModel.from_pretrained(directory / "transformer")
-        conditioner = ClassConditioner(transformer.config["text_dim"], tokens)
-        conditioner.table.weight.data.copy_(load_file(str(directory / "conditioner.safetensors"))["table"])
+        if conditioner is None:
+            table = ClassConditioner(transformer.config["text_dim"], tokens)
+            table.table.weight.data.copy_(load_file(str(directory / "conditioner.safetensors"))["table"])
+            conditioner = table
         return cls(transformer, conditioner)
 
 
 def build_transformer(cfg: DiffusionModelConfig) -> WanTransformer3DModel:
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
-    if cfg.pretrained:
-        return WanTransformer3DModel.from_pretrained(cfg.pretrained, subfolder=cfg.pretrained_subfolder or None)
+    from jevons.recipes.diffusion.components import transformer_folder
+
+    folder = transformer_folder(cfg)
+    if folder is not None:
+        return WanTransformer3DModel.from_pretrained(str(folder), local_files_only=True)
     return WanTransformer3DModel(
         patch_size=tuple(cfg.patch_size),
         num_attention_heads=cfg.num_heads,

@@ -3,20 +3,22 @@
 ``x_t = (1 - t) x_0 + t * noise`` and the model predicts the velocity
 ``noise - x_0``; ``t`` is drawn logit-normal (Esser et al., 2024), which puts
 more of the training signal at intermediate noise levels. With probability
-``conditioning.dropout`` a sample's labels become "no digit", so the same
+``conditioning.dropout`` a sample's condition becomes the unconditional one
+(its conditioner's: "no digit", or the negative prompt), so the same
 model also learns the unconditional velocity classifier-free guidance needs
 (Ho & Salimans, 2022). The loss is the mean squared error over every element.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 
 from jevons.framework.objective import Objective, ObjectiveOutput
-from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.generate import conditioner_of
+from jevons.recipes.diffusion.model import DiffusionModel
 
 
 def add_noise(clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -31,12 +33,14 @@ class RectifiedFlowObjective(Objective):
         self.condition_dropout = condition_dropout
 
     def forward(self, model: torch.nn.Module, batch: dict[str, Any]) -> ObjectiveOutput:
-        clean, labels = batch["video"], batch["labels"]  # (B, C, F, H, W), (B, 2)
+        conditioner = conditioner_of(model)
+        clean = cast(DiffusionModel, model).clean(batch)  # (B, C, F, H, W): pixels or latents
+        condition = conditioner.from_batch(batch)
         batch_size = clean.shape[0]
         sigma = torch.sigmoid(torch.randn(batch_size, device=clean.device))  # logit-normal(0, 1)
         noise = torch.randn_like(clean)
         if self.training and self.condition_dropout > 0:
             dropped = torch.rand(batch_size, device=clean.device) < self.condition_dropout
-            labels = torch.where(dropped[:, None], torch.full_like(labels, NO_DIGIT), labels)
-        velocity = model(add_noise(clean, noise, sigma), sigma, labels)
+            condition = conditioner.drop(condition, dropped)
+        velocity = model(add_noise(clean, noise, sigma), sigma, condition)
         return ObjectiveOutput(loss=F.mse_loss(velocity.float(), (noise - clean).float()), weight=batch_size)

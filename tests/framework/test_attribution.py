@@ -87,6 +87,7 @@ def test_cascade_figures_match_the_network_evaluations_a_hook_counts() -> None:
     from jevons.plugins import lowres_cascade
     from jevons.plugins.lowres_cascade.cascade import CascadeSampler
     from jevons.plugins.lowres_cascade.report import CascadeReport
+    from jevons.recipes.diffusion.conditioning import Condition
     from jevons.recipes.diffusion.data import NO_DIGIT
     from jevons.recipes.diffusion.family import DiffusionFamily
 
@@ -105,7 +106,7 @@ def test_cascade_figures_match_the_network_evaluations_a_hook_counts() -> None:
     sizes: list[int] = []
     hook = model.transformer.patch_embedding.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-1]))
     sampler = CascadeSampler(model, [(8, 3), (16, 2)], guidance=2.0, shift=1.0, condition_noise=0.05)
-    labels = torch.tensor([[4, NO_DIGIT], [7, NO_DIGIT], [1, NO_DIGIT]])
+    labels = Condition(labels=torch.tensor([[4, NO_DIGIT], [7, NO_DIGIT], [1, NO_DIGIT]]))
     started = time.perf_counter()
     for seed in range(2):
         sampler(labels, (1, 1, 16, 16), seed=seed)

@@ -18,6 +18,7 @@ from jevons.plugins.lowres_cascade.cascade import (
     low_resolution_condition,
     widen_for_condition,
 )
+from jevons.recipes.diffusion.conditioning import Condition
 from jevons.recipes.diffusion.data import NO_DIGIT
 from jevons.recipes.diffusion.family import DiffusionFamily
 
@@ -48,7 +49,11 @@ def test_widening_the_input_changes_nothing_until_trained(manager) -> None:
     config = compose_config(manager, SMALL)
     torch.manual_seed(0)
     model = DiffusionFamily().build_model(config)
-    x, sigma, labels = torch.randn(2, 1, 1, 16, 16), torch.tensor([0.2, 0.7]), torch.tensor([[1, NO_DIGIT], [2, 3]])
+    x, sigma, labels = (
+        torch.randn(2, 1, 1, 16, 16),
+        torch.tensor([0.2, 0.7]),
+        Condition(labels=torch.tensor([[1, NO_DIGIT], [2, 3]])),
+    )
     hidden = model.conditioner(labels)
     before = model.transformer(x, sigma * 1000, hidden, return_dict=False)[0]
     widen_for_condition(model)
@@ -94,11 +99,17 @@ def test_staged_sampling_shapes(model) -> None:
     calls = []
     hook = model.transformer.patch_embedding.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
     sampler = CascadeSampler(model, [(8, 3), (16, 2)], guidance=2.0, shift=1.0, condition_noise=0.05)
-    out = sampler(torch.tensor([[4, NO_DIGIT], [7, NO_DIGIT]]), (1, 1, 16, 16), seed=0)
+    out = sampler(Condition(labels=torch.tensor([[4, NO_DIGIT], [7, NO_DIGIT]])), (1, 1, 16, 16), seed=0)
     hook.remove()
     assert out.shape == (2, 1, 1, 16, 16) and out.abs().max() <= 1
     assert calls == [(4, 2, 1, 8, 8)] * 3 + [(4, 2, 1, 16, 16)] * 2  # CFG doubles the batch; input + condition channels
-    assert sampler(torch.tensor([[4, NO_DIGIT]]), (1, 1, 16, 16), stage_steps=[1, 1]).shape == (1, 1, 1, 16, 16)
+    assert sampler(Condition(labels=torch.tensor([[4, NO_DIGIT]])), (1, 1, 16, 16), stage_steps=[1, 1]).shape == (
+        1,
+        1,
+        1,
+        16,
+        16,
+    )
 
 
 def test_bad_cascades_are_refused(manager) -> None:

@@ -18,6 +18,7 @@ from jevons.framework.plugin_manager import PluginManager
 from jevons.plugins.step_distillation.flow import diffuse, renoise, sample_on_schedule, shifted_schedule, x0_and_noise
 from jevons.plugins.step_distillation.guard import within_class_diversity
 from jevons.plugins.step_distillation.objectives import bellman_optimal_schedule
+from jevons.recipes.diffusion.conditioning import ClassConditioner, Condition
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER = REPO / "benchmarks" / "teachers" / "image-16px"
@@ -99,7 +100,7 @@ def test_boss_schedule_is_bellman_optimal_on_the_grid(groups) -> None:
 
     teacher = DiffusionModel.from_pretrained(TEACHER, 4)
     noise = torch.randn(6, 1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([[d, 10] for d in range(6)])
+    labels = Condition(labels=torch.tensor([[d, 10] for d in range(6)]))
     sigmas, cost = bellman_optimal_schedule(teacher, noise, labels, steps=2, teacher_steps=6, shift=1.0, guidance=2.0)
     grid = shifted_schedule(6, 1.0)
     assert sigmas[0] == 1.0 and sigmas[-1] == 0.0 and len(sigmas) == 3
@@ -233,7 +234,7 @@ def test_collapse_guard_stops_a_collapsed_student(train, run_root: Path, monkeyp
 
 
 def test_diversity_is_zero_for_identical_samples_and_positive_otherwise() -> None:
-    labels = torch.tensor([[1, 10]] * 3 + [[2, 10]] * 3)
+    labels = torch.tensor([1] * 3 + [2] * 3)  # each sample's class
     assert within_class_diversity(torch.ones(6, 1, 1, 4, 4), labels) == 0.0
     assert within_class_diversity(torch.randn(6, 1, 1, 4, 4), labels) > 1.0
 
@@ -244,9 +245,10 @@ def test_collapse_guard_draws_guard_per_class_samples_of_every_digit() -> None:
     from jevons.plugins.step_distillation.guard import CollapseGuard
 
     guard = CollapseGuard("warn", 0.35, 2.0, per_class=2)
-    noise, labels = guard._inputs(SimpleNamespace(shape=(1, 1, 16, 16)), torch.device("cpu"))
-    assert noise.shape == (20, 1, 1, 16, 16)
-    assert torch.bincount(labels[:, 0], minlength=10).tolist() == [2] * 10
+    objective = SimpleNamespace(shape=(1, 1, 16, 16), conditioner=ClassConditioner(text_dim=4, tokens=1))
+    noise, condition, groups = guard._inputs(objective, torch.device("cpu"))
+    assert noise.shape == (20, 1, 1, 16, 16) and torch.equal(groups, condition["labels"][:, 0])
+    assert torch.bincount(condition["labels"][:, 0], minlength=10).tolist() == [2] * 10
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,294 @@
+"""Text-to-video on VAE latents: a tiny Wan pipeline folder, real MP4s with captions, precompute, train,
+resume, sample, export, and diffusers' WanPipeline running the export to the same video."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from jevons.framework import distributed
+from jevons.framework.config.compose import compose_config
+from jevons.framework.config.schema import ParallelConfig
+from jevons.framework.data.importing.engine import run_import
+from jevons.framework.errors import UsageError
+from jevons.framework.plugin import hookimpl
+from jevons.framework.plugin_manager import PluginManager
+from jevons.recipes.diffusion.conditioning import Condition, TextConditioner
+from jevons.recipes.diffusion.importer import VideoImporter, VideoImportOptions
+from jevons.recipes.diffusion.precompute import LatentImporter, LatentImportOptions
+from jevons.recipes.diffusion.tiny_pipeline import captions, write_tiny_wan_pipeline
+
+FRAMES, HEIGHT, WIDTH = 9, 48, 64
+
+
+def _write_video(path: Path, number: int) -> None:
+    """A coloured block moving across a 64 x 48 frame, 20 frames at 8 fps."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for frame in range(20):
+            image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+            left = (3 * frame + 7 * number) % (WIDTH - 8)
+            image[16:32, left : left + 8] = (200, 40 * number, 100)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny pipeline, four captioned MP4s imported as 64 x 48 x 9-frame clips, and their latents."""
+    root = tmp_path_factory.mktemp("t2v")
+    pipeline = write_tiny_wan_pipeline(root / "pipeline")
+    videos = root / "videos"
+    videos.mkdir()
+    texts = captions()
+    for number in range(4):
+        _write_video(videos / f"clip{number}.mp4", number)
+        (videos / f"clip{number}.txt").write_text(texts[17 * number])
+    clips, latents = root / "clips", root / "latents"
+    options = VideoImportOptions(
+        out=str(clips),
+        buckets=["64x48"],
+        fps=8,
+        frames=FRAMES,
+        max_clips=2,
+        val_files=[str(videos / "clip3.mp4")],
+        workers=0,
+        progress=False,
+    )
+    run_import(VideoImporter(options), [str(videos)])
+    precompute = LatentImportOptions(out=str(latents), pipeline=str(pipeline), max_length=32, progress=False)
+    run_import(LatentImporter(precompute), [str(clips)])
+    return {"pipeline": pipeline, "clips": clips, "latents": latents, "root": root}
+
+
+def _recipe(folders: dict[str, Path], *extra: str) -> list[str]:
+    return [
+        "recipe=wan_t2v_tiny",
+        f"model.pretrained={folders['pipeline']}",
+        f"data.source={folders['latents']}",
+        "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_val_batches=0",
+        *extra,
+    ]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    with open(run_dir / "metrics.csv") as handle:
+        return [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+
+
+def test_precompute_stores_normalised_latents_and_trimmed_embeddings(folders: dict[str, Path]) -> None:
+    from safetensors.torch import load
+
+    from jevons.framework.data.reader import ShardDataset
+    from jevons.framework.data.shards import decode_npy, read_index
+    from jevons.recipes.diffusion.pipeline import LatentCodec, load_vae
+    from jevons.recipes.diffusion.text import PromptEncoder
+
+    meta = json.loads((folders["latents"] / "meta.json").read_text())
+    assert meta["kind"] == "latents" and meta["latent_shapes"] == {"16x3x6x8": 8}
+    assert meta["samples"] == {"train": 6, "val": 2}  # the import's split is kept: clip3's two clips
+    pixels = ShardDataset(read_index(folders["clips"] / "val.json"), lambda s: s).raw(0)
+    stored = ShardDataset(read_index(folders["latents"] / "val.json"), lambda s: s).raw(0)
+    assert stored["txt"] == pixels["txt"]
+    tensors = load(stored["latent.safetensors"])
+    assert tensors["latents"].dtype == torch.bfloat16
+    codec = LatentCodec(load_vae(folders["pipeline"] / "vae"))
+    frames = torch.from_numpy(decode_npy(pixels["frames.npy"])).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    expected = codec.encode(frames)[0]
+    assert torch.allclose(tensors["latents"].float(), expected, atol=0.02 * expected.abs().max().item())
+    encoder = PromptEncoder.from_folders(folders["pipeline"] / "tokenizer", folders["pipeline"] / "text_encoder")
+    caption = pixels["txt"].decode()
+    real_tokens = int(encoder.tokenizer(caption, truncation=True, max_length=32).attention_mask.__len__())
+    assert tensors["text"].shape == (real_tokens, 32)  # trimmed at the mask
+    assert torch.allclose(tensors["text"].float(), encoder.trimmed([caption], 32)[0], atol=2e-2)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(pl.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise Crash(f"injected at step {self.step}")
+
+
+def test_train_resume_sample_export_and_wanpipeline_runs_it_to_the_same_video(
+    folders: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+) -> None:
+    import av
+    from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+
+    from jevons.framework.cli.jevons import main as jevons
+    from jevons.framework.inference import load_run
+    from jevons.recipes.diffusion.components import prompt_encoder, sample_shape
+
+    class Crasher:
+        @hookimpl
+        def register_callbacks(self, register: Callable[[pl.Callback], None], config: Any) -> None:
+            register(CrashAt(13))
+
+    common = _recipe(folders, "trainer.max_steps=20", "checkpoint.every_n_steps=10", "optimizer.warmup_steps=0")
+    straight = train([*common, f"run.dir={tmp_path / 'straight'}"])
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(Crash):
+        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[("crasher", Crasher())])
+    resumed = train([*common, f"run.dir={interrupted}", "checkpoint.resume=auto"])
+    assert resumed.summary["resumed_from_step"] == 10
+    losses = _losses(straight.run_dir)
+    assert len(losses) == 20 and _losses(interrupted) == losses  # exact, not approximately
+
+    samples = tmp_path / "samples"
+    assert jevons(["sample", f"run_dir={interrupted}", f"out={samples}", "prompt=a red ball", "rows=2", "steps=3"]) == 0
+    movies = sorted(samples.glob("*.mp4"))
+    assert len(movies) == 2
+    with av.open(str(movies[0])) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == FRAMES and decoded[0].shape == (HEIGHT, WIDTH, 3)
+
+    out = tmp_path / "export"
+    assert jevons(["export", f"run_dir={interrupted}", f"out={out}"]) == 0
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["scheduler"] == ["diffusers", "UniPCMultistepScheduler"]
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["flow_shift"] == 3.0
+    pipeline = WanPipeline.from_pretrained(str(out))
+    prompt, negative, steps, guidance = "a small cat walking across a snowy road", "a blurry frame", 4, 3.0
+    with distributed.initialized(ParallelConfig()):
+        run = load_run(interrupted)
+        encoder = prompt_encoder(run.config)
+        run.model.conditioner.negative.copy_(encoder.embed([negative], 32)[0])
+        condition = Condition(embeddings=encoder.embed([prompt], 32))
+        shape = sample_shape(run.config)
+        assert shape == (16, 3, 6, 8)  # (C, (F - 1) / 4 + 1, H / 8, W / 8)
+
+        def ours(**noise: Any) -> np.ndarray:
+            latents = run.generator(condition, shape, steps=steps, guidance=guidance, seed=5, **noise)
+            return ((run.model.to_pixels(latents) + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()
+
+        seeded = ours()
+        noise = torch.randn((1, *shape), generator=torch.Generator().manual_seed(11))
+        given = ours(noise=noise)
+    common_call = {
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "num_frames": FRAMES,
+        "num_inference_steps": steps,
+        "guidance_scale": guidance,
+        "output_type": "np",
+        "max_sequence_length": 32,
+    }
+    theirs = pipeline(**common_call, generator=torch.Generator().manual_seed(5)).frames
+    theirs_given = pipeline(**common_call, latents=noise).frames
+    assert seeded.shape == theirs.shape == (1, FRAMES, HEIGHT, WIDTH, 3)
+    assert np.abs(seeded - theirs).max() < 1e-4 and np.abs(given - theirs_given).max() < 1e-4
+    assert np.abs(seeded - given).max() > 1e-2  # different noise: a different video (the check has teeth)
+
+
+def test_online_encoding_trains_on_the_pixel_import(
+    folders: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+) -> None:
+    result = train(
+        _recipe(
+            folders,
+            f"data.source={folders['clips']}",
+            "conditioning.online=true",
+            "data.resolution=48",
+            "data.frames=9",
+            "sample.height=48",
+            "sample.width=48",
+            "trainer.max_steps=3",
+            f"run.dir={tmp_path / 'online'}",
+        )
+    )
+    assert len(_losses(result.run_dir)) == 3
+
+
+def test_text_prompt_dropout_uses_the_negative_prompt_embedding() -> None:
+    negative, prompts = torch.randn(6, 4), torch.randn(3, 6, 4)
+    conditioner = TextConditioner(negative, prompts, ["a", "b", "c"])
+    batch = {"text_embeddings": torch.randn(5, 6, 4)}
+    dropped = conditioner.drop(conditioner.from_batch(batch), torch.tensor([True, False, True, False, False]))
+    assert torch.equal(dropped["embeddings"][0], negative) and torch.equal(dropped["embeddings"][2], negative)
+    assert torch.equal(dropped["embeddings"][1], batch["text_embeddings"][1])
+    drawn = Condition.cat([conditioner.draw(torch.Generator().manual_seed(s)) for s in range(20)])
+    assert set(conditioner.group(drawn).tolist()) == {0, 1, 2}
+    assert torch.equal(drawn["embeddings"][0], prompts[conditioner.group(drawn)[0]])
+
+
+def test_a_pipeline_folder_sets_the_sampler_and_refuses_what_it_cannot_run(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    manager = PluginManager.load()
+    config = compose_config(manager, _recipe(folders))
+    assert (config.sample.scheduler, config.sample.shift) == ("unipc", 3.0)  # the folder's UniPC and flow_shift
+    assert compose_config(manager, _recipe(folders, "sample.shift=5")).sample.shift == 5.0
+    assert config.model.channels == 16 and config.model.text_dim == 32  # read from transformer/config.json
+
+    edited = tmp_path / "edited"
+    shutil.copytree(folders["pipeline"], edited)
+    index = json.loads((edited / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (edited / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UsageError, match="scheduler is DDIMScheduler; Jevons' diffusion family runs"):
+        compose_config(manager, _recipe(folders, f"model.pretrained={edited}"))
+    index["scheduler"] = ["diffusers", "UniPCMultistepScheduler"]
+    (edited / "model_index.json").write_text(json.dumps(index))
+    encoder_config = json.loads((edited / "text_encoder" / "config.json").read_text())
+    (edited / "text_encoder" / "config.json").write_text(
+        json.dumps({**encoder_config, "auto_map": {"AutoModel": "x.Y"}})
+    )
+    with pytest.raises(UsageError, match="never runs trust_remote_code"):
+        PluginManager.load().family("diffusion").build_model(
+            compose_config(manager, _recipe(folders, f"model.pretrained={edited}"))
+        )
+    with pytest.raises(UsageError, match="holds pixels: precompute its latents"):
+        compose_config(manager, _recipe(folders, f"data.source={folders['clips']}"))
+
+
+def test_wan2_1_t2v_1_3b_composes_and_its_transformer_has_the_released_parameter_count(
+    folders: dict[str, Path],
+) -> None:
+    from jevons.recipes.diffusion.model import build_transformer
+
+    texts = folders["pipeline"]
+    config = compose_config(
+        PluginManager.load(),
+        [
+            "recipe=wan2_1_t2v_1_3b",
+            f"model.text_encoder={texts / 'text_encoder'}",
+            f"model.tokenizer={texts / 'tokenizer'}",
+        ],
+    )
+    cfg = config.model
+    assert (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.ffn_dim, cfg.text_dim, cfg.channels) == (
+        30,
+        12,
+        128,
+        8960,
+        4096,
+        16,
+    )
+    assert config.conditioning.kind == "text" and config.conditioning.max_length == 512
+    with torch.device("meta"):
+        transformer = build_transformer(cfg)
+    assert sum(p.numel() for p in transformer.parameters()) == 1_418_996_800
