@@ -216,3 +216,53 @@ def command() -> Callable[..., subprocess.CompletedProcess[str]]:
         return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=900, check=False)
 
     return call
+
+
+def _write_video(path: Path, number: int) -> None:
+    """A coloured block moving across a 64 x 48 frame, 20 frames at 8 fps."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in range(20):
+            image = np.zeros((48, 64, 3), np.uint8)
+            left = (3 * frame + 7 * number) % (64 - 8)
+            image[16:32, left : left + 8] = (200, 40 * number, 100)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="session")
+def wan_t2v(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny Wan text-to-video pipeline folder, four captioned MP4s (PyAV) imported as 64 x 48 x 9-frame
+    clips (clip3's two in validation), and their precomputed latents and text embeddings."""
+    from jevons.framework.data.importing.engine import run_import
+    from jevons.recipes.diffusion.importer import VideoImporter, VideoImportOptions
+    from jevons.recipes.diffusion.precompute import LatentImporter, LatentImportOptions
+    from jevons.recipes.diffusion.tiny_pipeline import captions, write_tiny_wan_pipeline
+
+    root = tmp_path_factory.mktemp("t2v")
+    pipeline = write_tiny_wan_pipeline(root / "pipeline")
+    videos = root / "videos"
+    videos.mkdir()
+    texts = captions()
+    for number in range(4):
+        _write_video(videos / f"clip{number}.mp4", number)
+        (videos / f"clip{number}.txt").write_text(texts[17 * number])
+    clips, latents = root / "clips", root / "latents"
+    options = VideoImportOptions(
+        out=str(clips),
+        buckets=["64x48"],
+        fps=8,
+        frames=9,
+        max_clips=2,
+        val_files=[str(videos / "clip3.mp4")],
+        workers=0,
+        progress=False,
+    )
+    run_import(VideoImporter(options), [str(videos)])
+    precompute = LatentImportOptions(out=str(latents), pipeline=str(pipeline), max_length=32, progress=False)
+    run_import(LatentImporter(precompute), [str(clips)])
+    return {"pipeline": pipeline, "clips": clips, "latents": latents, "root": root}

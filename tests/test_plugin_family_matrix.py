@@ -72,3 +72,49 @@ def test_plugin_trains_with_family(train, run_root, request, smoke, plugin: str,
     assert result.summary["train_loss"] is not None and result.summary["val_loss"] is not None
     figures = result.summary["plugin_figures"][plugin]  # every built-in plugin says what it did, in numbers
     assert any(isinstance(v, (int, float)) for v in figures.values()), figures
+
+
+# The same plugins on the text-conditioned latent model (recipe wan_t2v_tiny, the session's tiny Wan
+# pipeline and precomputed latents; the cascade encodes square pixel clips online).
+TEXT_SMOKE = {
+    "block_sparse_attention": ["block_sparse_attention.block_size=4", "block_sparse_attention.max_density=0.5"],
+    "step_distillation": [
+        "step_distillation.steps=2",
+        "step_distillation.teacher_steps=4",
+        "step_distillation.val_samples=2",
+        "step_distillation.guard_per_class=2",
+    ],
+    "lowres_cascade": [
+        "conditioning.online=true",
+        "data.resolution=32",
+        "data.frames=9",
+        "sample.height=32",
+        "sample.width=32",
+        "lowres_cascade.stages=[{res:16,steps:2},{res:32,steps:2}]",
+    ],
+    "padding_aware_sampling": ["padding_aware_sampling.max_tokens=72", "padding_aware_sampling.num_buckets=1"],
+}
+TEXT_PLUGINS = [plugin for plugin, family in PAIRS if family == "diffusion"]
+
+
+@pytest.mark.parametrize("plugin", TEXT_PLUGINS)
+def test_plugin_trains_on_the_text_to_video_recipe(train, run_root, wan_t2v, plugin: str) -> None:
+    source = wan_t2v["clips"] if plugin == "lowres_cascade" else wan_t2v["latents"]
+    result = train(
+        [
+            "recipe=wan_t2v_tiny",
+            f"model.pretrained={wan_t2v['pipeline']}",
+            f"data.source={source}",
+            "data.batch_size=2",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.limit_val_batches=1",
+            "trainer.progress_bar=false",
+            "sample.steps=2",
+            f"plugins=[{plugin}]",
+            *TEXT_SMOKE.get(plugin, []),
+            f"run.root={run_root}",
+        ]
+    )
+    assert result.summary["steps"] == 3 and result.summary["val_loss"] is not None
+    assert any(isinstance(v, (int, float)) for v in result.summary["plugin_figures"][plugin].values())

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from jevons.framework.config.schema import Config, section
 from jevons.framework.errors import UsageError
@@ -60,7 +60,8 @@ class Stage:
 @dataclass
 class LowresCascadeConfig:
     stages: list[Stage] = field(default_factory=lambda: [Stage(res=8, steps=20), Stage(res=16, steps=6)])
-    """Increasing resolutions; the last must equal data.resolution."""
+    """Increasing resolutions in pixels; the last must equal the generated size. A latent model's stages
+    are the VAE's latents of those sizes."""
     stage_weights: list[float] = field(default_factory=list)
     """Training probability per stage; empty means equal."""
     condition_noise: float = 0.2
@@ -76,24 +77,48 @@ PLUGIN_INFO = PluginInfo(
 )
 
 
+def model_space(config: Config) -> int:
+    """Pixels per model-space sample side: the VAE's spatial factor for a latent model, else 1."""
+    from jevons.recipes.diffusion.components import vae_folder, vae_geometry
+    from jevons.recipes.diffusion.family import DiffusionModelConfig
+
+    vae = vae_folder(section(config, "model", DiffusionModelConfig))
+    return vae_geometry(vae)[2] if vae is not None else 1
+
+
+def stage_sizes(config: Config) -> list[int]:
+    """The stages' sides in model space (pixels, or latents: pixels over the VAE's spatial factor)."""
+    factor = model_space(config)
+    return [stage.res // factor for stage in section(config, "lowres_cascade", LowresCascadeConfig).stages]
+
+
 @hookimpl
 def configure(config: Config) -> None:
-    from jevons.recipes.diffusion.family import DiffusionDataConfig, DiffusionModelConfig
+    from jevons.recipes.diffusion.components import pixel_size
+    from jevons.recipes.diffusion.family import DiffusionConfig, DiffusionModelConfig
 
     cfg = section(config, "lowres_cascade", LowresCascadeConfig)
-    data = section(config, "data", DiffusionDataConfig)
     model = section(config, "model", DiffusionModelConfig)
     resolutions = [stage.res for stage in cfg.stages]
     if len(resolutions) < 2 or resolutions != sorted(set(resolutions)):
         raise UsageError(f"lowres_cascade.stages resolutions {resolutions} must be at least two, increasing.")
-    if resolutions[-1] != data.resolution:
+    _, height, width = pixel_size(cast("DiffusionConfig", config))
+    if height != width:
         raise UsageError(
-            f"the last lowres_cascade stage ({resolutions[-1]} px) must equal data.resolution={data.resolution}."
+            f"lowres_cascade samples square stages; the generated clips are {width}x{height}: set data.resolution "
+            f"(and sample.height=sample.width) to one size."
         )
-    patch = model.patch_size[1]
-    if any(r % patch for r in resolutions):
+    if resolutions[-1] != height:
         raise UsageError(
-            f"every stage resolution {resolutions} must be a multiple of model.patch_size={model.patch_size}."
+            f"the last lowres_cascade stage ({resolutions[-1]} px) must equal the generated size ({height} px: "
+            f"data.resolution, or sample.height)."
+        )
+    unit = model.patch_size[1] * model_space(config)
+    if any(r % unit for r in resolutions):
+        raise UsageError(
+            f"every stage resolution {resolutions} must be a multiple of {unit} px: model.patch_size={model.patch_size}"
+            + (f" of latents {unit // model.patch_size[1]} px a side" if unit != model.patch_size[1] else "")
+            + "."
         )
     if cfg.stage_weights and len(cfg.stage_weights) != len(resolutions):
         raise UsageError(
@@ -118,7 +143,7 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
 
     cfg = section(config, "lowres_cascade", LowresCascadeConfig)
     conditioning = section(config, "conditioning", ConditioningConfig)
-    return CascadeObjective([s.res for s in cfg.stages], cfg.stage_weights, cfg.condition_noise, conditioning.dropout)
+    return CascadeObjective(stage_sizes(config), cfg.stage_weights, cfg.condition_noise, conditioning.dropout)
 
 
 @hookimpl
@@ -137,7 +162,7 @@ def make_generator(model: torch.nn.Module, config: Config) -> Generator | None:
     sample = section(config, "sample", SampleConfig)
     return CascadeSampler(
         model,
-        [(s.res, s.steps) for s in cfg.stages],
+        [(size, stage.steps) for size, stage in zip(stage_sizes(config), cfg.stages)],
         sample.guidance,
         sample.resolved_shift(),
         cfg.sample_condition_noise,

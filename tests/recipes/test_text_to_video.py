@@ -17,66 +17,19 @@ import torch
 from jevons.framework import distributed
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
-from jevons.framework.data.importing.engine import run_import
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin import hookimpl
 from jevons.framework.plugin_manager import PluginManager
 from jevons.recipes.diffusion.conditioning import Condition, TextConditioner
-from jevons.recipes.diffusion.importer import VideoImporter, VideoImportOptions
-from jevons.recipes.diffusion.precompute import LatentImporter, LatentImportOptions
-from jevons.recipes.diffusion.tiny_pipeline import captions, write_tiny_wan_pipeline
 
-FRAMES, HEIGHT, WIDTH = 9, 48, 64
+FRAMES, HEIGHT, WIDTH = 9, 48, 64  # the clips conftest's wan_t2v fixture imports
 
 
-def _write_video(path: Path, number: int) -> None:
-    """A coloured block moving across a 64 x 48 frame, 20 frames at 8 fps."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for frame in range(20):
-            image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
-            left = (3 * frame + 7 * number) % (WIDTH - 8)
-            image[16:32, left : left + 8] = (200, 40 * number, 100)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny pipeline, four captioned MP4s imported as 64 x 48 x 9-frame clips, and their latents."""
-    root = tmp_path_factory.mktemp("t2v")
-    pipeline = write_tiny_wan_pipeline(root / "pipeline")
-    videos = root / "videos"
-    videos.mkdir()
-    texts = captions()
-    for number in range(4):
-        _write_video(videos / f"clip{number}.mp4", number)
-        (videos / f"clip{number}.txt").write_text(texts[17 * number])
-    clips, latents = root / "clips", root / "latents"
-    options = VideoImportOptions(
-        out=str(clips),
-        buckets=["64x48"],
-        fps=8,
-        frames=FRAMES,
-        max_clips=2,
-        val_files=[str(videos / "clip3.mp4")],
-        workers=0,
-        progress=False,
-    )
-    run_import(VideoImporter(options), [str(videos)])
-    precompute = LatentImportOptions(out=str(latents), pipeline=str(pipeline), max_length=32, progress=False)
-    run_import(LatentImporter(precompute), [str(clips)])
-    return {"pipeline": pipeline, "clips": clips, "latents": latents, "root": root}
-
-
-def _recipe(folders: dict[str, Path], *extra: str) -> list[str]:
+def _recipe(wan_t2v: dict[str, Path], *extra: str) -> list[str]:
     return [
         "recipe=wan_t2v_tiny",
-        f"model.pretrained={folders['pipeline']}",
-        f"data.source={folders['latents']}",
+        f"model.pretrained={wan_t2v['pipeline']}",
+        f"data.source={wan_t2v['latents']}",
         "trainer.progress_bar=false",
         "trainer.log_every_n_steps=1",
         "trainer.limit_val_batches=0",
@@ -89,7 +42,7 @@ def _losses(run_dir: Path) -> list[float]:
         return [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
 
 
-def test_precompute_stores_normalised_latents_and_trimmed_embeddings(folders: dict[str, Path]) -> None:
+def test_precompute_stores_normalised_latents_and_trimmed_embeddings(wan_t2v: dict[str, Path]) -> None:
     from safetensors.torch import load
 
     from jevons.framework.data.reader import ShardDataset
@@ -97,19 +50,19 @@ def test_precompute_stores_normalised_latents_and_trimmed_embeddings(folders: di
     from jevons.recipes.diffusion.pipeline import LatentCodec, load_vae
     from jevons.recipes.diffusion.text import PromptEncoder
 
-    meta = json.loads((folders["latents"] / "meta.json").read_text())
+    meta = json.loads((wan_t2v["latents"] / "meta.json").read_text())
     assert meta["kind"] == "latents" and meta["latent_shapes"] == {"16x3x6x8": 8}
     assert meta["samples"] == {"train": 6, "val": 2}  # the import's split is kept: clip3's two clips
-    pixels = ShardDataset(read_index(folders["clips"] / "val.json"), lambda s: s).raw(0)
-    stored = ShardDataset(read_index(folders["latents"] / "val.json"), lambda s: s).raw(0)
+    pixels = ShardDataset(read_index(wan_t2v["clips"] / "val.json"), lambda s: s).raw(0)
+    stored = ShardDataset(read_index(wan_t2v["latents"] / "val.json"), lambda s: s).raw(0)
     assert stored["txt"] == pixels["txt"]
     tensors = load(stored["latent.safetensors"])
     assert tensors["latents"].dtype == torch.bfloat16
-    codec = LatentCodec(load_vae(folders["pipeline"] / "vae"))
+    codec = LatentCodec(load_vae(wan_t2v["pipeline"] / "vae"))
     frames = torch.from_numpy(decode_npy(pixels["frames.npy"])).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     expected = codec.encode(frames)[0]
     assert torch.allclose(tensors["latents"].float(), expected, atol=0.02 * expected.abs().max().item())
-    encoder = PromptEncoder.from_folders(folders["pipeline"] / "tokenizer", folders["pipeline"] / "text_encoder")
+    encoder = PromptEncoder.from_folders(wan_t2v["pipeline"] / "tokenizer", wan_t2v["pipeline"] / "text_encoder")
     caption = pixels["txt"].decode()
     real_tokens = int(encoder.tokenizer(caption, truncation=True, max_length=32).attention_mask.__len__())
     assert tensors["text"].shape == (real_tokens, 32)  # trimmed at the mask
@@ -130,7 +83,7 @@ class CrashAt(pl.Callback):
 
 
 def test_train_resume_sample_export_and_wanpipeline_runs_it_to_the_same_video(
-    folders: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+    wan_t2v: dict[str, Path], train: Callable[..., Any], tmp_path: Path
 ) -> None:
     import av
     from diffusers.pipelines.wan.pipeline_wan import WanPipeline
@@ -144,7 +97,7 @@ def test_train_resume_sample_export_and_wanpipeline_runs_it_to_the_same_video(
         def register_callbacks(self, register: Callable[[pl.Callback], None], config: Any) -> None:
             register(CrashAt(13))
 
-    common = _recipe(folders, "trainer.max_steps=20", "checkpoint.every_n_steps=10", "optimizer.warmup_steps=0")
+    common = _recipe(wan_t2v, "trainer.max_steps=20", "checkpoint.every_n_steps=10", "optimizer.warmup_steps=0")
     straight = train([*common, f"run.dir={tmp_path / 'straight'}"])
     interrupted = tmp_path / "interrupted"
     with pytest.raises(Crash):
@@ -203,12 +156,12 @@ def test_train_resume_sample_export_and_wanpipeline_runs_it_to_the_same_video(
 
 
 def test_online_encoding_trains_on_the_pixel_import(
-    folders: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+    wan_t2v: dict[str, Path], train: Callable[..., Any], tmp_path: Path
 ) -> None:
     result = train(
         _recipe(
-            folders,
-            f"data.source={folders['clips']}",
+            wan_t2v,
+            f"data.source={wan_t2v['clips']}",
             "conditioning.online=true",
             "data.resolution=48",
             "data.frames=9",
@@ -234,23 +187,23 @@ def test_text_prompt_dropout_uses_the_negative_prompt_embedding() -> None:
 
 
 def test_a_pipeline_folder_sets_the_sampler_and_refuses_what_it_cannot_run(
-    folders: dict[str, Path], tmp_path: Path
+    wan_t2v: dict[str, Path], tmp_path: Path
 ) -> None:
     import shutil
 
     manager = PluginManager.load()
-    config = compose_config(manager, _recipe(folders))
+    config = compose_config(manager, _recipe(wan_t2v))
     assert (config.sample.scheduler, config.sample.shift) == ("unipc", 3.0)  # the folder's UniPC and flow_shift
-    assert compose_config(manager, _recipe(folders, "sample.shift=5")).sample.shift == 5.0
+    assert compose_config(manager, _recipe(wan_t2v, "sample.shift=5")).sample.shift == 5.0
     assert config.model.channels == 16 and config.model.text_dim == 32  # read from transformer/config.json
 
     edited = tmp_path / "edited"
-    shutil.copytree(folders["pipeline"], edited)
+    shutil.copytree(wan_t2v["pipeline"], edited)
     index = json.loads((edited / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "DDIMScheduler"]
     (edited / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UsageError, match="scheduler is DDIMScheduler; Jevons' diffusion family runs"):
-        compose_config(manager, _recipe(folders, f"model.pretrained={edited}"))
+        compose_config(manager, _recipe(wan_t2v, f"model.pretrained={edited}"))
     index["scheduler"] = ["diffusers", "UniPCMultistepScheduler"]
     (edited / "model_index.json").write_text(json.dumps(index))
     encoder_config = json.loads((edited / "text_encoder" / "config.json").read_text())
@@ -259,18 +212,18 @@ def test_a_pipeline_folder_sets_the_sampler_and_refuses_what_it_cannot_run(
     )
     with pytest.raises(UsageError, match="never runs trust_remote_code"):
         PluginManager.load().family("diffusion").build_model(
-            compose_config(manager, _recipe(folders, f"model.pretrained={edited}"))
+            compose_config(manager, _recipe(wan_t2v, f"model.pretrained={edited}"))
         )
     with pytest.raises(UsageError, match="holds pixels: precompute its latents"):
-        compose_config(manager, _recipe(folders, f"data.source={folders['clips']}"))
+        compose_config(manager, _recipe(wan_t2v, f"data.source={wan_t2v['clips']}"))
 
 
 def test_wan2_1_t2v_1_3b_composes_and_its_transformer_has_the_released_parameter_count(
-    folders: dict[str, Path],
+    wan_t2v: dict[str, Path],
 ) -> None:
     from jevons.recipes.diffusion.model import build_transformer
 
-    texts = folders["pipeline"]
+    texts = wan_t2v["pipeline"]
     config = compose_config(
         PluginManager.load(),
         [
@@ -292,3 +245,48 @@ def test_wan2_1_t2v_1_3b_composes_and_its_transformer_has_the_released_parameter
     with torch.device("meta"):
         transformer = build_transformer(cfg)
     assert sum(p.numel() for p in transformer.parameters()) == 1_418_996_800
+
+
+def test_tp2_equals_tp1_on_the_text_conditioned_latent_model(
+    wan_t2v: dict[str, Path], command: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Self- and cross-attention (to the text embeddings) sharded over two gloo ranks: the same losses."""
+    losses = {}
+    for tp in (1, 2):
+        run_dir = tmp_path / f"tp{tp}"
+        args = [
+            "train",
+            *_recipe(wan_t2v, "trainer.max_steps=6", "optimizer.warmup_steps=0", "checkpoint.every_n_steps=null"),
+        ]
+        result = command([*args, f"launcher.nproc={tp}", f"parallel.tensor={tp}", f"run.dir={run_dir}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[tp] = _losses(run_dir)
+    assert len(losses[1]) == 6 and np.allclose(losses[2], losses[1], rtol=1e-5, atol=1e-6), losses
+
+
+def test_blade_sparse_student_distils_the_dense_text_conditioned_teacher(
+    wan_t2v: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+) -> None:
+    """block_sparse_attention + step_distillation (TDM) on wan_t2v_tiny, data-free from the prompts: the
+    student's self-attention is sparse, cross-attention to the text stays dense, the teacher is dense."""
+    result = train(
+        _recipe(
+            wan_t2v,
+            "plugins=[block_sparse_attention,step_distillation]",
+            "block_sparse_attention.block_size=4",
+            "block_sparse_attention.max_density=0.5",
+            "step_distillation.steps=2",
+            "step_distillation.teacher_steps=4",
+            "step_distillation.val_samples=2",
+            "step_distillation.guard_per_class=2",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.limit_val_batches=1",
+            "data.batch_size=2",
+            f"run.dir={tmp_path / 'blade'}",
+        )
+    )
+    assert result.summary["steps"] == 3 and result.summary["val_loss"] is not None
+    figures = result.summary["plugin_figures"]
+    assert figures["step_distillation"]["student_steps"] == 2, figures
+    assert figures["block_sparse_attention"], figures
