@@ -70,6 +70,7 @@ def main() -> None:
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
     from jevons.framework.run import train
+    from jevons.recipes.diffusion.conditioning import Condition
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
@@ -125,7 +126,7 @@ def main() -> None:
             for arm, sampler in generators.items():
                 scores[arm] = quality(sampler, shape, real, images, clips, 10, seed=10_000)
                 print(f"{arm}: {scores[arm]}", flush=True)
-            time_of = interleaved_seconds(generators, class_labels(4), shape, rounds)
+            time_of = interleaved_seconds(generators, Condition(labels=class_labels(4)), shape, rounds)
 
     teacher_fd = scores["teacher 50"]["fd"]
     figures = {

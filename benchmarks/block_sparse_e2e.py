@@ -83,6 +83,7 @@ def main() -> None:
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
     from jevons.framework.run import train
+    from jevons.recipes.diffusion.conditioning import Condition
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
@@ -140,7 +141,7 @@ def main() -> None:
             batch = {"video": real[:4], "labels": class_labels(4)}
             step_seconds: dict = {"dense teacher": [], "sparse fine-tuned": []}
             sample_seconds: dict = {"dense teacher": [], "sparse fine-tuned": []}
-            labels = class_labels(4)
+            labels = Condition(labels=class_labels(4))
             for number in range(rounds):
                 for name in step_seconds:
                     model = models[name].train()

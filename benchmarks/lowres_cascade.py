@@ -55,6 +55,7 @@ def main() -> None:
     from jevons.framework.config.schema import ParallelConfig
     from jevons.framework.inference import load_run
     from jevons.framework.run import train
+    from jevons.recipes.diffusion.conditioning import Condition
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
@@ -113,7 +114,7 @@ def main() -> None:
                     for n in single
                 }
             )
-            rates = interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
+            rates = interleaved_rates(arms, Condition(labels=labels[:250]), shape, 2 if args.quick else 5)
             for (kind, key), rate in rates.items():
                 (tried if kind == "cascade" else single)[key]["images_per_s"] = rate
                 print(f"{kind} {key}: {rate:.1f} images/s", flush=True)

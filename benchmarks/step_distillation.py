@@ -43,6 +43,7 @@ def main() -> None:
     from jevons.framework.inference import load_run
     from jevons.framework.run import train
     from jevons.plugins.step_distillation.guard import within_class_diversity
+    from jevons.recipes.diffusion.conditioning import Condition
     from jevons.recipes.diffusion.evaluate import class_labels, quality
     from jevons.recipes.diffusion.generate import FlowSampler
     from jevons.recipes.diffusion.model import DiffusionModel
@@ -50,6 +51,7 @@ def main() -> None:
     manager, config, real, images = diffusion_reference(["recipe=image_tiny"], 1000)
     shape = (1, 1, 16, 16)
     labels = class_labels(count)
+    conditions = Condition(labels=labels)
     guidance = config.sample.guidance
 
     runs, trained = {}, {}
@@ -93,15 +95,15 @@ def main() -> None:
             for name, sampler in arms.items():
                 scores[name] = quality(sampler, shape, real, images, count, 250, seed=10_000)
                 samples[name] = torch.cat(
-                    [sampler(labels[i : i + 250], shape, seed=20_000 + i) for i in range(0, count, 250)]
+                    [sampler(conditions[i : i + 250], shape, seed=20_000 + i) for i in range(0, count, 250)]
                 )
                 print(f"{name}: FD {scores[name]['fd']:.2f}, accuracy {scores[name]['accuracy']:.3f}", flush=True)
             for name in arms:
                 scores[name]["mse_to_teacher50"] = float((samples[name] - samples["teacher50"]).pow(2).mean())
                 scores[name]["diversity_ratio"] = within_class_diversity(
-                    samples[name], labels
-                ) / within_class_diversity(samples["teacher50"], labels)
-            rates = interleaved_rates(arms, labels[:250], shape, 2 if args.quick else 5)
+                    samples[name], labels[:, 0]
+                ) / within_class_diversity(samples["teacher50"], labels[:, 0])
+            rates = interleaved_rates(arms, conditions[:250], shape, 2 if args.quick else 5)
 
     teacher50 = scores["teacher50"]
     figures = {

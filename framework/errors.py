@@ -31,6 +31,11 @@ class TrainingStopped(JevonsError):
     """Training stopped on purpose: a non-finite loss or gradient under ``trainer.nonfinite=stop``."""
 
 
+class ModelInputError(JevonsError):
+    """A model component given inputs it cannot take (a shape mismatch inside a run). The message names
+    the component and both shapes; ``train`` adds the recipe."""
+
+
 class PluginError(UsageError):
     """A plugin failed inside one of its hooks; the message names plugin and hook."""
 

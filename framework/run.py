@@ -20,6 +20,7 @@ from typing import Any
 
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import Config
+from jevons.framework.errors import ModelInputError
 from jevons.framework.plugin_manager import PluginManager
 
 
@@ -89,7 +90,10 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
         }
         if resume_from is not None:
             print(f"jevons: resuming from {resume_from}", flush=True)
-        trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(resume_from) if resume_from else None)
+        try:
+            trainer.fit(module, loaders["train"], loaders["val"], ckpt_path=str(resume_from) if resume_from else None)
+        except ModelInputError as error:  # one message naming the recipe, not a traceback per rank
+            raise ModelInputError(f"recipe {config.recipe}: {error}") from None
         metric = trainer.callback_metrics.get("train/loss")  # validate() below replaces the callback metrics
         train_loss = float(metric) if metric is not None else None
         if validation_due(trainer, ours, config):

@@ -135,8 +135,11 @@ class DigitClips(ShardBackedDataset):
     """Map-style samples ``{"video": (C, F, H, W) float in [-1, 1], "labels": (2,)}`` at the recipe's size,
     and with ``captions`` the sample's ``"caption"`` (for a text-conditioned model encoding online)."""
 
-    def __init__(self, samples: ShardDataset, resolution: int, frames: int, captions: bool = False) -> None:
+    def __init__(
+        self, samples: ShardDataset, resolution: int, frames: int, captions: bool = False, square: bool = True
+    ) -> None:
         super().__init__(samples)
+        self.square = square
         self.resolution = resolution
         self.frames = frames
         self.captions = captions
@@ -145,7 +148,7 @@ class DigitClips(ShardBackedDataset):
     def from_folder(cls, folder: Path, split: str, data_config: Any, captions: bool = False) -> DigitClips:
         decode = _decode_captioned if captions else _decode
         samples = open_split(folder, split, decode, data_config)
-        return cls(samples, data_config.resolution, data_config.frames, captions)
+        return cls(samples, data_config.resolution, data_config.frames, captions, getattr(data_config, "square", True))
 
     def __getitem__(self, i: int) -> Any:
         sample = self.samples[i]
@@ -157,11 +160,11 @@ class DigitClips(ShardBackedDataset):
         stride = max(1, frames.shape[0] // self.frames)
         frames = frames[::stride][: self.frames]
         height, width = frames.shape[1:3]
-        if height != width:  # an aspect-ratio bucket of an import: the centre square, so nothing is squashed
+        if self.square and height != width:  # an aspect-ratio bucket of an import: the centre square, not squashed
             side = min(height, width)
             top, left = (height - side) // 2, (width - side) // 2
             frames = frames[:, top : top + side, left : left + side]
-        if frames.shape[1] != self.resolution:
+        if self.square and frames.shape[1] != self.resolution:  # unsquare: the import's own (bucketed) size
             frames = np.stack(
                 [np.stack([_resize(f[..., c], self.resolution) for c in range(f.shape[-1])], -1) for f in frames]
             )

@@ -74,6 +74,8 @@ class DiffusionDataConfig(DataConfig):
     """Pixels per side the samples are resized to."""
     frames: int = 1
     """Frames per clip (1 for images); clips are subsampled in time to this many."""
+    square: bool = True
+    """Centre-crop pixel samples to ``resolution`` square; false keeps an import's stored (bucketed) size."""
 
 
 @dataclass

@@ -57,7 +57,28 @@ class DiffusionModel(nn.Module):
 
     def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
         hidden = self.conditioner(condition)
+        self._check_inputs(noisy, hidden)
         return self.transformer(noisy, sigma * 1000.0, hidden, return_dict=False)[0]
+
+    def _check_inputs(self, noisy: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Name the component and both shapes, instead of a convolution's traceback deep in a run."""
+        from jevons.framework.errors import ModelInputError
+
+        channels, text_dim = self.transformer.config["in_channels"], self.transformer.config["text_dim"]
+        if noisy.ndim != 5 or noisy.shape[1] != channels:
+            space = "VAE latents" if self.codec is not None else "pixels"
+            raise ModelInputError(
+                f"the diffusion transformer's patch embedding (transformer.patch_embedding) takes {channels}-channel "
+                f"samples (B, {channels}, F, H, W); the batch's {space} are {tuple(noisy.shape)}. Train on data with "
+                f"{channels} channels (a latent model: data precomputed with its VAE, jevons data import latents), "
+                f"or set model.channels to the data's."
+            )
+        if hidden.shape[-1] != text_dim:
+            raise ModelInputError(
+                f"the diffusion transformer's text embedder (transformer.condition_embedder.text_embedder) takes "
+                f"{text_dim}-wide conditioning; the conditioner gave {tuple(hidden.shape)}. Precompute the "
+                f"embeddings with the pipeline's own text encoder."
+            )
 
     def clean(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's clean samples in model space: precomputed latents, pixels encoded online, or pixels."""

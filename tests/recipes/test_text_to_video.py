@@ -290,3 +290,27 @@ def test_blade_sparse_student_distils_the_dense_text_conditioned_teacher(
     figures = result.summary["plugin_figures"]
     assert figures["step_distillation"]["student_steps"] == 2, figures
     assert figures["block_sparse_attention"], figures
+
+
+def test_a_shape_mismatch_inside_a_run_names_the_recipe_component_and_shapes(
+    train: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The reported crash: a 16-channel model on 1-channel digits. Built-in data has no meta.json for the
+    family to adopt channels from, so the mismatch surfaces in the first step, as one message."""
+    from jevons.framework.errors import ModelInputError
+
+    with pytest.raises(ModelInputError) as raised:
+        train(
+            [
+                "recipe=video_tiny",
+                "model.channels=16",
+                "data.num_workers=0",
+                "trainer.max_steps=1",
+                "trainer.limit_val_batches=0",
+                "trainer.progress_bar=false",
+                f"run.dir={tmp_path / 'mismatch'}",
+            ]
+        )
+    message = str(raised.value)
+    assert message.startswith("recipe video_tiny: the diffusion transformer's patch embedding")
+    assert "takes 16-channel samples" in message and "(8, 1, 8, 16, 16)" in message
