@@ -1,11 +1,11 @@
-"""Every use of a private API of Lightning, diffusers or pluggy, in one place.
+"""Every use of a private API of Lightning, diffusers, pluggy or TensorBoard, in one place.
 
 Each function names the versions it was checked against (the ranges
 pyproject.toml admits); ``tests/framework/test_compat.py`` pins each one's
 behaviour on the installed versions, so an upgrade that moves a private name
 fails there, with this module's name, instead of deep inside a run.
 
-Checked: pytorch-lightning 2.5 to 2.6.6, diffusers 0.42.1, pluggy 1.6.0.
+Checked: pytorch-lightning 2.5 to 2.6.6, diffusers 0.42.1, pluggy 1.6.0, tensorboard 2.21.
 """
 
 from __future__ import annotations
@@ -50,6 +50,15 @@ def wan_qkv_projections(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.T
     # Self-attention: keys and values come from the hidden states too (diffusers' None means the same).
     query, key, value = _get_qkv_projections(attn, hidden_states, hidden_states)
     return query, key, value
+
+
+def tensorboard_add_summary(writer: Any, summary: Any, step: int) -> None:
+    """Write a ready ``Summary`` proto (an animated GIF image: what ``add_video`` writes, without moviepy).
+
+    ``torch.utils.tensorboard.SummaryWriter`` has no public call for a prepared summary;
+    ``writer._get_file_writer().add_summary`` is what its own ``add_*`` methods use (torch 2.6 to 2.13).
+    """
+    writer._get_file_writer().add_summary(summary, step)
 
 
 def pluggy_subset_caller(manager: pluggy.PluginManager, hook: str, keep: set[str]) -> pluggy.HookCaller:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jevons.framework.compat import tensorboard_add_summary
 from jevons.framework.family import EvalContext
 from jevons.recipes.diffusion.conditioning import Condition, class_labels
 from jevons.recipes.diffusion.metrics import (
@@ -108,7 +109,7 @@ def log_to_tensorboard(writer: Any, tag: str, frames: np.ndarray, step: int) -> 
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=120, loop=0)
     height, width, channels = frames.shape[1:]
     image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=buffer.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    tensorboard_add_summary(writer, Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
 def quality(

@@ -88,3 +88,21 @@ def test_pluggy_subset_caller_reaches_exactly_the_kept_plugins_whatever_their_fu
     assert pluggy_subset_caller(manager, "ping", {"named"})() == ["named"]
     assert pluggy_subset_caller(manager, "ping", {"renamed"})() == ["renamed"]
     assert sorted(pluggy_subset_caller(manager, "ping", {"named", "renamed"})()) == ["named", "renamed"]
+
+
+def test_tensorboard_add_summary_writes_an_animated_gif_tensorboard_reads_back(tmp_path: Path) -> None:
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from jevons.recipes.diffusion.evaluate import log_to_tensorboard
+
+    writer = SummaryWriter(str(tmp_path))
+    frames = np.random.default_rng(0).integers(0, 255, (5, 8, 12, 3), dtype=np.uint8)
+    log_to_tensorboard(writer, "samples", frames, step=7)
+    writer.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    (image,) = events.Images("samples")
+    assert (image.step, image.width, image.height) == (7, 12, 8)
+    assert image.encoded_image_string[:6] == b"GIF89a"  # an animation, as add_video writes it
