@@ -314,3 +314,33 @@ def test_a_shape_mismatch_inside_a_run_names_the_recipe_component_and_shapes(
     message = str(raised.value)
     assert message.startswith("recipe video_tiny: the diffusion transformer's patch embedding")
     assert "takes 16-channel samples" in message and "(8, 1, 8, 16, 16)" in message
+
+
+def test_an_image_vae_encodes_each_frame_normalised_and_decodes_back(tmp_path: Path) -> None:
+    """``AutoencoderKL`` (text-to-image): frames are images; latents are ``(z - shift) * scale``."""
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+
+    from jevons.recipes.diffusion.components import vae_geometry
+    from jevons.recipes.diffusion.pipeline import LatentCodec, load_vae
+
+    torch.manual_seed(0)
+    AutoencoderKL(
+        block_out_channels=[8, 8],
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        scaling_factor=0.5,
+        shift_factor=0.25,
+    ).save_pretrained(tmp_path / "vae")
+    assert vae_geometry(tmp_path / "vae") == (4, 1, 2)
+    codec = LatentCodec(load_vae(tmp_path / "vae"))
+    pixels = torch.rand(2, 3, 3, 8, 8) * 2 - 1  # (B, C, F, H, W): three images per sample
+    latents = codec.encode(pixels)
+    assert latents.shape == (2, 4, 3, 4, 4) == (2, *codec.latent_shape(3, 8, 8))
+    raw = codec.vae.encode(pixels[:, :, 1]).latent_dist.mode()
+    assert torch.allclose(latents[:, :, 1], (raw - 0.25) * 0.5, atol=1e-6)
+    decoded = codec.decode(latents)
+    assert decoded.shape == pixels.shape and decoded.abs().max() <= 1.0
+    expected = codec.vae.decode(latents[:, :, 1] / 0.5 + 0.25).sample.clamp(-1, 1)
+    assert torch.allclose(decoded[:, :, 1], expected, atol=1e-5)
