@@ -112,7 +112,15 @@ def main() -> None:
         arms: dict[str, Any] = {}
         for name, extra in (
             ("precomputed", [f"data.source={folders['latents']}"]),
-            ("online", [f"data.source={folders['clips']}", "conditioning.online=true", "data.square=false"]),
+            (
+                "online",
+                [
+                    f"data.source={folders['clips']}",
+                    "conditioning.online=true",
+                    "data.square=false",
+                    f"data.frames={FRAMES}",
+                ],
+            ),
         ):
             config = compose_config(manager, [*common, *extra])
             torch.manual_seed(0)
@@ -126,7 +134,10 @@ def main() -> None:
         for name, built in arms.items():
             dataset, sampler = built.datasets["train"], built.batch_samplers["train"]
             batches[name] = [dataset.collate([dataset[i] for i in indices]) for indices in sampler]
-        assert [b["latents"].shape for b in batches["precomputed"]][:1] == [(4, 16, 3, 6, 8)]
+        latent_shape = (4, 16, 3, 6, 8)  # the same clips in both arms: encoded now, or read back
+        assert batches["precomputed"][0]["latents"].shape == latent_shape
+        with torch.no_grad():
+            assert online.clean(batches["online"][0]).shape == latent_shape
         times: dict[str, list[float]] = {name: [] for name in arms}
         vae_seconds, text_seconds = [], []
         for step in range(warmup + steps):

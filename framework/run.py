@@ -85,7 +85,9 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
         module.datasets = built.datasets
         trainer, ours = make_trainer(config, family, built, run_dir, config_yaml, _step_or_none(resume_from))
         loaders = {
-            stage: make_dataloader(built.datasets[stage], built.batch_samplers[stage], config.data.num_workers)
+            stage: make_dataloader(
+                built.datasets[stage], built.batch_samplers[stage], config.data.num_workers, config.seed
+            )
             for stage in ("train", "val")
         }
         if resume_from is not None:

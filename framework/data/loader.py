@@ -68,16 +68,22 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int) -> DataLoader:
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int, seed: int = 0) -> DataLoader:
     """Workers are spawned, not forked: forking the training process, which runs gloo, OpenMP
     and progress-bar threads, can copy a held lock into a worker and hang it (seen here); and
     workers started by a forkserver outlived a SIGKILLed trainer, holding its pipes open (seen
     here). Spawned workers are the trainer's own children and die with it.
 
-    The loader draws its workers' base seed from its own generator, not the global RNG: making an
-    epoch's iterator would otherwise advance the training stream between a checkpoint after an
-    epoch's last batch and the next batch, which a resumed run (its RNG restored at that batch)
-    does not see."""
+    The loader draws its workers' base seed from its own generator (``seed`` and the rank), not the
+    global RNG: making an epoch's iterator would otherwise advance the training stream between a
+    checkpoint after an epoch's last batch and the next batch, which a resumed run (its RNG restored
+    at that batch) does not see."""
     collate = getattr(dataset, "collate", None)
     if collate is None:
         raise TypeError(f"{type(dataset).__name__} has no collate(samples) method; families' datasets must provide one")
@@ -89,5 +95,5 @@ def make_dataloader(dataset: Any, batch_sampler: Any, num_workers: int) -> DataL
         persistent_workers=num_workers > 0,
         worker_init_fn=_init_worker if num_workers > 0 else None,
         multiprocessing_context="spawn" if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(0),
+        generator=torch.Generator().manual_seed(seed * 1_000_003 + _rank()),
     )

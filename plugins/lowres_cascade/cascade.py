@@ -158,6 +158,7 @@ class CascadeSampler(DiffusionSampler):
         steps: int | None,
         guidance: float,
         generator: torch.Generator,
+        noise: torch.Tensor | None = None,
         stage_steps: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """``shape`` is the final ``(C, F, H, W)``; ``stage_steps`` overrides the steps per stage, and
@@ -165,6 +166,8 @@ class CascadeSampler(DiffusionSampler):
         # From its module: the package's lazy top level shows mypy a placeholder class.
         from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteScheduler
 
+        if noise is not None:
+            raise ValueError("the cascade draws each stage's noise at that stage's size; give a seed, not noise=")
         plan = list(stage_steps) if stage_steps else [s for _, s in self.stages]
         if steps is not None:
             plan[0] = steps

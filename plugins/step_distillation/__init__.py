@@ -158,7 +158,8 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
     conditioning = section(config, "conditioning", ConditioningConfig)
     conditioner = conditioner_of(model)
     shared = conditioner if conditioner.kind == "text" else None  # text: frozen, so teacher and student share it
-    teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens, shared)
+    codec = cast("DiffusionModel", model).codec  # a latent teacher decodes (and is finished) like its student
+    teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens, shared, codec)
     student_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
     if student_shapes != teacher_shapes:

@@ -176,9 +176,10 @@ def validation_captions(folder: Path | None, count: int) -> list[str]:
     return captions
 
 
-def build_conditioner(config: DiffusionConfig, text_dim: int, data_dir: Path | None) -> Conditioner:
+def build_conditioner(config: DiffusionConfig, text_dim: int) -> Conditioner:
     """The model's conditioner for ``conditioning.kind``: a learned class table, or text embeddings of the
-    negative prompt and the sample prompts, encoded here once (the encoder is kept for ``online``)."""
+    empty and negative prompts and the sample prompts, encoded here once (the encoder is kept for ``online``).
+    The prompts are ``conditioning.prompts``, which validation filled from the data's captions if empty."""
     from jevons.recipes.diffusion.conditioning import ClassConditioner, TextConditioner
 
     cfg = config.conditioning
@@ -190,12 +191,10 @@ def build_conditioner(config: DiffusionConfig, text_dim: int, data_dir: Path | N
             f"the text encoder gives {encoder.width}-wide embeddings but the transformer takes "
             f"model.text_dim={text_dim}: choose a matching encoder or transformer."
         )
-    prompts = list(cfg.prompts) or validation_captions(data_dir, 8)
-    if not prompts:
+    if not cfg.prompts:
         raise UsageError(
-            "conditioning.kind=text needs prompts to sample and to distil from: set conditioning.prompts=[...] "
-            "(none were found in the data's validation captions either)."
+            "conditioning.kind=text needs prompts to sample and to distil from: conditioning.prompts=[...]."
         )
-    negative = encoder.embed([cfg.negative_prompt], cfg.max_length)[0]
-    table = encoder.embed(prompts, cfg.max_length)
-    return TextConditioner(negative, table, prompts, encoder if cfg.online else None)
+    empty, negative = encoder.embed(["", cfg.negative_prompt], cfg.max_length)
+    table = encoder.embed(cfg.prompts, cfg.max_length)
+    return TextConditioner(negative, table, cfg.prompts, encoder if cfg.online else None, empty=empty)

@@ -130,9 +130,14 @@ class Conditioner(nn.Module, ABC):
         """Columns of a sample grid: one per class or prompt."""
         return self.num_groups
 
+    def dropped(self, count: int) -> Condition:
+        """What a dropped sample trains on: the unconditional input (text: the empty prompt's embedding,
+        while guidance uses the negative prompt's)."""
+        return self.unconditional(count)
+
     def drop(self, condition: Condition, dropped: torch.Tensor) -> Condition:
         """``condition`` with the samples where ``dropped`` is true made unconditional (prompt dropout)."""
-        return condition.where(dropped, self.unconditional(len(condition)))
+        return condition.where(dropped, self.dropped(len(condition)))
 
 
 class ClassConditioner(Conditioner):
@@ -178,14 +183,16 @@ class TextConditioner(Conditioner):
     """Text embeddings, padded as ``WanPipeline`` pads them, straight into the transformer (whose own
     ``condition_embedder.text_embedder`` projects them).
 
-    ``negative`` is the negative prompt's embedding and ``prompts`` the embeddings of the prompts
-    data-free distillation draws from and sample grids show (``(P, max_length, text_dim)``), both made
+    ``negative`` is the negative prompt's embedding (guidance's unconditional input), ``empty`` the empty
+    prompt's (what prompt dropout trains on, as Wan trains) and ``prompts`` the embeddings of the prompts
+    data-free distillation draws from and sample grids show (``(P, max_length, text_dim)``), all made
     once when the model is built and saved with it. ``encoder`` (held outside the module tree: frozen,
     never saved) encodes a batch's captions when it has no precomputed embeddings
     (``conditioning.online=true``)."""
 
     kind = "text"
     negative: torch.Tensor
+    empty: torch.Tensor
     prompts: torch.Tensor
 
     def __init__(
@@ -194,6 +201,7 @@ class TextConditioner(Conditioner):
         prompts: torch.Tensor,
         prompt_texts: Sequence[str],
         encoder: PromptEncoder | None = None,
+        empty: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if prompts.ndim != 3 or prompts.shape[1:] != negative.shape or not len(prompts):
@@ -201,6 +209,7 @@ class TextConditioner(Conditioner):
                 f"prompt embeddings {tuple(prompts.shape)} must be (P >= 1, *negative.shape={tuple(negative.shape)})"
             )
         self.register_buffer("negative", negative.float())
+        self.register_buffer("empty", (negative if empty is None else empty).float())
         self.register_buffer("prompts", prompts.float())
         self.prompt_texts = list(prompt_texts)
         self.num_groups = len(prompts)
@@ -225,11 +234,14 @@ class TextConditioner(Conditioner):
                 "this batch has captions but no precomputed text embeddings, and the model has no text encoder: "
                 "precompute them (jevons data import latents) or set conditioning.online=true"
             )
-        embeddings = self.encoder.embed(batch["captions"], self.max_length)
+        embeddings = self.encoder.embed(batch["captions"], self.max_length, self.negative.device)
         return Condition(embeddings=embeddings.to(self.negative.device, self.negative.dtype))
 
     def unconditional(self, count: int) -> Condition:
         return Condition(embeddings=self.negative.expand(count, -1, -1))
+
+    def dropped(self, count: int) -> Condition:
+        return Condition(embeddings=self.empty.expand(count, -1, -1))
 
     def draw(self, generator: torch.Generator) -> Condition:
         index = torch.randint(0, self.num_groups, (1,), generator=generator)

@@ -53,8 +53,8 @@ def _images(frames: np.ndarray, scale: int) -> list[Any]:
 
 
 def grid_scale(frames: np.ndarray) -> int:
-    """Nearest-neighbour upscaling that makes a small grid viewable (4x for the 16 px digits, 1x from 256 px)."""
-    return max(1, min(4, 256 // max(1, frames.shape[1])))
+    """Nearest-neighbour upscaling that makes a small grid viewable (4x up to 128 px, 1x from 512 px)."""
+    return max(1, min(4, 512 // max(1, frames.shape[1])))
 
 
 def save_grid(frames: np.ndarray, path: Path) -> Path:
@@ -162,7 +162,7 @@ def evaluate(context: EvalContext, family: Any) -> dict[str, float]:
         folder.mkdir(parents=True, exist_ok=True)
         context.artifacts.append(save_grid(tiled, folder / f"step_{context.step:08d}"))
         if tiled.shape[0] > 1:
-            context.artifacts.append(save_mp4(tiled, folder / f"step_{context.step:08d}"))
+            context.artifacts.append(save_mp4(tiled, folder / f"step_{context.step:08d}", cfg.fps))
         if context.tensorboard is not None:
             log_to_tensorboard(context.tensorboard, "samples", tiled, context.step)
     if cfg.fd_samples <= 0 or conditioner.kind != "labels":

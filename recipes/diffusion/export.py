@@ -36,6 +36,17 @@ def save_pipeline(model: DiffusionModel, config: DiffusionConfig, out: Path) -> 
             f"{'no VAE' if vae is None else 'no text encoder'} (model.pretrained, model.vae, model.text_encoder)."
         )
     codec = model.codec
+    if codec is not None and not codec.video:
+        raise UsageError(
+            f"the run's VAE ({vae}) is an image AutoencoderKL; a WanPipeline export needs Wan's video VAE "
+            f"(AutoencoderKLWan). Export the transformer alone with the model's save_pretrained."
+        )
+    if "student_sigmas" in dict(model.named_buffers()):
+        raise UsageError(
+            "this run is a step-distilled student: it samples on its own schedule "
+            f"{[round(s, 4) for s in model.get_buffer('student_sigmas').tolist()]}, which no diffusers scheduler "
+            "reproduces; sample it with jevons sample instead."
+        )
     channels = model.transformer.config["in_channels"]
     if codec is not None and channels != codec.channels:
         raise UsageError(

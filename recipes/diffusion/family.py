@@ -113,6 +113,8 @@ class SampleConfig:
     """Height of generated clips in pixels (null: the data's)."""
     width: int | None = None
     """Width of generated clips in pixels (null: the data's)."""
+    fps: float = 16.0
+    """Frames per second of written MP4s (precomputed latents: the import's)."""
     grid_rows: int = 2
     """Rows of the per-validation sample grid (a column per digit, or per prompt)."""
     fd_samples: int = 1000
@@ -172,16 +174,17 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 "conditioning.kind=text needs a text encoder: model.pretrained=PIPELINE_DIR (a diffusers folder with "
                 "text_encoder/ and tokenizer/) or model.text_encoder=DIR and model.tokenizer=DIR."
             )
-        precomputed = meta.get("kind") == "latents"
-        if precomputed and conditioning.kind != "text":
+        if conditioning.kind == "text":
+            self._check_text_data(config, meta, vae)
+        elif meta.get("kind") == "latents":
             raise UsageError(
                 f"data.source={data.source} holds precomputed latents and text embeddings: set conditioning.kind=text."
             )
-        if vae is not None and not precomputed and not conditioning.online and meta:
+        elif vae is not None and meta and not conditioning.online:
             raise UsageError(
                 f"the model has a VAE ({vae}) and data.source={data.source} holds pixels: precompute its latents "
-                f"and text embeddings (jevons data import latents {data.source} out=DIR model.pretrained=...) "
-                f"and train on DIR, or set conditioning.online=true to encode every batch."
+                f"(jevons data import latents {data.source} out=DIR pipeline=...) and train on DIR, or set "
+                f"conditioning.online=true to encode every batch."
             )
         folder_scheduler = scheduler_config(cfg)
         if config.sample.scheduler is None:
@@ -198,6 +201,68 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 f"model.patch_size={cfg.patch_size} (frames, height, width): set data.resolution or sample.height "
                 f"and sample.width."
             )
+
+    def _check_text_data(self, config: DiffusionConfig, meta: dict[str, Any], vae: Path | None) -> None:
+        """Text conditioning needs captioned data: precomputed latents made for this model, or pixels with
+        captions encoded online. Fills ``conditioning.prompts`` from the validation captions when empty, so
+        the run's ``config.yaml`` records them (``jevons sample`` and ``export`` rebuild from it)."""
+        from jevons.recipes.diffusion.components import vae_geometry, validation_captions
+
+        data, conditioning = config.data, config.conditioning
+        if not meta:
+            raise UsageError(
+                f"conditioning.kind=text needs captioned data, and data.source={data.source} is built-in digits: "
+                f"import your videos or images (jevons data import videos DIR out=CLIPS), precompute their latents "
+                f"(jevons data import latents CLIPS out=LATENTS pipeline=...) and set data.source=LATENTS."
+            )
+        if meta.get("kind") == "latents":
+            if vae is None:
+                raise UsageError(
+                    f"data.source={data.source} holds VAE latents but the model has no VAE to decode them: set "
+                    f"model.pretrained=PIPELINE_DIR (or model.vae=DIR)."
+                )
+            if meta.get("text_dim") not in (None, config.model.text_dim):
+                raise UsageError(
+                    f"data.source={data.source} holds {meta['text_dim']}-wide text embeddings (from "
+                    f"{meta.get('text_encoder')}); the transformer takes model.text_dim={config.model.text_dim}."
+                )
+            if int(meta.get("longest_text", 0)) > conditioning.max_length:
+                raise UsageError(
+                    f"data.source={data.source} holds text embeddings of up to {meta['longest_text']} tokens; "
+                    f"conditioning.max_length={conditioning.max_length} would cut them: raise it."
+                )
+            sizes = list(meta.get("sizes") or {})
+            if len(sizes) > 1 and (config.sample.height is None or config.sample.width is None):
+                raise UsageError(
+                    f"data.source={data.source} holds clips of sizes {sizes}: set sample.height and sample.width "
+                    f"for the clips validation and jevons sample generate."
+                )
+        elif not conditioning.online:
+            fix = (
+                f"precompute its latents (jevons data import latents {data.source} out=DIR pipeline=...) and train "
+                f"on DIR, or set conditioning.online=true to encode every batch"
+                if vae is not None
+                else "set conditioning.online=true to encode each batch's captions"
+            )
+            raise UsageError(f"data.source={data.source} holds pixels and captions: {fix}.")
+        elif vae is not None:
+            _, temporal, spatial = vae_geometry(vae)
+            if (data.frames - 1) % temporal or (data.square and data.resolution % spatial):
+                raise UsageError(
+                    f"online encoding trains on data.frames={data.frames} frames of data.resolution="
+                    f"{data.resolution} px (data.square=false: the import's size); the VAE ({vae}) takes "
+                    f"{temporal}k + 1 frames and sides that are multiples of {spatial}."
+                )
+        if not conditioning.prompts:
+            from jevons.framework.data.blend import parse_sources
+
+            first = Path(parse_sources(data.source)[0][0]).expanduser()
+            conditioning.prompts = validation_captions(first, 8)
+            if not conditioning.prompts:
+                raise UsageError(
+                    f"conditioning.kind=text needs prompts to sample and to distil from, and data.source={data.source} "
+                    f"has no validation captions: set conditioning.prompts=[...]."
+                )
 
     def _adopt_imported_data(self, config: DiffusionConfig) -> dict[str, Any]:
         """A model trained from scratch takes its channels from an imported folder's ``meta.json``
@@ -235,6 +300,8 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 sample.width, sample.height = (int(n) for n in sizes[0].split("x"))
             if sample.frames is None:
                 sample.frames = int(meta["frames"])
+            if meta.get("fps") and sample.fps == SampleConfig.fps:
+                sample.fps = float(meta["fps"])
         labels = int(meta.get("num_labels") or 0)
         if labels > NO_DIGIT:
             raise UsageError(
@@ -254,10 +321,16 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         described = []
         for folder in folders:
             meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-            described.append((meta.get("channels", 1), meta.get("frames", "clips")))
+            if meta.get("kind") == "latents":  # latents blend only with latents of the same VAE and text encoder
+                described.append(
+                    f"latents of {meta.get('latent_channels')} channel(s) from {meta.get('vae')}, "
+                    f"{meta.get('text_dim')}-wide text from {meta.get('text_encoder')}"
+                )
+            else:
+                described.append(f"{meta.get('channels', 1)} channel(s), {meta.get('frames', 'clips')} frame(s)")
         if len(set(described)) > 1:
-            found = ", ".join(f"{folder} ({c} channel(s), {f} frame(s))" for folder, (c, f) in zip(folders, described))
-            raise UsageError(f"data.source blends samples of different shapes: {found}. Blend like with like.")
+            found = ", ".join(f"{folder} ({what})" for folder, what in zip(folders, described))
+            raise UsageError(f"data.source blends samples of different kinds: {found}. Blend like with like.")
 
     def importers(self) -> Iterable[type[Importer[Any]]]:
         from jevons.recipes.diffusion.importer import ImageImporter, VideoImporter
@@ -283,8 +356,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         transformer = apply_tensor_parallel(build_transformer(config.model))
         folder = vae_folder(config.model)
         codec = LatentCodec(load_vae(folder, getattr(torch, config.model.encoder_dtype))) if folder else None
-        data_dir = None if config.data.source in {s.name for s in self.data_sources()} else self.data_dir(config)
-        conditioner = build_conditioner(config, transformer.config["text_dim"], data_dir)
+        conditioner = build_conditioner(config, transformer.config["text_dim"])
         model = DiffusionModel(transformer, conditioner, codec)
         table = Path(config.model.pretrained or "") / "conditioner.safetensors"
         if config.model.pretrained and table.exists() and config.conditioning.kind == "labels":
@@ -380,7 +452,8 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         stem = f"step_{run.step:08d}_{steps}steps_g{guidance:g}"
         written = [save_grid(grid(videos, columns), out_dir / stem)]
         if videos.shape[1] > 1:
-            written += [save_mp4(video, out_dir / f"{stem}_{index:03d}") for index, video in enumerate(videos)]
+            fps = config.sample.fps
+            written += [save_mp4(video, out_dir / f"{stem}_{index:03d}", fps) for index, video in enumerate(videos)]
         return written
 
     def _prompted(self, run: Any, options: dict[str, str], rows: int) -> tuple[Any, int]:

@@ -124,7 +124,13 @@ class DiffusionSampler:
         return self.sample(condition, shape, steps, guidance, torch.Generator().manual_seed(seed), **options)
 
     def sample(
-        self, condition: Condition, shape: Sequence[int], steps: int | None, guidance: float, generator: torch.Generator
+        self,
+        condition: Condition,
+        shape: Sequence[int],
+        steps: int | None,
+        guidance: float,
+        generator: torch.Generator,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         raise NotImplementedError
 

@@ -71,7 +71,7 @@ class DiffusionModel(nn.Module):
                 f"the diffusion transformer's patch embedding (transformer.patch_embedding) takes {channels}-channel "
                 f"samples (B, {channels}, F, H, W); the batch's {space} are {tuple(noisy.shape)}. Train on data with "
                 f"{channels} channels (a latent model: data precomputed with its VAE, jevons data import latents), "
-                f"or set model.channels to the data's."
+                f"or a model of the data's channels (model.channels, for a model trained from scratch)."
             )
         if hidden.shape[-1] != text_dim:
             raise ModelInputError(
@@ -85,7 +85,10 @@ class DiffusionModel(nn.Module):
         if "latents" in batch:
             return cast(torch.Tensor, batch["latents"]).float()
         video = cast(torch.Tensor, batch["video"])
-        return self.codec.encode(video) if self.codec is not None else video
+        if self.codec is None:
+            return video
+        device = next(self.transformer.parameters()).device  # the codec follows the model to its device
+        return self.codec.to(device).encode(video.to(device))
 
     def finish(self, samples: torch.Tensor) -> torch.Tensor:
         """A sampler's last step: pixels are clamped to [-1, 1]; latents are left as they are."""
@@ -93,7 +96,9 @@ class DiffusionModel(nn.Module):
 
     def to_pixels(self, samples: torch.Tensor) -> torch.Tensor:
         """Samples ``(B, C, F, H, W)`` as pixels in [-1, 1] (decoded through the VAE for a latent model)."""
-        return self.codec.decode(samples) if self.codec is not None else samples.clamp(-1.0, 1.0)
+        if self.codec is None:
+            return samples.clamp(-1.0, 1.0)
+        return self.codec.to(samples.device).decode(samples)
 
     def save_pretrained(self, directory: Path) -> None:
         """A diffusers transformer folder, plus the class table as safetensors when conditioned on labels."""
@@ -109,10 +114,14 @@ class DiffusionModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: Path, tokens: int = 4, conditioner: Conditioner | None = None
+        cls,
+        directory: Path,
+        tokens: int = 4,
+        conditioner: Conditioner | None = None,
+        codec: LatentCodec | None = None,
     ) -> DiffusionModel:
         """A Jevons export: its transformer and class table, or its transformer with ``conditioner``
-        (a text-conditioned model shares its conditioner: nothing of it is trained)."""
+        (a text-conditioned model shares its conditioner: nothing of it is trained) and ``codec``."""
         from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
         from safetensors.torch import load_file
 
@@ -122,7 +131,7 @@ class DiffusionModel(nn.Module):
             table = ClassConditioner(transformer.config["text_dim"], tokens)
             table.table.weight.data.copy_(load_file(str(directory / "conditioner.safetensors"))["table"])
             conditioner = table
-        return cls(transformer, conditioner)
+        return cls(transformer, conditioner, codec)
 
 
 def build_transformer(cfg: DiffusionModelConfig) -> WanTransformer3DModel:

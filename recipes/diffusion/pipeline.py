@@ -75,13 +75,8 @@ class PipelineFolder:
             )
         return name
 
-    def component(self, name: str, override: str | None = None) -> Path | None:
-        """The folder of component ``name``: ``override`` if given, else the pipeline's subfolder if present."""
-        if override:
-            path = Path(override).expanduser()
-            if not path.is_dir():
-                raise UsageError(f"model.{name}={override} is not a folder.")
-            return path
+    def component(self, name: str) -> Path | None:
+        """The folder of component ``name`` if the pipeline has one."""
         path = self.root / name
         return path if self.class_name(name) and path.is_dir() else None
 
@@ -147,6 +142,12 @@ class LatentCodec:
                 f"and the sides multiples of {self.spatial}."
             )
         return (self.channels, (frames - 1) // self.temporal + 1, height // self.spatial, width // self.spatial)
+
+    def to(self, device: torch.device | str) -> LatentCodec:
+        """Move the VAE (a no-op where it is already)."""
+        if next(self.vae.parameters()).device != torch.device(device):
+            self.vae.to(device)
+        return self
 
     def _device(self) -> tuple[torch.device, torch.dtype]:
         parameter = next(self.vae.parameters())

@@ -82,8 +82,10 @@ class LatentImportOptions(ImportOptions):
         found = []
         for name in ("vae", "tokenizer", "text_encoder"):
             override = getattr(self, name)
+            if override and not Path(override).is_dir():
+                raise UsageError(f"{name}={override} is not a folder.")
             folder = Path(override) if override else (pipeline.component(name) if pipeline else None)
-            if folder is None or not folder.is_dir():
+            if folder is None:
                 raise UsageError(f"pipeline={self.pipeline} has no {name}/ folder; give {name}=DIR.")
             found.append(folder)
         return found[0], found[1], found[2]
@@ -145,8 +147,11 @@ class LatentImporter(Importer[LatentImportOptions]):
             from jevons.recipes.diffusion.text import PromptEncoder
 
             device = self.options.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "auto":  # this rank's GPU: ranks of one machine share its GPUs by local rank
+                from jevons.framework.process_env import process_env
+
+                count = torch.cuda.device_count()
+                device = f"cuda:{process_env().local_rank % count}" if count else "cpu"
             dtype = getattr(torch, self.options.encoder_dtype)
             vae, tokenizer, text_encoder = self.options.folders()
             self._state["codec"] = LatentCodec(load_vae(vae, dtype).to(device))

@@ -113,7 +113,9 @@ def test_staged_sampling_shapes(model) -> None:
 
 
 def test_bad_cascades_are_refused(manager) -> None:
-    with pytest.raises(UsageError, match=r"the last lowres_cascade stage \(8 px\) must equal data.resolution=16"):
+    with pytest.raises(
+        UsageError, match=r"the last lowres_cascade stage \(8 px\) must equal the generated size \(16 px"
+    ):
         compose_config(manager, [*SMALL, "lowres_cascade.stages=[{res:4},{res:8}]"])
     with pytest.raises(UsageError, match=r"resolutions \[16, 8\] must be at least two, increasing"):
         compose_config(manager, [*SMALL, "lowres_cascade.stages=[{res:16},{res:8}]"])

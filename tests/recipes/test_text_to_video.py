@@ -214,7 +214,7 @@ def test_a_pipeline_folder_sets_the_sampler_and_refuses_what_it_cannot_run(
         PluginManager.load().family("diffusion").build_model(
             compose_config(manager, _recipe(wan_t2v, f"model.pretrained={edited}"))
         )
-    with pytest.raises(UsageError, match="holds pixels: precompute its latents"):
+    with pytest.raises(UsageError, match="holds pixels and captions: precompute its latents"):
         compose_config(manager, _recipe(wan_t2v, f"data.source={wan_t2v['clips']}"))
 
 
@@ -228,8 +228,11 @@ def test_wan2_1_t2v_1_3b_composes_and_its_transformer_has_the_released_parameter
         PluginManager.load(),
         [
             "recipe=wan2_1_t2v_1_3b",
-            f"model.text_encoder={texts / 'text_encoder'}",
+            f"model.text_encoder={texts / 'text_encoder'}",  # the tiny umT5 stands in: composing reads configs
             f"model.tokenizer={texts / 'tokenizer'}",
+            f"model.vae={texts / 'vae'}",  # the tiny 16-channel AutoencoderKLWan stands in for Wan's
+            f"data.source={wan_t2v['clips']}",  # captioned data, encoded online
+            "conditioning.online=true",
         ],
     )
     cfg = config.model
