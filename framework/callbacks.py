@@ -43,7 +43,7 @@ class ResumableState(pl.Callback):
             self._epoch, self.position = trainer.current_epoch, 0
             # Lightning sets the epoch of ``batch_sampler.sampler`` only; a Jevons batch sampler has none
             # (before this call every epoch repeated the first one's order, and a resume changed it).
-            self.batch_sampler.set_epoch(trainer.current_epoch)
+            _set_epoch(self.batch_sampler, trainer.current_epoch)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -69,13 +69,20 @@ class ResumableState(pl.Callback):
         self._epoch, self.position = int(state["epoch"]), int(state["position"])
         if hasattr(self.batch_sampler, "load_state_dict"):
             self.batch_sampler.load_state_dict(state["sampler"])
-        if self.position >= len(self.batch_sampler):
+        if hasattr(self.batch_sampler, "__len__") and self.position >= len(self.batch_sampler):
             # Saved after an epoch's last batch: Lightning resumes into the next epoch (without its
             # epoch-start hook), so the sampler starts that epoch from its first batch.
             self._epoch, self.position = self._epoch + 1, 0
-            self.batch_sampler.set_epoch(self._epoch)
+            _set_epoch(self.batch_sampler, self._epoch)
         self.batch_sampler.resume(self._epoch, self.position)
         self._pending_rng = state["rng"]
+
+
+def _set_epoch(batch_sampler: Any, epoch: int) -> None:
+    """``batch_sampler.set_epoch(epoch)`` where it has one (a plugin's sampler need not order by epoch)."""
+    set_epoch = getattr(batch_sampler, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
 
 
 def _rng_state() -> dict[str, Any]:
