@@ -10,6 +10,7 @@ from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
 from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
 from jevons.plugins.block_sparse_attention.processor import BlockSparseWanProcessor
+from jevons.recipes.diffusion.conditioning import Condition
 
 SMALL = ["recipe=image_tiny", "model.num_layers=1", "model.num_heads=2", "model.head_dim=16", "model.ffn_dim=32"]
 
@@ -67,7 +68,11 @@ def _model(manager, *overrides):
 def test_the_processor_at_full_density_equals_dense_attention() -> None:
     manager = PluginManager.load(autoload=False)
     model = _model(manager)
-    noisy, sigma, labels = torch.randn(3, 1, 1, 16, 16), torch.rand(3), torch.tensor([[1, 10], [2, 10], [3, 10]])
+    noisy, sigma, labels = (
+        torch.randn(3, 1, 1, 16, 16),
+        torch.rand(3),
+        Condition(labels=torch.tensor([[1, 10], [2, 10], [3, 10]])),
+    )
     dense = model(noisy, sigma, labels)
     attention = model.transformer.blocks[0].attn1
     attention.set_processor(BlockSparseWanProcessor(16, 1.0, 1.0, 1.0, frames=1))

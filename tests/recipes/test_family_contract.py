@@ -25,12 +25,18 @@ def manager() -> PluginManager:
     return PluginManager.load(autoload=False)
 
 
-def test_every_recipe_composes_to_an_instance_of_its_familys_config_class(manager: PluginManager) -> None:
+def test_every_recipe_composes_to_an_instance_of_its_familys_config_class(manager: PluginManager, wan_t2v) -> None:
+    # The text-to-video recipes need a pipeline folder and captioned data (the session's tiny ones).
+    needs_files = {
+        "wan_t2v_tiny": [f"model.pretrained={wan_t2v['pipeline']}", f"data.source={wan_t2v['latents']}"],
+        "wan2_1_t2v_1_3b": [f"model.pretrained={wan_t2v['pipeline']}", f"data.source={wan_t2v['latents']}"],
+    }
     for name, recipe in sorted(manager.recipes.items()):
         family = manager.family(recipe.family)
         assert isinstance(family, Family) and isinstance(family, FamilyBase)
         assert dataclasses.is_dataclass(family.config_class) and issubclass(family.config_class, Config)
-        config = compose_config(manager, [f"recipe={name}", "plugins=[]"])  # some plugins need files to configure
+        overrides = [f"recipe={name}", "plugins=[]", *needs_files.get(name, [])]  # some plugins need files too
+        config = compose_config(manager, overrides)
         assert isinstance(config, family.config_class), name
     config = compose_config(manager, ["recipe=llm_tiny", "plugins=[muon]"])
     assert isinstance(config, LLMConfig) and isinstance(config.model, LLMModelConfig)
