@@ -347,3 +347,28 @@ def test_an_image_vae_encodes_each_frame_normalised_and_decodes_back(tmp_path: P
     assert decoded.shape == pixels.shape and decoded.abs().max() <= 1.0
     expected = codec.vae.decode(latents[:, :, 1] / 0.5 + 0.25).sample.clamp(-1, 1)
     assert torch.allclose(decoded[:, :, 1], expected, atol=1e-5)
+
+
+def test_boss_straightens_a_text_conditioned_student_on_a_bellman_optimal_schedule(
+    wan_t2v: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+) -> None:
+    result = train(
+        _recipe(
+            wan_t2v,
+            "plugins=[step_distillation]",
+            "step_distillation.method=boss",
+            "step_distillation.steps=2",
+            "step_distillation.teacher_steps=4",
+            "step_distillation.calibration_samples=3",
+            "step_distillation.pool_size=4",
+            "step_distillation.val_samples=2",
+            "step_distillation.guard_per_class=2",
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "trainer.limit_val_batches=1",
+            "data.batch_size=2",
+            f"run.dir={tmp_path / 'boss'}",
+        )
+    )
+    assert result.summary["steps"] == 2 and result.summary["val_loss"] is not None
+    assert result.summary["plugin_figures"]["step_distillation"]["student_steps"] == 2
