@@ -188,7 +188,7 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
 
     def sample(self, run: Any, out_dir: Path, options: dict[str, str]) -> list[Path]:
         """Transcribe validation utterances. Options: ``count``, ``method`` (greedy, beam, ctc), ``beam_size``."""
-        from jevons.recipes.speech.evaluate import error_rates, readable, transcribe
+        from jevons.recipes.speech.evaluate import audio_seconds, error_rates, readable, transcribe
 
         known = {"count", "method", "beam_size"}
         unknown = set(options) - known
@@ -201,7 +201,7 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
             raise UsageError(f"method={method!r} is not a decoding method; expected greedy, beam or ctc.")
         dataset = self.build_dataset(run.config, "val")
         samples = readable(dataset, int(options.get("count", 20)))
-        references, hypotheses = transcribe(
+        references, hypotheses, seconds = transcribe(
             run.generator,
             dataset.collate,
             samples,
@@ -210,7 +210,11 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
             int(options.get("beam_size", run.config.decode.beam_size)),
         )
         rates = error_rates(references, hypotheses)
-        lines = [f"# {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f} over {len(references)} utterances"]
+        audio, batch = audio_seconds(samples), run.config.decode.batch_size
+        lines = [
+            f"# {method}: CER {rates['cer']:.3f}, WER {rates['wer']:.3f}, RTFx {audio / max(seconds, 1e-9):.1f} "
+            f"({audio:.1f} s of audio in {seconds:.2f} s, batch {batch}) over {len(references)} utterances"
+        ]
         lines += [f"ref: {r}\nhyp: {h}\n" for r, h in zip(references, hypotheses)]
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"step_{run.step:08d}_{method}.txt"

@@ -277,14 +277,15 @@ def test_a_short_run_lowers_the_loss_and_reports_error_rates(train, run_root, sp
     metrics = result.summary["metrics"]
     for method in ("beam", "greedy", "ctc"):
         assert 0.0 <= metrics[f"val/cer_{method}"] and 0.0 <= metrics[f"val/wer_{method}"]
+        assert metrics[f"val/rtfx_{method}"] > 0.0  # seconds of audio per second of decoding
     assert metrics["val/cer"] == metrics["val/cer_greedy"]  # the first of decode.eval_methods
     written = (result.run_dir / "samples" / "step_00000040.txt").read_text()
-    assert written.count("ref: ") == 3 * 8 and "## beam: CER" in written
+    assert written.count("ref: ") == 3 * 8 and "## beam: CER" in written and ", batch 50) over 8 utterances" in written
 
     with distributed.initialized(ParallelConfig()):
         run = load_run(result.run_dir)
         files = run.family.sample(run, run_root / "sampled", {"method": "ctc", "count": "3"})
-    assert files[0].read_text().count("hyp: ") == 3
+    assert files[0].read_text().count("hyp: ") == 3 and ", RTFx " in files[0].read_text()
     from jevons.framework.errors import UsageError
 
     with pytest.raises(UsageError, match="method="):
@@ -308,3 +309,29 @@ def test_bad_speech_settings_are_refused_before_anything_runs(override: str, mes
 
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace(".", r"\.")):
         compose_config(PluginManager.load(autoload=False), ["recipe=speech_tiny", override])
+
+
+def test_audio_seconds_counts_one_frame_per_10_ms_hop() -> None:
+    from jevons.recipes.speech.evaluate import audio_seconds
+    from jevons.recipes.speech.features import num_frames
+
+    samples = [{"features": np.zeros((num_frames(16_000 * seconds), 40))} for seconds in (1, 3)]
+    assert audio_seconds(samples) == pytest.approx(4.0)
+
+
+def test_the_encoder_heavy_recipe_moves_decoder_parameters_to_the_encoder_at_equal_size() -> None:
+    from jevons.framework import distributed
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.framework.plugin_manager import PluginManager
+
+    manager = PluginManager.load(autoload=False)
+    family = manager.family("speech")
+    sizes = {}
+    for recipe in ("speech_tiny", "speech_tiny_encoder_heavy"):
+        config = compose_config(manager, [f"recipe={recipe}"])
+        with distributed.initialized(ParallelConfig()):
+            sizes[recipe] = sum(p.numel() for p in family.build_model(config).parameters())
+        layers = (config.model.encoder_layers, config.model.decoder_layers)
+        assert layers == ((4, 2) if recipe == "speech_tiny" else (6, 1))
+    assert abs(sizes["speech_tiny_encoder_heavy"] / sizes["speech_tiny"] - 1) < 0.02, sizes
