@@ -53,6 +53,8 @@ class JevonsModule(pl.LightningModule):
         self.data_lost: dict[str, dict[str, Any]] = {}
         """Per split, samples found unreadable while reading (scan-time losses are on the datasets)."""
         self.datasets: dict[str, Any] = {}
+        self.train_metric_sums: dict[str, tuple[float, int]] = {}
+        """Per objective metric, its sum and count over this process's training steps (the summary's means)."""
         self.nonfinite = nonfinite
         self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.skipped_steps: list[int] = []
@@ -73,6 +75,8 @@ class JevonsModule(pl.LightningModule):
         self.log("train/loss", logged, prog_bar=True, batch_size=out.weight)
         for name, value in out.metrics.items():
             self.log(f"train/{name}", value, batch_size=out.weight)
+            total, count = self.train_metric_sums.get(name, (0.0, 0))
+            self.train_metric_sums[name] = (total + float(value), count + 1)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:

@@ -36,6 +36,7 @@ def run_summary(
         "nonfinite_skipped": len(module.skipped_steps),
         "data_lost": data_losses(datasets, module.data_lost),
         "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},
+        "train_metrics": {k: round(total / count, 6) for k, (total, count) in module.train_metric_sums.items()},
         "plugin_figures": collect(trainer.callbacks),
         "artifacts": {
             "run_dir": str(run_dir),

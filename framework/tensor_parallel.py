@@ -40,6 +40,13 @@ def tensor_parallel_size() -> int:
     return parallel_state.get_tensor_model_parallel_world_size()
 
 
+def tensor_parallel_rank() -> int:
+    """This process's rank in its TP group (0 when ``parallel_state`` is not initialised)."""
+    if not parallel_state.model_parallel_is_initialized():
+        return 0
+    return parallel_state.get_tensor_model_parallel_rank()
+
+
 def tensor_parallel_group() -> torch.distributed.ProcessGroup | None:
     """The TP process group of the initialised ``parallel_state`` (None outside a run)."""
     if not parallel_state.model_parallel_is_initialized():

@@ -172,6 +172,11 @@ def _meta(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def is_chat(folder: Path) -> bool:
+    """Whether ``folder`` is a ``jevons data import chat`` output (examples with response masks)."""
+    return bool(_meta(folder).get("chat"))
+
+
 def unigram_entropy(folder: Path) -> float | None:
     """Entropy (nats/token) of the training tokens' unigram distribution, if the folder records it."""
     return _meta(folder).get("unigram_entropy_nats")

@@ -1,11 +1,13 @@
-"""The llm family's model as a Hugging Face Llama checkpoint (``config.json`` + ``model.safetensors``).
+"""The llm family's model as a Hugging Face folder: ``config.json``, ``model.safetensors``, the tokenizer.
 
-The decoder is Llama's architecture (pre-norm RMSNorm, rotary embeddings
-rotating half-dimensions, SwiGLU, no biases), so only the layout of two fused
-projections differs: our QKV rows are ``(head, q|k|v, head_dim)`` and our
-gate/up rows ``(unit, gate|up)``; Llama keeps separate ``q_proj``/``k_proj``/
-``v_proj`` and ``gate_proj``/``up_proj``. Exported from a model built at TP=1
-(a checkpoint saved at any TP size loads into it).
+A model trained from a released folder (``model.pretrained=DIR``) exports as that
+architecture (Llama, Qwen2, Mistral): its ``config.json`` written back as read, the
+weights in the folder's own dtype (float32 parameters convert back exactly, so an
+untrained import gives the original tensors bitwise), the vocabulary padding cut,
+and the folder's tokenizer, chat template and generation config copied beside them.
+A model of Jevons' own exports as a float32 ``LlamaForCausalLM`` with the data's
+tokenizer. Names are mapped by :mod:`jevons.recipes.llm.hf_weights`. Exported from
+a model built at TP=1 (a checkpoint saved at any TP size loads into it).
 """
 
 from __future__ import annotations
@@ -13,14 +15,25 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
-from einops import rearrange
 
+from jevons.recipes.llm.hf_config import PretrainedConfig
+from jevons.recipes.llm.hf_weights import hf_state_dict
 from jevons.recipes.llm.model import DecoderLM
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+"""What a released folder keeps beside its weights, copied into an export when present."""
 
-def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict:
+
+def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict[str, Any]:
     shape = model.shape
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -30,7 +43,7 @@ def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict:
         "intermediate_size": shape.ffn_hidden_size,
         "num_hidden_layers": shape.num_layers,
         "num_attention_heads": shape.num_heads,
-        "num_key_value_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_kv_heads,
         "head_dim": shape.head_dim,
         "hidden_act": "silu",
         "max_position_embeddings": shape.max_seq_len,
@@ -48,38 +61,13 @@ def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict:
     }
 
 
-def llama_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
-    """Our parameters under Llama's names, fused projections split."""
-    shape = model.shape
-    tensors = {"model.embed_tokens.weight": model.embed.weight, "model.norm.weight": model.norm.weight}
-    for i, layer in enumerate(model.blocks):
-        prefix = f"model.layers.{i}."
-        q, k, v = rearrange(layer.attn.qkv.weight, "(h three d) c -> three (h d) c", three=3, d=shape.head_dim)
-        gate, up = rearrange(layer.ffn.gate_up.weight, "(f two) c -> two f c", two=2)
-        tensors.update(
-            {
-                prefix + "self_attn.q_proj.weight": q,
-                prefix + "self_attn.k_proj.weight": k,
-                prefix + "self_attn.v_proj.weight": v,
-                prefix + "self_attn.o_proj.weight": layer.attn.proj.weight,
-                prefix + "mlp.gate_proj.weight": gate,
-                prefix + "mlp.up_proj.weight": up,
-                prefix + "mlp.down_proj.weight": layer.ffn.down.weight,
-                prefix + "input_layernorm.weight": layer.attn_norm.weight,
-                prefix + "post_attention_layernorm.weight": layer.ffn_norm.weight,
-            }
-        )
-    if model.head is not None:
-        tensors["lm_head.weight"] = model.head.weight
-    return {name: t.detach().to(torch.float32).contiguous().clone() for name, t in tensors.items()}
-
-
-def export_llama(model: DecoderLM, tokenizer_json: Path, out_dir: Path) -> list[Path]:
+def export_hf(
+    model: DecoderLM, out_dir: Path, tokenizer_json: Path, pretrained: PretrainedConfig | None = None
+) -> list[Path]:
     """Write the folder into a temporary sibling and rename it into place: never a half-written export."""
     from safetensors.torch import save_file
 
     from jevons.framework.tensor_parallel import tensor_parallel_size
-    from jevons.recipes.llm.data import end_of_document, load_tokenizer
 
     if tensor_parallel_size() != 1:
         raise RuntimeError("export the llm from a model built at tensor parallel size 1 (jevons export does)")
@@ -89,8 +77,24 @@ def export_llama(model: DecoderLM, tokenizer_json: Path, out_dir: Path) -> list[
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file(llama_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
-    eos_token, eos_id = end_of_document(load_tokenizer(Path(tokenizer_json).parent))  # an import's own tokenizer
+    if pretrained is not None:
+        tensors = hf_state_dict(model, pretrained.vocab_size, getattr(torch, pretrained.dtype))
+        (staging / "config.json").write_text(json.dumps(pretrained.raw, indent=2) + "\n")
+        for name in TOKENIZER_FILES:
+            if (pretrained.folder / name).is_file():
+                shutil.copyfile(pretrained.folder / name, staging / name)
+    else:
+        tensors = hf_state_dict(model, model.shape.vocab_size, torch.float32)
+        _write_own_config(model, Path(tokenizer_json), staging)
+    save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    staging.rename(out_dir)
+    return sorted(out_dir.iterdir())
+
+
+def _write_own_config(model: DecoderLM, tokenizer_json: Path, staging: Path) -> None:
+    from jevons.recipes.llm.data import end_of_document, load_tokenizer
+
+    eos_token, eos_id = end_of_document(load_tokenizer(tokenizer_json.parent))  # an import's own tokenizer
     (staging / "config.json").write_text(json.dumps(llama_config(model, eos_id), indent=2) + "\n")
     shutil.copyfile(tokenizer_json, staging / "tokenizer.json")
     tokenizer_config = {
@@ -100,5 +104,3 @@ def export_llama(model: DecoderLM, tokenizer_json: Path, out_dir: Path) -> list[
         "model_max_length": model.shape.max_seq_len,
     }
     (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    staging.rename(out_dir)
-    return sorted(out_dir.iterdir())

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 class LLMModelConfig(TransformerShapeConfig):
     vocab_size: int | None = None
     """Null takes the data's tokenizer size; it is padded to split evenly over TP ranks."""
+    pretrained: str | None = None
+    """A Hugging Face folder (Llama, Qwen2, Mistral: config.json, safetensors, tokenizer.json) to start from.
+    Its config.json sets every shape key above (written into the run's config.yaml); its weights are
+    read per tensor-parallel rank; its tokenizer drives generation and must be the data's."""
 
 
 @dataclass
@@ -42,6 +46,9 @@ class LLMDataConfig(DataConfig):
     source: str | list[str] = "llm-prose"
     seq_len: int = 128
     """Tokens per training window; documents are cut into windows of this length."""
+    packing: bool = False
+    """Instruction data (``jevons data import chat``): pack whole examples into rows of seq_len, attention
+    kept within each example, instead of one padded example per row."""
 
 
 @dataclass
@@ -74,6 +81,8 @@ class LLMFamily(FamilyBase[LLMConfig]):
     def validate(self, config: LLMConfig) -> None:
         from jevons.framework.errors import UsageError
 
+        if config.model.pretrained:
+            adopt_pretrained(config)
         check_heads(config.model, config.parallel.tensor)
         if config.data.seq_len > config.model.max_seq_len:
             raise UsageError(
@@ -97,6 +106,11 @@ class LLMFamily(FamilyBase[LLMConfig]):
         from jevons.recipes.llm.model import DecoderLM
 
         cfg = config.model
+        if cfg.pretrained:
+            from jevons.recipes.llm.pretrained import build_pretrained, check_data_tokenizer
+
+            check_data_tokenizer(self.data_dir(config), Path(cfg.pretrained))  # a blend's agree (check_blend)
+            return build_pretrained(cfg.pretrained, config.data.seq_len)
         data_vocab = load_tokenizer(self.data_dir(config)).get_vocab_size()
         if cfg.vocab_size is not None and cfg.vocab_size < data_vocab:
             raise UsageError(
@@ -113,9 +127,15 @@ class LLMFamily(FamilyBase[LLMConfig]):
         return [(f"layers.{i}.ffn", i, layer.ffn) for i, layer in enumerate(cast("DecoderLM", model).blocks)]
 
     def build_dataset(self, config: LLMConfig, split: str) -> MapDataset:
-        from jevons.recipes.llm.data import TokenWindows
+        from jevons.recipes.llm.data import TokenWindows, is_chat
+        from jevons.recipes.llm.sft_data import ChatExamples
 
-        return self.blend(config, split, lambda folder: TokenWindows.from_folder(folder, split, config.data))
+        def dataset(folder: Path) -> MapDataset:
+            if is_chat(folder):
+                return ChatExamples.from_folder(folder, split, config.data)
+            return TokenWindows.from_folder(folder, split, config.data)
+
+        return self.blend(config, split, dataset)
 
     def check_blend(self, folders: list[Path]) -> None:
         from jevons.framework.data.blend import same_file
@@ -137,7 +157,13 @@ class LLMFamily(FamilyBase[LLMConfig]):
         from jevons.recipes.llm.data import load_tokenizer
         from jevons.recipes.llm.generate import TextGenerator
 
-        return TextGenerator(model, load_tokenizer(self.data_dir(config)))
+        tokenizer_folder = Path(config.model.pretrained) if config.model.pretrained else self.data_dir(config)
+        stop_ids: tuple[int, ...] = ()
+        if config.model.pretrained:
+            from jevons.recipes.llm.hf_config import read_pretrained_config
+
+            stop_ids = read_pretrained_config(tokenizer_folder).eos_token_ids
+        return TextGenerator(model, load_tokenizer(tokenizer_folder), stop_ids=stop_ids)
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         from jevons.recipes.llm.evaluate import evaluate
@@ -170,7 +196,27 @@ class LLMFamily(FamilyBase[LLMConfig]):
         return [path]
 
     def export(self, run: Any, out_dir: Path) -> list[Path]:
-        """A Hugging Face Llama folder (``LlamaForCausalLM.from_pretrained`` loads it) with the tokenizer."""
-        from jevons.recipes.llm.export import export_llama
+        """A Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it) with the tokenizer: the
+        pretrained folder's architecture and dtype, else a float32 Llama."""
+        from jevons.recipes.llm.export import export_hf
+        from jevons.recipes.llm.hf_config import read_pretrained_config
 
-        return export_llama(run.model, self.data_dir(run.config) / "tokenizer.json", out_dir)
+        pretrained = run.config.model.pretrained
+        source = read_pretrained_config(pretrained) if pretrained else None
+        return export_hf(run.model, out_dir, self.data_dir(run.config) / "tokenizer.json", source)
+
+
+def adopt_pretrained(config: LLMConfig) -> None:
+    """Fill ``config.model``'s shape keys from the pretrained folder's config.json (refusing what it cannot
+    honour), so config.yaml records the model that was trained."""
+    from dataclasses import replace
+
+    from jevons.recipes.llm.hf_config import check_tokenizer, read_pretrained_config
+    from jevons.recipes.llm.shape import RopeScaling
+
+    assert config.model.pretrained is not None
+    pretrained = read_pretrained_config(config.model.pretrained, config.data.seq_len)
+    check_tokenizer(pretrained)
+    keys = dict(pretrained.model_keys)
+    keys["rope_scaling"] = RopeScaling(**keys["rope_scaling"])
+    config.model = replace(config.model, **keys, vocab_size=pretrained.vocab_size)

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 class TextGenerator:
     """``generator(prompts)`` returns each prompt followed by its continuation."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, stop_ids: Sequence[int] = ()) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.stop_ids = set(stop_ids)
+        """End-of-sequence ids (a checkpoint's generation_config.json may list several): generation stops there."""
 
     @torch.no_grad()
     def __call__(
@@ -52,5 +54,7 @@ class TextGenerator:
                         logits = logits.masked_fill(logits < kth, float("-inf"))
                     next_id = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=rng)
                 ids = torch.cat([ids, next_id.to(device)], dim=1)
+                if int(next_id) in self.stop_ids:
+                    break
             outputs.append(self.tokenizer.decode(ids[0].tolist()))
         return outputs

@@ -1,10 +1,11 @@
 """A decoder-only transformer (Llama-style) built from Megatron-Core's tensor-parallel layers.
 
-Pre-norm blocks of RMSNorm, causal self-attention with rotary position
-embeddings (Su et al., 2021, "RoFormer") through ``scaled_dot_product_attention``,
+Pre-norm blocks of RMSNorm, causal self-attention (grouped-query when the
+shape has fewer key/value heads) with rotary position embeddings (Su et al.,
+2021, "RoFormer") through ``scaled_dot_product_attention``,
 and a SwiGLU feed-forward (Shazeer, 2020, "GLU Variants Improve Transformer").
 Attention heads and the feed-forward hidden units are split Megatron-style
-(Shoeybi et al., 2019): column-parallel QKV and gate/up projections,
+(Shoeybi et al., 2019): column-parallel Q, K, V and gate/up projections,
 row-parallel output projections, vocab-parallel embedding and output head.
 At TP=1 the same layers run with no communication.
 
@@ -13,6 +14,7 @@ Tensors are batch-first: ``(B, T, C)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
@@ -29,7 +31,7 @@ from jevons.framework.tensor_parallel import (
     scaled_init,
     tensor_parallel_size,
 )
-from jevons.recipes.llm.shape import TransformerShape  # the model's sizes; also imported from here
+from jevons.recipes.llm.shape import RopeScaling, TransformerShape  # the model's sizes; also imported from here
 
 BlockT = TypeVar("BlockT", bound=nn.Module)
 
@@ -47,52 +49,86 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Cos/sin tables for rotary embeddings, rotating pairs (i, i + head_dim/2)."""
+    """Rotary embeddings rotating pairs ``(i, i + head_dim/2)`` (Llama's and transformers' layout).
 
-    cos: torch.Tensor
-    sin: torch.Tensor
+    The angles are computed from each token's position at every call (``T x head_dim/2``
+    products, negligible beside attention), so positions may restart inside a packed
+    sequence and no table tied to a maximum length is kept. Frequencies follow
+    :class:`RopeScaling`.
+    """
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float) -> None:
+    def __init__(self, head_dim: int, theta: float, scaling: RopeScaling | None = None) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, D/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, D)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_dim = head_dim
+        # A plain attribute, not a buffer: fixed by the config, so a meta-device build needs no re-init.
+        self.inv_freq = rope_frequencies(head_dim, theta, scaling or RopeScaling())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` of shape ``(B, H, T, D)``."""
-        seq_len = x.shape[-2]
-        cos, sin = self.cos[:seq_len].to(x.dtype), self.sin[:seq_len].to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Rotate ``x`` of shape ``(B, H, T, D)``; ``positions`` ``(B, T)``, default ``0 .. T-1``."""
+        if positions is None:
+            positions = torch.arange(x.shape[-2], device=x.device)[None]  # (1, T)
+        angles = positions[..., None].float() * self.inv_freq.to(x.device)  # (B, T, D/2), float32
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, T, D)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         first, second = x.chunk(2, dim=-1)
         rotated = torch.cat([-second, first], dim=-1)
         return x * cos + rotated * sin
 
 
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling) -> torch.Tensor:
+    """The ``head_dim / 2`` inverse frequencies, float32, scaled as ``scaling`` says."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    if scaling.rope_type == "llama3":
+        assert scaling.original_max_position_embeddings is not None  # RopeScaling checks it
+        original = scaling.original_max_position_embeddings
+        low_freq_wavelen = original / scaling.low_freq_factor  # longer wavelengths are stretched by factor
+        high_freq_wavelen = original / scaling.high_freq_factor  # shorter ones are kept
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+        smooth = (original / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+        medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention; heads split across TP ranks."""
+    """Causal self-attention with grouped-query heads (Ainslie et al., 2023); heads split across TP ranks.
+
+    Query, key and value projections are separate column-parallel layers (Llama's
+    ``q_proj``/``k_proj``/``v_proj``): with fewer key/value heads than query heads they
+    differ in size, and each rank takes whole key/value heads with their query groups.
+    ``mask`` ``(B, 1, T, T)`` (True: attend) replaces the causal mask, e.g. to keep
+    packed examples apart.
+    """
 
     def __init__(self, shape: TransformerShape, rotary: RotaryEmbedding) -> None:
         super().__init__()
         tp = tensor_parallel_size()
-        self.local_heads = shape.num_heads // tp
         self.head_dim = shape.head_dim
         self.rotary = rotary
-        # One fused projection for Q, K and V, laid out head by head ([q, k, v] per
-        # head), so Megatron's contiguous row split gives each rank whole heads.
-        self.qkv = ColumnParallelLinear(
-            shape.hidden_size, 3 * shape.hidden_size, init_method=normal_init(shape.init_std)
-        )
-        self.qkv.weight.fused_rows = (3, shape.head_dim)  # rows are (head, q|k|v, head_dim): three matrices
+        init = normal_init(shape.init_std)
+        q_width, kv_width = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+        self.q = ColumnParallelLinear(shape.hidden_size, q_width, init_method=init, bias=shape.qkv_bias)
+        self.k = ColumnParallelLinear(shape.hidden_size, kv_width, init_method=init, bias=shape.qkv_bias)
+        self.v = ColumnParallelLinear(shape.hidden_size, kv_width, init_method=init, bias=shape.qkv_bias)
         self.proj = RowParallelLinear(
-            shape.hidden_size, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
+            q_width, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
         )
+        self.grouped = shape.num_kv_heads != shape.num_heads
+        self.local_heads = shape.num_heads // tp
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qkv = self.qkv(x)  # (B, T, 3 * C / tp), laid out [heads of this rank][q, k, v][head_dim]
-        q, k, v = rearrange(qkv, "b t (h three d) -> three b h t d", three=3, d=self.head_dim)
-        q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H / tp, T, D)
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        q, k, v = (rearrange(p(x), "b t (h d) -> b h t d", d=self.head_dim) for p in (self.q, self.k, self.v))
+        q, k = self.rotary(q, positions), self.rotary(k, positions)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.grouped
+        )  # (B, H / tp, T, D)
         return self.proj(rearrange(y, "b h t d -> b t (h d)"))
 
 
@@ -122,8 +158,13 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.ffn = SwiGLU(shape)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x))
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = self.attn_norm(x)
+        # Unpacked batches call attention as attn(x), the signature a replace_attention plugin may be
+        # written for; packed ones also pass positions and the segment mask.
+        x = x + (self.attn(h) if positions is None and mask is None else self.attn(h, positions, mask))
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -136,13 +177,16 @@ class TransformerDecoder(nn.Module, Generic[BlockT]):
     def __init__(self, shape: TransformerShape, block: Callable[[TransformerShape, RotaryEmbedding], BlockT]) -> None:
         super().__init__()
         tp = tensor_parallel_size()
-        if shape.num_heads % tp:
-            raise ValueError(f"num_heads={shape.num_heads} is not divisible by tensor parallel size {tp}")
+        if shape.num_kv_heads % tp or shape.num_heads % shape.num_kv_heads:
+            raise ValueError(
+                f"num_heads={shape.num_heads}, num_kv_heads={shape.num_kv_heads} do not split into whole "
+                f"key/value groups over tensor parallel size {tp}"
+            )
         self.shape = shape
         self.embed = VocabParallelEmbedding(
             shape.vocab_size, shape.hidden_size, init_method=normal_init(shape.init_std)
         )
-        rotary = RotaryEmbedding(shape.head_dim, shape.max_seq_len, shape.rope_theta)
+        rotary = RotaryEmbedding(shape.head_dim, shape.rope_theta, shape.rope_scaling)
         self.layers = nn.ModuleList([block(shape, rotary) for _ in range(shape.num_layers)])
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.head: ColumnParallelLinear | None = None
@@ -170,17 +214,35 @@ class TransformerDecoder(nn.Module, Generic[BlockT]):
 
 
 class DecoderLM(TransformerDecoder[Block]):
-    """Token ids ``(B, T)`` to vocab-parallel logits ``(B, T, V / tp)``."""
+    """Token ids ``(B, T)`` to vocab-parallel logits ``(B, T, V / tp)``.
+
+    A packed batch gives ``segment_ids`` ``(B, T)`` (which example each token belongs
+    to) and ``position_ids`` (restarting at 0 per example): attention then stays within
+    each example, as if each had its own row.
+    """
 
     def __init__(self, shape: TransformerShape) -> None:
         super().__init__(shape, Block)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         self.check_length(input_ids)
+        mask = None if segment_ids is None else segment_mask(segment_ids)
         x = self.embed(input_ids)  # (B, T, C)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, position_ids, mask)
         return self.logits(x)
+
+
+def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, T, T)`` boolean: token ``i`` attends to ``j <= i`` of its own segment."""
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    causal = torch.ones(same.shape[-2:], dtype=torch.bool, device=same.device).tril()
+    return (same & causal)[:, None]
 
 
 def copy_to_tp_region(x: torch.Tensor) -> torch.Tensor:

@@ -209,7 +209,7 @@ def test_hook_modify_model(train, tiny) -> None:
     freeze = Freeze()
     train(tiny("plugins=[freeze]", "trainer.max_steps=3"), plugins=[("freeze", freeze)])
     assert torch.equal(freeze.model.embed.weight, freeze.before)
-    assert not torch.equal(freeze.model.layers[0].attn.qkv.weight, torch.zeros(1))
+    assert not torch.equal(freeze.model.layers[0].attn.q.weight, torch.zeros(1))
 
 
 class SmoothedCrossEntropy(Objective):

@@ -91,13 +91,15 @@ def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, 
     full = torch.load(runs / "adamw-tp1" / "state-rank0.pt", weights_only=True)["params"]
     sharded = {name: dim for name, (dim, _) in ranks[0].items() if dim is not None}
     assert set(sharded) == {
-        name for name in full if name.endswith(("qkv.weight", "proj.weight", "gate_up.weight", "down.weight"))
+        name
+        for name in full
+        if name.endswith(("q.weight", "k.weight", "v.weight", "proj.weight", "gate_up.weight", "down.weight"))
     } | {"embed.weight", "head.weight"}
     for name, dim in sharded.items():
         for rank in ranks:
             assert rank[name][1].shape[dim] * 2 == full[name][1].shape[dim]  # the work is split, not replicated
             assert rank[name][1].numel() * 2 == full[name][1].numel()
-    assert ranks[0]["layers.0.attn.qkv.weight"][1].shape == (3 * 32 // 2, 32)  # 2 of the 4 heads' q, k and v
+    assert ranks[0]["layers.0.attn.q.weight"][1].shape == (32 // 2, 32)  # 2 of the 4 heads' queries
     assert ranks[0]["layers.0.ffn.down.weight"][1].shape == (32, 96 // 2)  # row-parallel: split by input columns
     replicated = [name for name, (dim, _) in ranks[0].items() if dim is None]
     assert replicated and all(torch.equal(ranks[0][n][1], ranks[1][n][1]) for n in replicated)

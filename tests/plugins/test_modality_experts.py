@@ -15,6 +15,7 @@ from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
 from jevons.plugins.modality_experts.layer import ModalityExperts
 from jevons.recipes.llm.model import TransformerShape
+from jevons.recipes.llm.shape import TransformerShapeConfig
 from jevons.recipes.mixed_modal.model import DenseFFN, TokenContext
 
 HIDDEN, FFN = 16, 24
@@ -90,9 +91,9 @@ def test_token_choice_keeps_each_expert_within_capacity() -> None:
     "experts, routing", [([1, 1], "expert_choice"), ([1], "expert_choice"), ([1, 1], "token_choice")]
 )
 def test_one_expert_per_group_at_capacity_one_equals_the_dense_ffn(groups, experts: list[int], routing: str) -> None:
-    shape = TransformerShape(
-        vocab_size=32, hidden_size=HIDDEN, num_layers=2, num_heads=2, ffn_hidden_size=FFN, max_seq_len=8
-    )
+    shape = TransformerShapeConfig(
+        hidden_size=HIDDEN, num_layers=2, num_heads=2, ffn_hidden_size=FFN, max_seq_len=8
+    ).resolve(32)
     torch.manual_seed(1)
     dense = DenseFFN(shape)
     moe = layer(experts, routing=routing, capacity_factor=1.0).train()

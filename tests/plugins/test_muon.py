@@ -20,6 +20,7 @@ from jevons.kernels.newton_schulz import newton_schulz_reference
 from jevons.plugins.muon.optimizer import FLATTEN, MATRIX, STACK, Muon, parameter_groups
 from jevons.plugins.muon.split import split_parameters
 from jevons.recipes.llm.model import DecoderLM, TransformerShape
+from jevons.recipes.llm.shape import TransformerShapeConfig
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,9 @@ def _roles(model: torch.nn.Module, **kwargs) -> dict[str, str]:
 
 
 def _llm(tie: bool) -> DecoderLM:
-    shape = TransformerShape(
-        vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie
-    )
+    shape = TransformerShapeConfig(
+        hidden_size=32, num_layers=2, num_heads=2, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie
+    ).resolve(64)
     return DecoderLM(shape)
 
 
@@ -45,9 +46,9 @@ def test_split_of_the_llm_model(groups) -> None:
     assert roles["embed.weight"] == "adamw:embedding"
     assert roles["head.weight"] == "adamw:output head"
     assert roles["norm.weight"] == roles["layers.0.attn_norm.weight"] == "adamw:gain/bias"
-    for matrix in ("attn.qkv", "attn.proj", "ffn.gate_up", "ffn.down"):
+    for matrix in ("attn.q", "attn.k", "attn.v", "attn.proj", "ffn.gate_up", "ffn.down"):
         assert roles[f"layers.1.{matrix}.weight"] == "muon:hidden matrix"
-    assert len(roles) == 2 + 1 + 2 * 6
+    assert len(roles) == 2 + 1 + 2 * 8
 
 
 def test_split_with_tied_embeddings_keeps_the_last_block_on_muon(groups) -> None:

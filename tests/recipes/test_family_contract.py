@@ -46,7 +46,7 @@ def test_every_recipe_composes_to_an_instance_of_its_familys_config_class(manage
 def test_shared_transformer_shape_keys() -> None:
     shared = [f.name for f in dataclasses.fields(TransformerShapeConfig)]
     assert [f.name for f in dataclasses.fields(MixedModalModelConfig)] == shared
-    assert [f.name for f in dataclasses.fields(LLMModelConfig)] == [*shared, "vocab_size"]
+    assert [f.name for f in dataclasses.fields(LLMModelConfig)] == [*shared, "vocab_size", "pretrained"]
     assert LLMModelConfig().max_seq_len == 256 and MixedModalModelConfig().max_seq_len == 96
     shape = LLMModelConfig(hidden_size=96, num_heads=3).resolve(vocab_size=640)
     assert isinstance(shape, TransformerShape)
@@ -70,6 +70,11 @@ def test_check_heads_messages() -> None:
         check_heads(MixedModalModelConfig(num_heads=4), 3)
     with pytest.raises(UsageError, match=r"parallel.tensor=2 must divide model.ffn_hidden_size=33"):
         check_heads(LLMModelConfig(ffn_hidden_size=33), 2)
+    check_heads(LLMModelConfig(num_heads=8, num_kv_heads=2, hidden_size=64), 2)  # grouped-query: whole groups
+    with pytest.raises(UsageError, match=r"parallel.tensor=4 must divide model.num_kv_heads=2: .* among \[1, 2\]"):
+        check_heads(LLMModelConfig(num_heads=8, num_kv_heads=2, hidden_size=64), 4)
+    with pytest.raises(UsageError, match=r"model.num_kv_heads=3 must divide model.num_heads=8"):
+        check_heads(LLMModelConfig(num_heads=8, num_kv_heads=3, hidden_size=64))
 
 
 def test_family_datasets_are_shard_backed_map_datasets(manager: PluginManager) -> None:

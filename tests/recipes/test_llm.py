@@ -18,6 +18,7 @@ from jevons.recipes.llm.data import PAD_ID, TokenWindows, load_tokenizer
 from jevons.recipes.llm.family import LLMDataConfig, LLMFamily
 from jevons.recipes.llm.generate import TextGenerator
 from jevons.recipes.llm.model import DecoderLM, TransformerShape
+from jevons.recipes.llm.shape import TransformerShapeConfig
 from jevons.recipes.llm.objective import NextTokenObjective
 
 
@@ -69,9 +70,9 @@ def test_collate_pads_right_and_masks_the_padding() -> None:
 
 def _tiny_model(tie: bool = False) -> DecoderLM:
     torch.manual_seed(0)
-    shape = TransformerShape(
-        vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie
-    )
+    shape = TransformerShapeConfig(
+        hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=tie
+    ).resolve(64)
     return DecoderLM(shape)
 
 
@@ -110,7 +111,9 @@ def test_generator_continues_prompts_deterministically(groups, data_dir: Path) -
     tokenizer = load_tokenizer(data_dir)
     torch.manual_seed(0)
     model = DecoderLM(
-        TransformerShape(vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64, max_seq_len=32)
+        TransformerShapeConfig(hidden_size=32, num_layers=1, num_heads=2, ffn_hidden_size=64, max_seq_len=32).resolve(
+            512
+        )
     )
     generate = TextGenerator(model, tokenizer)
     first = generate(["The function"], max_new_tokens=8, seed=1)

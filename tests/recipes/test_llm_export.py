@@ -61,18 +61,13 @@ def test_transformers_loads_the_export_and_its_logits_match(command, run_dir: Pa
 def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
     from jevons.framework import distributed
     from jevons.framework.config.schema import ParallelConfig
-    from jevons.recipes.llm.export import export_llama
-    from jevons.recipes.llm.model import DecoderLM, TransformerShape
+    from jevons.recipes.llm.export import export_hf
+    from jevons.recipes.llm.model import DecoderLM
+    from jevons.recipes.llm.shape import TransformerShapeConfig
 
-    shape = TransformerShape(
-        vocab_size=128,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        ffn_hidden_size=64,
-        max_seq_len=16,
-        tie_embeddings=True,
-    )
+    shape = TransformerShapeConfig(
+        hidden_size=32, num_layers=2, num_heads=4, ffn_hidden_size=64, max_seq_len=16, tie_embeddings=True
+    ).resolve(vocab_size=128)
     from tokenizers import Tokenizer, models
 
     tokenizer = tmp_path / "tokenizer.json"  # a user's, as an import copies it: its end-of-document token is </s>
@@ -80,7 +75,7 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
     with distributed.initialized(ParallelConfig()):
         torch.manual_seed(0)
         ours = DecoderLM(shape).eval()
-        export_llama(ours, tokenizer, tmp_path / "hf")
+        export_hf(ours, tmp_path / "hf", tokenizer)
         ids = torch.randint(0, 128, (2, 16))
         with torch.no_grad():
             expected = ours(ids)
@@ -92,7 +87,7 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
     with torch.no_grad():
         assert (model(ids).logits - expected).abs().max().item() < 1e-4
     with pytest.raises(FileExistsError, match="exists"):
-        export_llama(ours, tokenizer, tmp_path / "hf")  # never over an existing export
+        export_hf(ours, tmp_path / "hf", tokenizer)  # never over an existing export
 
 
 def test_export_mistakes_are_refused_before_anything_loads(command, tmp_path: Path) -> None:

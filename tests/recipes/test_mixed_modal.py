@@ -12,6 +12,7 @@ import torch
 from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
 from jevons.recipes.llm.model import TransformerShape
+from jevons.recipes.llm.shape import TransformerShapeConfig
 from jevons.recipes.mixed_modal.captions import NUMBER_WORDS
 from jevons.recipes.mixed_modal.data import (
     CAPTIONED_DIGITS,
@@ -102,14 +103,9 @@ def test_collate_masks_padding_and_marks_target_modalities(data_dir: Path) -> No
 
 def _model(vocab, layers: int = 1) -> MixedModalDecoder:
     torch.manual_seed(0)
-    shape = TransformerShape(
-        vocab_size=vocab.size + (-vocab.size) % 8,
-        hidden_size=32,
-        num_layers=layers,
-        num_heads=2,
-        ffn_hidden_size=64,
-        max_seq_len=96,
-    )
+    shape = TransformerShapeConfig(
+        hidden_size=32, num_layers=layers, num_heads=2, ffn_hidden_size=64, max_seq_len=96
+    ).resolve(vocab.size + (-vocab.size) % 8)
     return MixedModalDecoder(shape, vocab.first_code)
 
 

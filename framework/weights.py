@@ -1,0 +1,212 @@
+"""Reading a released checkpoint's tensors by name, a tensor-parallel rank's slice at a time.
+
+A Hugging Face or diffusers folder stores its weights as one safetensors file
+(``model.safetensors``, ``diffusion_pytorch_model.safetensors``) or as shards
+named by an index (``*.safetensors.index.json``, its ``weight_map``). A
+:class:`WeightFiles` opens them with ``safe_open`` and reads a tensor, or a
+contiguous block of one dimension, with ``get_slice``: a rank loading its
+shard of a model reads only that block, never a full copy (torchtitan's and
+Megatron's sharded loading).
+
+A pickle checkpoint (``pytorch_model.bin``) is read only through
+``torch.load(weights_only=True, mmap=True)``: memory-mapped, so slicing it
+copies only the slice, and an object pickle (which could run code) is refused.
+
+:func:`load_parameters` fills a model built on the meta device, parameter by
+parameter, from a plan saying where each comes from; :func:`partition_of`
+reads which dimension Megatron's tensor-parallel layers split a parameter on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jevons.framework.errors import UsageError
+
+PICKLE_NAMES = ("pytorch_model.bin", "diffusion_pytorch_model.bin")
+
+
+class WeightFiles:
+    """The tensors of one checkpoint (a file, or the shards an index names), read by name."""
+
+    def __init__(self, files: Mapping[str, Path], description: str) -> None:
+        self.description = description
+        self._file_of = dict(files)  # tensor name -> file
+        self._handles: dict[Path, Any] = {}
+        self._pickles: dict[Path, dict[str, torch.Tensor]] = {}
+
+    @classmethod
+    def find(cls, folder: Path, stem: str = "model") -> WeightFiles:
+        """``stem.safetensors``, its sharded index, or (refusing object pickles) ``pytorch_model.bin``."""
+        folder = Path(folder)
+        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+        if single.is_file():
+            return cls.from_safetensors([single], str(single))
+        if index.is_file():
+            return cls.from_index(index)
+        for name in PICKLE_NAMES:
+            if (folder / name).is_file():
+                return cls.from_pickle(folder / name)
+        present = sorted(p.name for p in folder.iterdir())[:12] if folder.is_dir() else []
+        raise UsageError(
+            f"{folder} holds no weights: expected {single.name}, {index.name} with its shards, or a "
+            f"weights-only pytorch_model.bin; found {present}."
+        )
+
+    @classmethod
+    def from_safetensors(cls, paths: Iterable[Path], description: str) -> WeightFiles:
+        from safetensors import safe_open
+
+        files: dict[str, Path] = {}
+        for path in paths:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    files.update(dict.fromkeys(handle.keys(), path))
+            except Exception as error:  # safetensors raises its own SafetensorError for a damaged header
+                raise UsageError(f"{path} is not a readable safetensors file: {error}") from None
+        return cls(files, description)
+
+    @classmethod
+    def from_index(cls, index: Path) -> WeightFiles:
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise UsageError(f"{index} is not a safetensors index (no 'weight_map'): {error}") from None
+        shards = {index.parent / name for name in weight_map.values()}
+        missing = sorted(p.name for p in shards if not p.is_file())
+        if missing:
+            raise UsageError(f"{index} names shards that are not in {index.parent}: {missing[:5]}.")
+        files = cls.from_safetensors(sorted(shards), str(index))
+        unlisted = set(weight_map) - set(files._file_of)
+        if unlisted:
+            raise UsageError(f"{index} maps tensors its shards do not hold: {sorted(unlisted)[:5]}.")
+        return files
+
+    @classmethod
+    def from_pickle(cls, path: Path) -> WeightFiles:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # weights_only's UnpicklingError names the global it refused
+            raise UsageError(
+                f"{path} is a pickle that torch.load(weights_only=True) refuses, so loading it could run code: "
+                f"{type(error).__name__}: {str(error).splitlines()[0]}. Convert it to safetensors where it was "
+                f"made (model.save_pretrained(dir, safe_serialization=True))."
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UsageError(f"{path} is not a state dict of tensors (found {type(state).__name__}).")
+        files = cls(dict.fromkeys(state, path), str(path))
+        files._pickles[path] = state
+        return files
+
+    @property
+    def names(self) -> set[str]:
+        return set(self._file_of)
+
+    def _slice(self, name: str) -> Any:
+        if name not in self._file_of:
+            raise UsageError(f"{self.description} has no tensor {name!r}.")
+        path = self._file_of[name]
+        if path in self._pickles:
+            return self._pickles[path][name]
+        if path not in self._handles:
+            from safetensors import safe_open
+
+            self._handles[path] = safe_open(str(path), framework="pt")
+        return self._handles[path].get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        part = self._slice(name)
+        return tuple(part.shape if isinstance(part, torch.Tensor) else part.get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        part = self._slice(name)
+        if isinstance(part, torch.Tensor):
+            return part.dtype
+        return _SAFETENSORS_DTYPES[part.get_dtype()]
+
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Tensor ``name``, or only ``[start:stop]`` along ``dim``, as a new tensor in its stored dtype."""
+        part = self._slice(name)
+        if dim is None:
+            return part[...] if not isinstance(part, torch.Tensor) else part.clone()
+        index = (slice(None),) * dim + (slice(start, stop),)
+        block = part[index]
+        return block.clone() if isinstance(part, torch.Tensor) else block
+
+    def read_partition(
+        self, name: str, dim: int | None, rank: int, size: int, padded: int | None = None
+    ) -> torch.Tensor:
+        """Rank ``rank`` of ``size``'s contiguous block of ``name`` along ``dim`` (the whole tensor when ``dim``
+        is None), the tensor first zero-padded along ``dim`` to ``padded`` (a vocabulary padded for TP)."""
+        if dim is None:
+            return self.read(name)
+        full = padded if padded is not None else self.shape(name)[dim]
+        if full % size:
+            raise ValueError(f"{name}: {full} along dim {dim} does not split over {size} ranks")
+        begin, end = rank * full // size, (rank + 1) * full // size
+        stored = self.shape(name)[dim]
+        block = self.read(name, dim, min(begin, stored), min(end, stored))
+        if block.shape[dim] < end - begin:  # rows past the checkpoint's: padding, zero
+            pad_shape = list(block.shape)
+            pad_shape[dim] = end - begin - block.shape[dim]
+            block = torch.cat([block, block.new_zeros(pad_shape)], dim=dim)
+        return block
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def partition_of(param: torch.Tensor) -> int | None:
+    """The dimension Megatron's tensor-parallel layers split ``param`` on, None when it is replicated."""
+    if getattr(param, "tensor_model_parallel", False):
+        return int(param.partition_dim)
+    return None
+
+
+def load_parameters(
+    model: torch.nn.Module,
+    plan: Mapping[str, Callable[[], torch.Tensor]],
+    source: str,
+    device: torch.device | str = "cpu",
+) -> None:
+    """Materialise ``model`` (built on the meta device) on ``device`` and fill every parameter from ``plan``
+    (name -> a function reading its local block), one tensor in memory at a time beside the model.
+
+    A parameter the plan lacks, or a block whose shape is not the parameter's, is an error naming both
+    and ``source``; values are cast to the parameter's dtype.
+    """
+    buffers = [name for name, _ in model.named_buffers()]
+    if buffers:  # to_empty would leave them uninitialised
+        raise ValueError(f"load_parameters fills parameters only; the model has buffers {buffers[:5]}")
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(plan))
+    if missing:
+        raise UsageError(f"{source}: nothing to load into {missing[:5]} ({len(missing)} parameters).")
+    model.to_empty(device=device)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, param in params.items():
+            block = plan[name]()
+            if tuple(block.shape) != tuple(param.shape):
+                raise UsageError(
+                    f"{source}: the block read for {name} has shape {tuple(block.shape)}, the model's parameter "
+                    f"{tuple(param.shape)}: the folder's config.json and its weights disagree."
+                )
+            param.copy_(block)
+            del block
