@@ -7,6 +7,8 @@ A family lists its importers (``Family.importers()``); each answers one kind of 
 the validation split, the skip report and the shard index. An importer owns only what is
 particular to its kind:
 
+* :meth:`Importer.preflight` refuses what can never be imported (a missing tokenizer, inputs of
+  which none is usable) before anything is written;
 * :meth:`Importer.records` streams the inputs as :class:`Record` s, in one deterministic
   order, reading as little as it can (a path and a caption; a document's text): it runs in
   the main process of every rank, which decide duplicates and splits from it;
@@ -30,9 +32,10 @@ from jevons.framework.config.schema import require
 from jevons.framework.data.media import REASONS as MEDIA_REASONS
 from jevons.framework.data.media import MediaError
 
-REASONS = (*MEDIA_REASONS, "missing field", "empty text", "empty caption", "duplicate")
+REASONS = (*MEDIA_REASONS, "missing field", "empty text", "empty caption", "no response", "duplicate")
 """Why an input was skipped; ``import_report.json`` counts each. A decoder's :class:`MediaError` reasons
-(missing file, undecodable, truncated, too short, too long) and what reading records finds."""
+(missing file, undecodable, truncated, too short, too long) and what reading records finds (a conversation
+with no assistant message to learn is ``no response``)."""
 
 
 class Skipped(MediaError):
@@ -153,6 +156,12 @@ class Importer(ABC, Generic[OptionsT]):
         from jevons.framework.data.importing.inputs import walk
 
         return sum(path.stat().st_size for path in walk(inputs))
+
+    def preflight(self, inputs: Sequence[Path]) -> None:
+        """Before anything is written into ``out``, on every rank: raise :class:`~jevons.framework.errors.UsageError`
+        for options or inputs this kind can never import (a tokenizer folder without its tokenizer, inputs of which
+        none can become a sample), so the mistake leaves no folder behind. Keep it cheap: stop reading at the first
+        input that shows the import can go ahead."""
 
     @abstractmethod
     def records(self, inputs: Sequence[Path]) -> Iterator[Record]:

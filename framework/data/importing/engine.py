@@ -87,6 +87,7 @@ def run_import(importer: Importer[Any], inputs: Sequence[str], rank: int = 0, wo
     inside = next((path for path in paths if path.is_dir() and out.is_relative_to(path)), None)
     if inside is not None:
         raise UsageError(f"out={out} is inside the input folder {inside}: the import would read its own output.")
+    importer.preflight(paths)  # before the claim: a hopeless import leaves no folder behind
     state = out / ".import"
     settings = _settings(importer, paths)
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
