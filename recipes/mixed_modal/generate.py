@@ -72,7 +72,7 @@ class MixedModalGenerator:
         ids = torch.cat([bos, boi, image, eoi], dim=1).to(device)
         start = ids.shape[1]
         finished = torch.zeros(len(image), dtype=torch.bool)
-        for _ in range(max_words + 1):
+        for _ in range(max_words):  # at most max_words words; an EOS ends a caption sooner
             next_ids = self._next(ids, words_allowed, temperature, top_k, rng)
             next_ids[finished] = EOS
             finished |= next_ids[:, 0] == EOS
