@@ -175,7 +175,7 @@ _SAFETENSORS_DTYPES = {
 def partition_of(param: torch.Tensor) -> int | None:
     """The dimension Megatron's tensor-parallel layers split ``param`` on, None when it is replicated."""
     if getattr(param, "tensor_model_parallel", False):
-        return int(param.partition_dim)
+        return int(getattr(param, "partition_dim"))  # noqa: B009 (an attribute Megatron sets, unknown to torch's stubs)
     return None
 
 

@@ -14,7 +14,6 @@ from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
 from jevons.plugins.modality_experts.layer import ModalityExperts
-from jevons.recipes.llm.model import TransformerShape
 from jevons.recipes.llm.shape import TransformerShapeConfig
 from jevons.recipes.mixed_modal.model import DenseFFN, TokenContext
 

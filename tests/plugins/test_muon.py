@@ -19,7 +19,7 @@ from jevons.framework.plugin_manager import PluginManager
 from jevons.kernels.newton_schulz import newton_schulz_reference
 from jevons.plugins.muon.optimizer import FLATTEN, MATRIX, STACK, Muon, parameter_groups
 from jevons.plugins.muon.split import split_parameters
-from jevons.recipes.llm.model import DecoderLM, TransformerShape
+from jevons.recipes.llm.model import DecoderLM
 from jevons.recipes.llm.shape import TransformerShapeConfig
 
 

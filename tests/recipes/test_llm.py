@@ -17,9 +17,9 @@ from jevons.framework.plugin_manager import PluginManager
 from jevons.recipes.llm.data import PAD_ID, TokenWindows, load_tokenizer
 from jevons.recipes.llm.family import LLMDataConfig, LLMFamily
 from jevons.recipes.llm.generate import TextGenerator
-from jevons.recipes.llm.model import DecoderLM, TransformerShape
-from jevons.recipes.llm.shape import TransformerShapeConfig
+from jevons.recipes.llm.model import DecoderLM
 from jevons.recipes.llm.objective import NextTokenObjective
+from jevons.recipes.llm.shape import TransformerShapeConfig
 
 
 @pytest.fixture(scope="module")

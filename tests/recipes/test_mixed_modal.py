@@ -11,7 +11,6 @@ import torch
 
 from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
-from jevons.recipes.llm.model import TransformerShape
 from jevons.recipes.llm.shape import TransformerShapeConfig
 from jevons.recipes.mixed_modal.captions import NUMBER_WORDS
 from jevons.recipes.mixed_modal.data import (
