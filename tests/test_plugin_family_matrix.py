@@ -118,3 +118,36 @@ def test_plugin_trains_on_the_text_to_video_recipe(train, run_root, wan_t2v, plu
     )
     assert result.summary["steps"] == 3 and result.summary["val_loss"] is not None
     assert any(isinstance(v, (int, float)) for v in result.summary["plugin_figures"][plugin].values())
+
+
+# The llm family's plugins on an imported Hugging Face checkpoint (recipe llama_sft_tiny: the built-in tiny Llama
+# folder, GQA and Llama-3 rope, fine-tuned on chat examples). The padding-aware sampler batches the unpacked examples.
+IMPORTED_SMOKE = {
+    "padding_aware_sampling": [
+        "data.packing=false",
+        "padding_aware_sampling.max_tokens=2048",
+        "padding_aware_sampling.num_buckets=4",
+    ],
+}
+LLM_PLUGINS = [plugin for plugin, family in PAIRS if family == "llm"]
+
+
+@pytest.mark.parametrize("plugin", LLM_PLUGINS)
+def test_plugin_trains_on_an_imported_checkpoint(train, run_root, plugin: str) -> None:
+    result = train(
+        [
+            "recipe=llama_sft_tiny",
+            "data.num_workers=0",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "trainer.limit_val_batches=1",
+            "trainer.progress_bar=false",
+            "generate.max_new_tokens=4",
+            f"plugins=[{plugin}]",
+            *IMPORTED_SMOKE.get(plugin, []),
+            f"run.root={run_root}",
+        ]
+    )
+    assert result.summary["steps"] == 3 and result.summary["val_loss"] is not None
+    assert result.summary["plugin_figures"][plugin], result.summary
+    assert any(isinstance(v, (int, float)) for v in result.summary["plugin_figures"][plugin].values())

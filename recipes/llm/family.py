@@ -38,7 +38,8 @@ class LLMModelConfig(TransformerShapeConfig):
     pretrained: str | None = None
     """A Hugging Face folder (Llama, Qwen2, Mistral: config.json, safetensors, tokenizer.json) to start from.
     Its config.json sets every shape key above (written into the run's config.yaml); its weights are
-    read per tensor-parallel rank; its tokenizer drives generation and must be the data's."""
+    read per tensor-parallel rank; its tokenizer drives generation and must be the data's. ``llm-tiny-llama``
+    names a built-in tiny Llama folder, made into the data cache on first use."""
 
 
 @dataclass
@@ -82,6 +83,7 @@ class LLMFamily(FamilyBase[LLMConfig]):
         from jevons.framework.errors import UsageError
 
         if config.model.pretrained:
+            config.model.pretrained = str(self.pretrained_dir(config))
             adopt_pretrained(config)
         check_heads(config.model, config.parallel.tensor)
         if config.data.seq_len > config.model.max_seq_len:
@@ -91,13 +93,27 @@ class LLMFamily(FamilyBase[LLMConfig]):
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.llm.data import PROSE_SOURCE
+        from jevons.recipes.llm.stdlib_pairs import STDLIB_CHAT_SOURCE
+        from jevons.recipes.llm.tiny_llama import TINY_LLAMA_SOURCE
 
-        return (PROSE_SOURCE,)
+        return (PROSE_SOURCE, STDLIB_CHAT_SOURCE, TINY_LLAMA_SOURCE)
+
+    def pretrained_dir(self, config: LLMConfig) -> Path:
+        """The folder ``model.pretrained`` names: a user's Hugging Face folder, or a built-in one of
+        :meth:`data_sources` (``llm-tiny-llama``, built into the data cache on first use)."""
+        from jevons.framework.data.cache import data_root, ensure_built
+
+        assert config.model.pretrained is not None
+        sources = {source.name: source for source in self.data_sources()}
+        if config.model.pretrained in sources:
+            return ensure_built(sources[config.model.pretrained], data_root(config.data.root))
+        return Path(config.model.pretrained).expanduser()
 
     def importers(self) -> Iterable[type[Importer[Any]]]:
+        from jevons.recipes.llm.chat_importer import ChatImporter
         from jevons.recipes.llm.importer import TextImporter
 
-        return (TextImporter,)
+        return (TextImporter, ChatImporter)
 
     def build_model(self, config: LLMConfig) -> torch.nn.Module:
         from jevons.framework.errors import UsageError
@@ -154,16 +170,22 @@ class LLMFamily(FamilyBase[LLMConfig]):
         return NextTokenObjective()
 
     def default_generator(self, model: torch.nn.Module, config: LLMConfig) -> Generator:
-        from jevons.recipes.llm.data import load_tokenizer
+        from jevons.recipes.llm.chat_template import read_chat_template
+        from jevons.recipes.llm.data import is_chat, load_tokenizer
         from jevons.recipes.llm.generate import TextGenerator
 
-        tokenizer_folder = Path(config.model.pretrained) if config.model.pretrained else self.data_dir(config)
+        data_dir = self.data_dir(config)
+        tokenizer_folder = Path(config.model.pretrained) if config.model.pretrained else data_dir
+        tokenizer = load_tokenizer(tokenizer_folder)
         stop_ids: tuple[int, ...] = ()
         if config.model.pretrained:
             from jevons.recipes.llm.hf_config import read_pretrained_config
 
             stop_ids = read_pretrained_config(tokenizer_folder).eos_token_ids
-        return TextGenerator(model, load_tokenizer(tokenizer_folder), stop_ids=stop_ids)
+        template = None
+        if is_chat(data_dir):  # the template the examples were rendered with (the import copied it)
+            template = read_chat_template(data_dir, lambda token: tokenizer.token_to_id(token) is not None)
+        return TextGenerator(model, tokenizer, stop_ids=stop_ids, chat_template=template)
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         from jevons.recipes.llm.evaluate import evaluate

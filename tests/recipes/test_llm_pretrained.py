@@ -22,15 +22,15 @@ transformers = pytest.importorskip("transformers")
 
 WORKER = Path(__file__).with_name("llm_rank_worker.py")
 VOCAB = 300
-SIZES = dict(
-    vocab_size=VOCAB,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
+SIZES = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+}
 LLAMA3_ROPE = {
     "rope_type": "llama3",
     "factor": 32.0,
@@ -201,14 +201,28 @@ def test_released_spelling_reads_as_transformers_5_writes_it(raw: dict[str, Any]
         assert (logits - theirs(ids).logits).abs().max().item() < 1e-4
 
 
-def test_llama_3_2_1b_builds_on_the_meta_device_with_its_parameter_count(tmp_path: Path) -> None:
+def test_llama3_2_1b_sft_composes_to_the_released_shape_and_builds_on_the_meta_device(tmp_path: Path) -> None:
+    """The recipe's model section is what Llama-3.2-1B's released config.json gives, and has its parameter count."""
+    import dataclasses
+    import shutil
+
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.plugin_manager import PluginManager
     from jevons.recipes.llm.model import DecoderLM
     from jevons.recipes.llm.pretrained import pretrained_shape
 
+    manager = PluginManager.load(autoload=False)
+    recipe = compose_config(manager, ["recipe=llama3_2_1b_sft"])
     (tmp_path / "config.json").write_text(json.dumps({**RELEASED_LLAMA_3_2, **LLAMA_3_2_1B_SIZES}))
+    tiny = compose_config(manager, ["recipe=llama_sft_tiny"]).model.pretrained  # a tokenizer smaller than 128256
+    shutil.copy(Path(tiny) / "tokenizer.json", tmp_path)
+    released = compose_config(manager, ["recipe=llama3_2_1b_sft", f"model.pretrained={tmp_path}"])
+    assert dataclasses.replace(released.model, pretrained=None) == recipe.model
     with distributed.initialized(ParallelConfig()), torch.device("meta"):
-        model = DecoderLM(pretrained_shape(read_pretrained_config(tmp_path, 4096)))
+        model = DecoderLM(pretrained_shape(read_pretrained_config(tmp_path, recipe.data.seq_len)))
+        from_recipe = DecoderLM(recipe.model.resolve(vocab_size=128256))
     assert sum(p.numel() for p in model.parameters()) == 1_235_814_400
+    assert sum(p.numel() for p in from_recipe.parameters()) == 1_235_814_400
 
 
 LLAMA_3_2_1B_SIZES = {
