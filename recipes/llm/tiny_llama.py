@@ -32,10 +32,12 @@ SIZES = {
 
 
 def tiny_config(architecture: str, vocab_size: int, **overrides: Any) -> Any:
-    """A transformers config of ``architecture`` at the tiny sizes (Llama: tied, Llama-3 rope scaling)."""
+    """A transformers config of ``architecture`` at the tiny sizes (Llama: tied, Llama-3 rope scaling);
+    ``overrides`` change any size or other field."""
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     sizes: dict[str, Any] = {**SIZES, "vocab_size": vocab_size}
+    sizes.update({key: overrides.pop(key) for key in list(overrides) if key in sizes})
     if architecture == "llama":
         rope = {
             "rope_type": "llama3",
