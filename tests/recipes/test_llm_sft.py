@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,36 @@ def test_packed_rows_give_each_example_the_loss_it_has_alone(config: Any) -> Non
         together = _per_example_loss(logits, packed, example_of)
     assert np.allclose(together, alone, rtol=0, atol=1e-5), np.abs(np.subtract(together, alone)).max()
     assert len(set(np.round(alone, 3))) > 8  # the examples differ: the check is not one number many times
+
+
+class Scripted(torch.nn.Module):
+    """A stand-in decoder whose greedy continuation is ``script``, one token per call."""
+
+    def __init__(self, script: list[int], vocab: int) -> None:
+        super().__init__()
+        self.script, self.vocab, self.calls = script, vocab, 0
+        self.shape = types.SimpleNamespace(max_seq_len=64)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the generator reads the device from a parameter
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*ids.shape, self.vocab)
+        logits[:, -1, self.script[min(self.calls, len(self.script) - 1)]] = 1.0
+        self.calls += 1
+        return logits
+
+
+def test_generation_stops_at_any_end_of_sequence_id_of_generation_config(config: Any) -> None:
+    with distributed.initialized(ParallelConfig()):
+        generator = LLMFamily().default_generator(Scripted([], 1), config)
+        tokenizer = generator.tokenizer
+        end_of_text = tokenizer.token_to_id("<|end_of_text|>")
+        assert generator.stop_ids == {end_of_text, tokenizer.token_to_id("<|eot_id|>")}  # generation_config.json's
+        words = tokenizer.encode("Return the", add_special_tokens=False).ids
+        generator.model = Scripted([*words, end_of_text, *words], config.model.vocab_size)
+        (text,) = generator(["Hi"], max_new_tokens=10, temperature=0)
+    prompt = generator.encode("Hi")
+    assert text == tokenizer.decode([*prompt, *words, end_of_text], skip_special_tokens=False)
+    assert generator.model.calls == 3  # stopped at the second end-of-sequence id, not only at eos_token
 
 
 class Crash(Exception):
