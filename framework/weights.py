@@ -89,6 +89,13 @@ class WeightFiles:
 
     @classmethod
     def from_pickle(cls, path: Path) -> WeightFiles:
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # torch.save's format before 1.6: it cannot be memory-mapped
+            raise UsageError(
+                f"{path} is in torch.save's legacy (pre-1.6, not zip) format, which Jevons does not read. Convert it "
+                f"to safetensors where it was made (model.save_pretrained(dir, safe_serialization=True))."
+            )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as error:  # weights_only's UnpicklingError names the global it refused

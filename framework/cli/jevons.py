@@ -217,13 +217,24 @@ def _export(args: argparse.Namespace) -> int:
         raise UsageError(f"Unknown export option(s) {', '.join(sorted(unknown))}; options: run_dir, checkpoint, out.")
 
     run_dir = Path(options["run_dir"])
+    if out:
+        _refuse_existing(Path(out))  # before the run loads
 
     def export(run: LoadedRun) -> list[Path]:
-        return run.family.export(run, Path(out) if out else run_dir / "export" / f"step_{run.step:08d}")
+        target = Path(out) if out else run_dir / "export" / f"step_{run.step:08d}"
+        _refuse_existing(target)
+        return run.family.export(run, target)
 
     for path in _with_loaded_run(options, export):
         print(path)
     return 0
+
+
+def _refuse_existing(target: Path) -> None:
+    if target.exists():
+        raise UsageError(
+            f"out={target} exists: jevons export never writes over a folder. Choose another out= or remove it."
+        )
 
 
 def _new_plugin(args: argparse.Namespace) -> int:

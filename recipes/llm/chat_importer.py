@@ -103,24 +103,31 @@ class ChatImporter(Importer[ChatImportOptions]):
         self._dtype: Any = np.uint16
 
     def preflight(self, inputs: Sequence[Path]) -> None:
+        import jinja2
+
         folder = tokenizer_folder(self.options.tokenizer)
         tokenizer = _load(folder / TOKENIZER_FILE)
-        read_chat_template(folder, _has_token(tokenizer))
+        template = read_chat_template(folder, _has_token(tokenizer))
         skipped: Counter[str] = Counter()
-        first: Record | None = None
+        first: tuple[str, Skipped] | None = None
         for record in self.records(inputs):
-            if record.skip is None:
-                return  # one conversation with a response: the import can go ahead
-            skipped[record.skip.reason] += 1
-            first = first or record
+            skip = record.skip
+            if skip is None:
+                try:  # the template may refuse what the rows hold (a system role it does not support)
+                    tokenize_conversation(template, tokenizer, record.payload)
+                    return  # one conversation the template renders: the import can go ahead
+                except jinja2.TemplateError as error:
+                    skip = Skipped("undecodable", f"the chat template refused it: {error}")
+            skipped[skip.reason] += 1
+            first = first or (record.source, skip)
         names = ", ".join(str(path) for path in inputs)
-        if first is None or first.skip is None:
+        if first is None:
             raise UsageError(f"Found no chat rows in {names}: give .jsonl, .json or .parquet files (docs/data.md).")
         counts = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common())
         fields = self.options.fields
         raise UsageError(
             f"None of the {sum(skipped.values())} rows in {names} is a conversation with a response ({counts}; "
-            f"first: {first.source}: {first.skip}). Each row needs a '{fields.messages}' list of role/content "
+            f"first: {first[0]}: {first[1]}). Each row needs a '{fields.messages}' list of role/content "
             f"messages with an assistant message, or '{fields.prompt}' and '{fields.response}' fields; name other "
             f"fields with messages_field=, prompt_field=, response_field=. Nothing was written."
         )

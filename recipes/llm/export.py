@@ -5,8 +5,9 @@ architecture (Llama, Qwen2, Mistral): its ``config.json`` written back as read, 
 weights in the folder's own dtype (float32 parameters convert back exactly, so an
 untrained import gives the original tensors bitwise), the vocabulary padding cut,
 and the folder's tokenizer, chat template and generation config copied beside them.
-A model of Jevons' own exports as a float32 ``LlamaForCausalLM`` with the data's
-tokenizer. Names are mapped by :mod:`jevons.recipes.llm.hf_weights`. Exported from
+A model of Jevons' own exports as a float32 ``LlamaForCausalLM`` (``Qwen2ForCausalLM``
+with QKV biases), its rope scaling written in both spellings, with the data's
+tokenizer. Chat data's template goes beside either: the one the model was trained with. Names are mapped by :mod:`jevons.recipes.llm.hf_weights`. Exported from
 a model built at TP=1 (a checkpoint saved at any TP size loads into it).
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,14 @@ TOKENIZER_FILES = (
 
 
 def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict[str, Any]:
+    """A transformers ``config.json`` for a decoder trained from scratch: ``LlamaForCausalLM``, or
+    ``Qwen2ForCausalLM`` when it has QKV biases (Qwen2 is Llama with them); its rope scaling in both spellings."""
     shape = model.shape
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+    scaling = {k: v for k, v in asdict(shape.rope_scaling).items() if v is not None}
+    architecture, model_type = ("Qwen2ForCausalLM", "qwen2") if shape.qkv_bias else ("LlamaForCausalLM", "llama")
+    config = {
+        "architectures": [architecture],
+        "model_type": model_type,
         "vocab_size": shape.vocab_size,
         "hidden_size": shape.hidden_size,
         "intermediate_size": shape.ffn_hidden_size,
@@ -48,23 +54,33 @@ def llama_config(model: DecoderLM, eos_token_id: int = 0) -> dict[str, Any]:
         "hidden_act": "silu",
         "max_position_embeddings": shape.max_seq_len,
         "rms_norm_eps": shape.norm_eps,
-        "rope_theta": shape.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": shape.rope_theta},
+        "rope_theta": shape.rope_theta,  # the released spelling (transformers 4)...
+        "rope_scaling": scaling if shape.rope_scaling.rope_type != "default" else None,
+        "rope_parameters": {**scaling, "rope_theta": shape.rope_theta},  # ...and transformers 5's
         "tie_word_embeddings": shape.tie_embeddings,
-        "attention_bias": False,
-        "mlp_bias": False,
         "initializer_range": shape.init_std,
         "torch_dtype": "float32",
         "bos_token_id": None,
         "eos_token_id": eos_token_id,
         "pad_token_id": eos_token_id,
     }
+    if shape.qkv_bias:
+        config["use_sliding_window"] = False
+    else:
+        config.update(attention_bias=False, mlp_bias=False)
+    return config
 
 
 def export_hf(
-    model: DecoderLM, out_dir: Path, tokenizer_json: Path, pretrained: PretrainedConfig | None = None
+    model: DecoderLM,
+    out_dir: Path,
+    tokenizer_json: Path,
+    pretrained: PretrainedConfig | None = None,
+    chat_template: Path | None = None,
 ) -> list[Path]:
-    """Write the folder into a temporary sibling and rename it into place: never a half-written export."""
+    """Write the folder into a temporary sibling and rename it into place: never a half-written export.
+    ``chat_template`` (a chat data folder's ``chat_template.jinja``: the template the model was trained with)
+    is written as the export's, over any the pretrained folder had."""
     from safetensors.torch import save_file
 
     from jevons.framework.tensor_parallel import tensor_parallel_size
@@ -77,16 +93,22 @@ def export_hf(
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    if pretrained is not None:
-        tensors = hf_state_dict(model, pretrained.vocab_size, getattr(torch, pretrained.dtype))
-        (staging / "config.json").write_text(json.dumps(pretrained.raw, indent=2) + "\n")
-        for name in TOKENIZER_FILES:
-            if (pretrained.folder / name).is_file():
-                shutil.copyfile(pretrained.folder / name, staging / name)
-    else:
-        tensors = hf_state_dict(model, model.shape.vocab_size, torch.float32)
-        _write_own_config(model, Path(tokenizer_json), staging)
-    save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        if pretrained is not None:
+            tensors = hf_state_dict(model, pretrained.vocab_size, getattr(torch, pretrained.dtype))
+            (staging / "config.json").write_text(json.dumps(pretrained.raw, indent=2) + "\n")
+            for name in TOKENIZER_FILES:
+                if (pretrained.folder / name).is_file():
+                    shutil.copyfile(pretrained.folder / name, staging / name)
+        else:
+            tensors = hf_state_dict(model, model.shape.vocab_size, torch.float32)
+            _write_own_config(model, Path(tokenizer_json), staging)
+        if chat_template is not None:
+            shutil.copyfile(chat_template, staging / "chat_template.jinja")
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     staging.rename(out_dir)
     return sorted(out_dir.iterdir())
 

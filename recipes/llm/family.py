@@ -134,7 +134,7 @@ class LLMFamily(FamilyBase[LLMConfig]):
                 f"{self.data_dir(config) / 'tokenizer.json'}): set model.vocab_size=null to take the tokenizer's."
             )
         vocab = cfg.vocab_size or data_vocab
-        return DecoderLM(cfg.resolve(pad_vocab_size(vocab)))
+        return DecoderLM(cfg.resolve(pad_vocab_size(vocab)), vocab_size=vocab)
 
     def attention_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, torch.nn.Module]]:
         return [(f"layers.{i}.attn", layer.attn) for i, layer in enumerate(cast("DecoderLM", model).blocks)]
@@ -219,18 +219,24 @@ class LLMFamily(FamilyBase[LLMConfig]):
 
     def export(self, run: Any, out_dir: Path) -> list[Path]:
         """A Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it) with the tokenizer: the
-        pretrained folder's architecture and dtype, else a float32 Llama."""
+        pretrained folder's architecture and dtype, else a float32 Llama (Qwen2 with QKV biases); a chat data
+        folder's template beside it."""
+        from jevons.recipes.llm.data import is_chat
         from jevons.recipes.llm.export import export_hf
         from jevons.recipes.llm.hf_config import read_pretrained_config
 
         pretrained = run.config.model.pretrained
         source = read_pretrained_config(pretrained) if pretrained else None
-        return export_hf(run.model, out_dir, self.data_dir(run.config) / "tokenizer.json", source)
+        data_dir = self.data_dir(run.config)
+        template = data_dir / "chat_template.jinja" if is_chat(data_dir) else None  # what it was trained with
+        return export_hf(run.model, out_dir, data_dir / "tokenizer.json", source, template)
 
 
 def adopt_pretrained(config: LLMConfig) -> None:
     """Fill ``config.model``'s shape keys from the pretrained folder's config.json (refusing what it cannot
-    honour), so config.yaml records the model that was trained."""
+    honour), so config.yaml records the model that was trained. The folder wins over a key the recipe or
+    command line set, and says so on stderr."""
+    import sys
     from dataclasses import replace
 
     from jevons.recipes.llm.hf_config import check_tokenizer, read_pretrained_config
@@ -239,6 +245,14 @@ def adopt_pretrained(config: LLMConfig) -> None:
     assert config.model.pretrained is not None
     pretrained = read_pretrained_config(config.model.pretrained, config.data.seq_len)
     check_tokenizer(pretrained)
-    keys = dict(pretrained.model_keys)
+    keys = {**pretrained.model_keys, "vocab_size": pretrained.vocab_size}
     keys["rope_scaling"] = RopeScaling(**keys["rope_scaling"])
-    config.model = replace(config.model, **keys, vocab_size=pretrained.vocab_size)
+    defaults = LLMModelConfig()
+    changed = [  # keys the recipe or command line set, which the folder's config.json overrules
+        f"model.{key}={value!r} (not {getattr(config.model, key)!r})"
+        for key, value in keys.items()
+        if getattr(config.model, key) != value and getattr(config.model, key) != getattr(defaults, key)
+    ]
+    if changed:
+        print(f"jevons: model.pretrained={pretrained.folder} sets {', '.join(changed)}", file=sys.stderr, flush=True)
+    config.model = replace(config.model, **keys)

@@ -61,10 +61,7 @@ def read_pretrained_config(folder: Path | str, seq_len: int | None = None) -> Pr
             f"model.pretrained={folder}: no config.json ({what}). Give a Hugging Face model folder "
             f"(config.json, model.safetensors or its index, tokenizer.json), e.g. one saved by save_pretrained."
         )
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UsageError(f"{path} is not JSON: {error}") from None
+    raw = _read_json(path)
     where = f"model.pretrained={folder}: config.json"
     if raw.get("auto_map") or raw.get("trust_remote_code"):
         raise UsageError(
@@ -79,12 +76,34 @@ def read_pretrained_config(folder: Path | str, seq_len: int | None = None) -> Pr
             f"need their own family or an issue."
         )
     _refuse_unsupported(raw, where)
+    try:
+        keys, vocab_size = _model_keys(raw, architecture, seq_len, where), int(raw["vocab_size"])
+    except KeyError as error:
+        raise UsageError(f"{where} has no {error.args[0]!r}, which a {architecture} config needs.") from None
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{where} holds a value of the wrong kind ({error}).") from None
+    dtype = str(raw.get("dtype") or raw.get("torch_dtype") or "float32").removeprefix("torch.")
+    if dtype not in DTYPES:
+        raise UsageError(f"{where} stores weights as {dtype!r}; Jevons reads {', '.join(DTYPES)}.")
+    return PretrainedConfig(
+        folder=folder,
+        architecture=architecture,
+        model_keys=keys,
+        vocab_size=vocab_size,
+        dtype=dtype,
+        eos_token_ids=_eos_ids(folder, raw),
+        raw=raw,
+    )
+
+
+def _model_keys(raw: dict[str, Any], architecture: str, seq_len: int | None, where: str) -> dict[str, Any]:
+    """The ``model.*`` values of ``raw`` (a missing field raises KeyError, a malformed one TypeError/ValueError)."""
     hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
     rope_theta, scaling = _rope(raw, where)
     positions = int(raw.get("max_position_embeddings") or 2048)
     if seq_len is not None:
         _check_length(raw, architecture, seq_len, positions, scaling, where)
-    keys = {
+    return {
         "hidden_size": hidden,
         "num_layers": int(raw["num_hidden_layers"]),
         "num_heads": heads,
@@ -99,18 +118,16 @@ def read_pretrained_config(folder: Path | str, seq_len: int | None = None) -> Pr
         "tie_embeddings": bool(raw.get("tie_word_embeddings", False)),
         "qkv_bias": QKV_BIAS[architecture],
     }
-    dtype = str(raw.get("dtype") or raw.get("torch_dtype") or "float32").removeprefix("torch.")
-    if dtype not in DTYPES:
-        raise UsageError(f"{where} stores weights as {dtype!r}; Jevons reads {', '.join(DTYPES)}.")
-    return PretrainedConfig(
-        folder=folder,
-        architecture=architecture,
-        model_keys=keys,
-        vocab_size=int(raw["vocab_size"]),
-        dtype=dtype,
-        eos_token_ids=_eos_ids(folder, raw),
-        raw=raw,
-    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{path} is not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} holds a JSON {type(value).__name__}; expected an object.")
+    return value
 
 
 def _refuse_unsupported(raw: dict[str, Any], where: str) -> None:
@@ -153,7 +170,8 @@ def _check_length(
             f"rope scaling {scaling['rope_type']}). Use data.seq_len<={positions}."
         )
     window = raw.get("sliding_window")
-    enabled = raw.get("use_sliding_window", True) if architecture == "Qwen2ForCausalLM" else window is not None
+    # Qwen2's window is off unless use_sliding_window says otherwise (Qwen2Config's default); Mistral's is on when set.
+    enabled = raw.get("use_sliding_window", False) if architecture == "Qwen2ForCausalLM" else window is not None
     if enabled and window and int(window) < seq_len:
         raise UsageError(
             f"{where} has sliding_window={window}, shorter than data.seq_len={seq_len}: Jevons attends over the "
@@ -165,7 +183,7 @@ def _eos_ids(folder: Path, raw: dict[str, Any]) -> tuple[int, ...]:
     generation = folder / "generation_config.json"
     value = raw.get("eos_token_id")
     if generation.is_file():
-        value = json.loads(generation.read_text()).get("eos_token_id", value)
+        value = _read_json(generation).get("eos_token_id", value)
     if value is None:
         return ()
     return tuple(int(v) for v in value) if isinstance(value, list) else (int(value),)

@@ -29,6 +29,7 @@ from jevons.framework.tensor_parallel import (
     VocabParallelEmbedding,
     normal_init,
     scaled_init,
+    tensor_parallel_rank,
     tensor_parallel_size,
 )
 from jevons.recipes.llm.shape import RopeScaling, TransformerShape  # the model's sizes; also imported from here
@@ -118,7 +119,6 @@ class CausalSelfAttention(nn.Module):
         self.proj = RowParallelLinear(
             q_width, shape.hidden_size, init_method=scaled_init(shape.init_std, shape.num_layers)
         )
-        self.grouped = shape.num_kv_heads != shape.num_heads
         self.local_heads = shape.num_heads // tp
 
     def forward(
@@ -126,10 +126,28 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         q, k, v = (rearrange(p(x), "b t (h d) -> b h t d", d=self.head_dim) for p in (self.q, self.k, self.v))
         q, k = self.rotary(q, positions), self.rotary(k, positions)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.grouped
-        )  # (B, H / tp, T, D)
+        y = grouped_attention(q, k, v, mask)  # (B, H / tp, T, D)
         return self.proj(rearrange(y, "b h t d -> b t (h d)"))
+
+
+def grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, expand_kv: bool | None = None
+) -> torch.Tensor:
+    """Causal (``mask`` None) or masked SDPA of ``q`` ``(B, H, T, D)`` over ``k``, ``v`` ``(B, H_kv, T, D)``.
+
+    ``expand_kv`` (default: on CUDA with a mask) repeats each key/value head over its query group
+    first: CUDA's SDPA runs ``enable_gqa`` only in its flash and math kernels, and flash takes no
+    mask, so a masked grouped call would fall to the math kernel and keep ``(B, H, T, T)`` scores
+    for backward (PyTorch's SDPA documentation). The CPU kernel takes both; there the repeat
+    only costs memory.
+    """
+    groups = q.shape[1] // k.shape[1]
+    if expand_kv is None:
+        expand_kv = mask is not None and q.is_cuda
+    if groups > 1 and expand_kv:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        groups = 1
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=groups > 1)
 
 
 class SwiGLU(nn.Module):
@@ -219,10 +237,17 @@ class DecoderLM(TransformerDecoder[Block]):
     A packed batch gives ``segment_ids`` ``(B, T)`` (which example each token belongs
     to) and ``position_ids`` (restarting at 0 per example): attention then stays within
     each example, as if each had its own row.
+
+    ``vocab_size`` is the tokenizer's (the checkpoint's embedding rows); ``shape.vocab_size``
+    may be larger, padded to split over TP ranks. The padding's logits are ``-inf``, so
+    they take no probability: the loss is what the unpadded model's is.
     """
 
-    def __init__(self, shape: TransformerShape) -> None:
+    def __init__(self, shape: TransformerShape, vocab_size: int | None = None) -> None:
         super().__init__(shape, Block)
+        self.vocab_size = vocab_size or shape.vocab_size
+        if not 0 < self.vocab_size <= shape.vocab_size:
+            raise ValueError(f"vocab_size={vocab_size} must be in 1..{shape.vocab_size} (the padded vocabulary)")
 
     def forward(
         self,
@@ -235,7 +260,12 @@ class DecoderLM(TransformerDecoder[Block]):
         x = self.embed(input_ids)  # (B, T, C)
         for layer in self.layers:
             x = layer(x, position_ids, mask)
-        return self.logits(x)
+        logits = self.logits(x)  # (B, T, V / tp)
+        if self.vocab_size < self.shape.vocab_size:
+            first = tensor_parallel_rank() * logits.shape[-1]  # this rank's first vocabulary id
+            padding = torch.arange(first, first + logits.shape[-1], device=logits.device) >= self.vocab_size
+            logits = logits.masked_fill(padding, float("-inf"))
+        return logits
 
 
 def segment_mask(segment_ids: torch.Tensor) -> torch.Tensor:

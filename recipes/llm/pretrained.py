@@ -35,7 +35,7 @@ def build_pretrained(folder: Path | str, seq_len: int | None = None) -> DecoderL
     pretrained = read_pretrained_config(folder, seq_len)
     files = WeightFiles.find(pretrained.folder)
     with torch.device("meta"):
-        model = DecoderLM(pretrained_shape(pretrained))
+        model = DecoderLM(pretrained_shape(pretrained), vocab_size=pretrained.vocab_size)
     load_hf_weights(model, files, f"model.pretrained={pretrained.folder}")
     return model
 

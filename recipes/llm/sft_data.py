@@ -78,21 +78,31 @@ class ChatExamples(ShardBackedDataset):
 
 def pack_first_fit(lengths: np.ndarray, capacity: int) -> list[np.ndarray]:
     """Indices of items packed into bins of ``capacity`` (lengths ``<= capacity``), first fit by
-    decreasing length; each bin's items in index order, bins in the order they were opened."""
+    decreasing length; each bin's items in index order, bins in the order they were opened.
+
+    The first bin with room is found in a max-tree over every bin's free room (bins not yet
+    opened have all of it), so packing ``n`` items takes ``O(n log n)``, not a scan of the bins
+    per item: a million examples pack in seconds.
+    """
     order = np.argsort(-lengths, kind="stable")
+    leaves = 1
+    while leaves < len(order):
+        leaves *= 2
+    room = [capacity] * (2 * leaves)  # room[node]: the most free room of any bin under it; leaves from `leaves`
     bins: list[list[int]] = []
-    free: list[int] = []
-    for index in order:
+    for index in order.tolist():
         size = int(lengths[index])
-        # Bins fill up, so the first with room is found by a scan over the few with any room left.
-        for number, room in enumerate(free):
-            if room >= size:
-                bins[number].append(int(index))
-                free[number] -= size
-                break
-        else:
-            bins.append([int(index)])
-            free.append(capacity - size)
+        node = 1
+        while node < leaves:  # down to the leftmost bin with room
+            node = 2 * node if room[2 * node] >= size else 2 * node + 1
+        number = node - leaves
+        if number == len(bins):
+            bins.append([])
+        bins[number].append(index)
+        room[node] -= size
+        while node > 1:
+            node //= 2
+            room[node] = max(room[2 * node], room[2 * node + 1])
     return [np.sort(np.asarray(b, dtype=np.int64)) for b in bins]
 
 

@@ -1,4 +1,4 @@
-"""A tiny random-initialised Hugging Face causal LM folder: what ``recipe=llm_sft_tiny`` starts from.
+"""A tiny random-initialised Hugging Face causal LM folder: what ``recipe=llama_sft_tiny`` starts from.
 
 ``python -m jevons.recipes.llm.tiny_llama OUT`` writes a ``LlamaForCausalLM`` folder
 with Llama 3.2's features at toy sizes (grouped-query attention with 4 query and

@@ -139,3 +139,19 @@ def test_llm_125m_composes_and_builds_at_reduced_size(groups, manager: PluginMan
     per_layer = 4 * 96 * 96 + 3 * 96 * 256 + 2 * 96  # attention, SwiGLU (8/3 x 96 -> 256), two norms
     assert sum(p.numel() for p in model.parameters()) == 2 * per_layer + 512 * 96 + 96
     assert model(torch.randint(0, 512, (1, 20))).shape == (1, 20, 512)
+
+
+def test_masked_grouped_attention_with_key_value_heads_repeated_is_the_same() -> None:
+    """CUDA's masked grouped-query SDPA would fall to the math kernel, so there key/value heads are repeated over
+    their query groups first: the same attention, checked here on the CPU (where both paths run)."""
+    from jevons.recipes.llm.model import grouped_attention, segment_mask
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 12, 16), torch.randn(2, 2, 12, 16), torch.randn(2, 2, 12, 16)
+    mask = segment_mask(torch.tensor([[0] * 5 + [1] * 7, [0] * 12]))
+    grouped = grouped_attention(q, k, v, mask, expand_kv=False)
+    repeated = grouped_attention(q, k, v, mask, expand_kv=True)
+    assert torch.allclose(grouped, repeated, atol=1e-6)
+    reference = F.scaled_dot_product_attention(q, k.repeat_interleave(4, 1), v.repeat_interleave(4, 1), attn_mask=mask)
+    assert torch.allclose(grouped, reference, atol=1e-6)
+    assert not torch.allclose(grouped, grouped_attention(q, k, v, None), atol=1e-3)  # the mask matters here

@@ -384,6 +384,23 @@ def test_chat_data_without_a_response_is_refused_before_writing(
     assert not out.exists()
 
 
+def test_rows_the_template_refuses_every_one_of_are_refused_before_writing(
+    folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A template that raises on what the rows hold (Mistral v0.1's refuses a system role): nothing written."""
+    folder = tmp_path / "no-system"
+    shutil.copytree(folders["chatml"], folder)
+    refusing = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    (folder / "chat_template.jinja").write_text(refusing + CHATML_TEMPLATE)
+    rows = [{"system": "Be kind.", "prompt": f"Hi {n}", "response": "Hello."} for n in range(3)]
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    assert _run_cli(str(tmp_path / "rows.jsonl"), f"out={out}", f"tokenizer={folder}") == 2
+    message = capsys.readouterr().err
+    assert "None of the 3 rows" in message and "the chat template refused it: System role not supported" in message
+    assert not out.exists()
+
+
 def test_tokenizer_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "rows.jsonl").write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n")
     assert _run_cli(str(tmp_path / "rows.jsonl"), f"out={tmp_path / 'out'}") == 2

@@ -90,6 +90,44 @@ def test_tied_embeddings_export_without_a_separate_head(tmp_path: Path) -> None:
         export_hf(ours, tmp_path / "hf", tokenizer)  # never over an existing export
 
 
+@pytest.mark.parametrize("qkv_bias", [False, True], ids=["llama", "qwen2"])
+def test_own_models_export_their_rope_scaling_and_qkv_biases(tmp_path: Path, qkv_bias: bool) -> None:
+    """A decoder of Jevons' own with Llama-3 rope scaling (and QKV biases: a Qwen2) exports to what transformers
+    runs to the same logits, at positions past the scaling's original context."""
+    from tokenizers import Tokenizer, models
+
+    from jevons.framework import distributed
+    from jevons.framework.config.schema import ParallelConfig
+    from jevons.recipes.llm.export import export_hf
+    from jevons.recipes.llm.model import DecoderLM
+    from jevons.recipes.llm.shape import RopeScaling, TransformerShapeConfig
+
+    scaling = RopeScaling("llama3", factor=8.0, original_max_position_embeddings=8)
+    shape = TransformerShapeConfig(
+        hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=64, rope_theta=500000.0,
+        rope_scaling=scaling, qkv_bias=qkv_bias,
+    ).resolve(vocab_size=128)  # fmt: skip
+    tokenizer = tmp_path / "tokenizer.json"
+    Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1, "a": 2}, unk_token="<unk>")).save(str(tokenizer))
+    with distributed.initialized(ParallelConfig()):
+        torch.manual_seed(0)
+        ours = DecoderLM(shape).eval()
+        with torch.no_grad():
+            for name, param in ours.named_parameters():
+                if name.endswith("bias"):
+                    param.normal_(0.0, 0.5)  # biases start at zero: give them values that show
+        export_hf(ours, tmp_path / "hf", tokenizer)
+        ids = torch.randint(0, 128, (2, 48))
+        with torch.no_grad():
+            expected = ours(ids)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert model.config.rope_parameters["rope_type"] == "llama3"
+    with torch.no_grad():
+        assert (model(ids).logits - expected).abs().max().item() < 1e-4
+
+
 def test_export_mistakes_are_refused_before_anything_loads(command, tmp_path: Path) -> None:
     result = command(["jevons", "export", f"run_dir={tmp_path}", "format=onnx"], cwd=tmp_path)
     assert (

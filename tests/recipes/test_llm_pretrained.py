@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
@@ -85,10 +86,15 @@ def test_logits_equal_transformers_at_tp1(folders, ids, name: str) -> None:
     with distributed.initialized(ParallelConfig()):
         model = build_pretrained(folders[name], seq_len=128).eval()
         with torch.no_grad():
-            ours = model(ids)[..., :VOCAB]
+            padded = model(ids)  # (B, T, 384): the vocabulary of 300 padded for tensor parallelism
     assert model.shape.num_kv_heads == 2 and model.shape.qkv_bias == (name == "qwen2")
     assert (model.head is None) == (name == "llama")
-    assert (ours - _theirs(folders[name], ids)).abs().max().item() < 1e-4
+    theirs = _theirs(folders[name], ids)
+    assert padded.shape[-1] > VOCAB and (padded[..., :VOCAB] - theirs).abs().max().item() < 1e-4
+    assert torch.isneginf(padded[..., VOCAB:]).all()  # the padding takes no probability: the loss is theirs
+    targets = ids[:, 1:].flatten()
+    loss, their_loss = (F.cross_entropy(x[:, :-1].flatten(0, 1), targets) for x in (padded, theirs))
+    assert abs(loss.item() - their_loss.item()) < 1e-5
 
 
 def test_logits_equal_transformers_at_tp2(folders, ids, tmp_path: Path) -> None:
@@ -258,6 +264,24 @@ def test_fields_the_model_cannot_honour_are_refused_by_name(tmp_path: Path) -> N
     read_pretrained_config(tmp_path, 128)  # a window that is off does not matter
     (tmp_path / "config.json").write_text(json.dumps({**RELEASED_MISTRAL, "sliding_window": 4096}))
     read_pretrained_config(tmp_path, 128)  # nor one longer than the training window
+    (tmp_path / "config.json").write_text(json.dumps({**RELEASED_QWEN2, "sliding_window": 64}))
+    read_pretrained_config(tmp_path, 128)  # Qwen2's window is off unless use_sliding_window turns it on
+
+
+def test_a_malformed_config_is_a_usage_error_naming_the_field(tmp_path: Path) -> None:
+    without_width = {k: v for k, v in RELEASED_MISTRAL.items() if k != "hidden_size"}
+    assert "has no 'hidden_size', which a MistralForCausalLM config needs" in _refused_raw(without_width, tmp_path)
+    no_factor = {**RELEASED_LLAMA_3_2, "rope_scaling": {"rope_type": "llama3", "low_freq_factor": 1.0}}
+    assert "has no 'factor'" in _refused_raw(no_factor, tmp_path)
+    assert "a value of the wrong kind" in _refused_raw({**RELEASED_MISTRAL, "num_hidden_layers": "many"}, tmp_path)
+    assert "holds a JSON list; expected an object" in _refused_raw([RELEASED_MISTRAL], tmp_path)
+
+
+def _refused_raw(raw: Any, tmp_path: Path) -> str:
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(UsageError) as error:
+        read_pretrained_config(tmp_path, 128)
+    return str(error.value)
 
 
 def test_export_of_an_import_gives_back_the_checkpoints_tensors_bitwise(folders, tmp_path: Path) -> None:
@@ -296,6 +320,9 @@ def test_a_pickle_that_weights_only_refuses_is_refused(folders, tmp_path: Path) 
     (folder / "model.safetensors").unlink()
     torch.save({"weights": torch.zeros(2), "how": UsageError("an arbitrary object")}, folder / "pytorch_model.bin")
     with pytest.raises(UsageError, match=r"pytorch_model.bin is a pickle that torch.load\(weights_only=True\) refuses"):
+        WeightFiles.find(folder)
+    torch.save({"weights": torch.zeros(2)}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    with pytest.raises(UsageError, match=r"legacy \(pre-1.6, not zip\) format"):
         WeightFiles.find(folder)
     torch.save(
         transformers.AutoModelForCausalLM.from_pretrained(folders["mistral"]).state_dict(), folder / "pytorch_model.bin"

@@ -53,6 +53,26 @@ def _per_example_loss(logits: torch.Tensor, batch: dict[str, Any], example_of: t
     ]
 
 
+def test_first_fit_packing_is_first_fit_decreasing() -> None:
+    """The tree search packs exactly as scanning the bins in order does, every item once, no bin over capacity."""
+    from jevons.recipes.llm.sft_data import pack_first_fit
+
+    lengths = np.minimum(np.random.default_rng(0).lognormal(4.8, 0.8, 3000).astype(np.int64) + 1, 512)
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for index in np.argsort(-lengths, kind="stable"):
+        number = next((n for n, room in enumerate(free) if room >= lengths[index]), len(bins))
+        if number == len(bins):
+            bins.append([])
+            free.append(512)
+        bins[number].append(int(index))
+        free[number] -= int(lengths[index])
+    packed = pack_first_fit(lengths, 512)
+    assert [row.tolist() for row in packed] == [sorted(b) for b in bins]
+    assert sorted(np.concatenate(packed).tolist()) == list(range(3000))
+    assert max(int(lengths[row].sum()) for row in packed) <= 512 and len(packed) < 3000 / 3
+
+
 def test_packed_rows_give_each_example_the_loss_it_has_alone(config: Any) -> None:
     from jevons.recipes.llm.pretrained import build_pretrained
     from jevons.recipes.llm.sft_data import pack_first_fit
@@ -168,6 +188,7 @@ def test_sft_lowers_the_response_loss_resumes_exactly_and_exports_what_transform
 
     exported = tmp_path / "export"
     assert jevons(["export", f"run_dir={straight.run_dir}", f"out={exported}"]) == 0
+    assert jevons(["export", f"run_dir={straight.run_dir}", f"out={exported}"]) == 2  # never over an export
     assert json.loads((exported / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     for name in ("tokenizer.json", "chat_template.jinja", "generation_config.json"):
         assert (exported / name).read_bytes() == (Path(config.model.pretrained) / name).read_bytes()
@@ -183,6 +204,14 @@ def test_sft_lowers_the_response_loss_resumes_exactly_and_exports_what_transform
     text = next(samples.glob("*.txt")).read_text()
     assert text.startswith(f"<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>")
     assert "<|start_header_id|>assistant<|end_header_id|>\n\n" in text  # the folder's template, generation prompt
+
+
+def test_the_folder_overrules_a_shape_key_the_command_line_set_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    overruled = compose_config(PluginManager.load(autoload=False), [*RECIPE, "model.hidden_size=96"])
+    assert overruled.model.hidden_size == 64 and overruled.model.num_kv_heads == 2
+    assert "sets model.hidden_size=64 (not 96)" in capsys.readouterr().err
 
 
 @pytest.fixture
