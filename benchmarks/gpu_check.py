@@ -13,6 +13,11 @@ Parts:
   SDPA at S = 8192, 12.5% and 6.25% density, blocks of 64 and 128, bf16;
   FlexAttention's forward+backward (the CUDA training path) against dense.
   The Triton kernel earns a priority above FlexAttention only if it wins.
+* ``packed_gqa_attention``: the llm decoder's masked grouped-query attention
+  (packed rows: Llama-3.2-1B's 32 query / 8 KV heads of 64, 4 x 2048
+  positions, bf16), forward+backward time and peak memory with the K/V heads
+  repeated (the CUDA path of ``grouped_attention``) against ``enable_gqa``
+  with the mask, which CUDA's SDPA can run only in its math kernel; max error.
 * ``train_llm``, ``train_diffusion``: a short real ``train`` of each family's
   tiny recipe on CUDA (bf16-mixed), losses finite and falling.
 * ``megatron``: Megatron-Core's CUDA-only paths the CPU cannot run here:
@@ -44,7 +49,7 @@ from pathlib import Path
 
 from common import RESULTS, commit, machine
 
-PARTS = ("newton_schulz", "block_sparse_attention", "train_llm", "train_diffusion", "megatron")
+PARTS = ("newton_schulz", "block_sparse_attention", "packed_gqa_attention", "train_llm", "train_diffusion", "megatron")
 
 
 def _time(fn, repeat: int = 20) -> float:
@@ -123,6 +128,36 @@ def block_sparse_attention() -> dict:
                 "flex_fwdbwd_speedup_vs_sdpa": t_dense_train / t_flex_train,
             }
     return out
+
+
+def packed_gqa_attention() -> dict:
+    import torch
+
+    from jevons.recipes.llm.model import grouped_attention, segment_mask
+
+    torch.manual_seed(0)
+    batch, heads, kv_heads, length, dim = 4, 32, 8, 2048, 64
+    q = torch.randn(batch, heads, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k, v = (
+        torch.randn(batch, kv_heads, length, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in "kv"
+    )
+    segments = torch.repeat_interleave(torch.arange(8, device="cuda"), length // 8).expand(batch, length)
+    mask = segment_mask(segments)
+    result = {}
+    outputs = {}
+    for name, expand in (("repeated_kv", True), ("enable_gqa", False)):
+
+        def step(expand: bool = expand) -> None:
+            grouped_attention(q, k, v, mask, expand_kv=expand).float().sum().backward()
+
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        result[f"{name}_ms"] = _time(step, repeat=5) * 1e3
+        result[f"{name}_peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+        with torch.no_grad():
+            outputs[name] = grouped_attention(q, k, v, mask, expand_kv=expand).float()
+    result["max_error"] = (outputs["repeated_kv"] - outputs["enable_gqa"]).abs().max().item()
+    return result
 
 
 def _train(overrides: list[str]) -> dict:

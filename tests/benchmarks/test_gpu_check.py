@@ -18,5 +18,12 @@ def test_gpu_check_skips_every_part_cleanly_without_cuda(tmp_path: Path) -> None
         [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for part in ("newton_schulz", "block_sparse_attention", "train_llm", "train_diffusion", "megatron"):
+    for part in (
+        "newton_schulz",
+        "block_sparse_attention",
+        "packed_gqa_attention",
+        "train_llm",
+        "train_diffusion",
+        "megatron",
+    ):
         assert f'{part} "skipped: no CUDA"' in result.stdout
