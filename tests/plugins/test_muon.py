@@ -270,7 +270,8 @@ def test_a_muon_run_prints_its_split_and_resumes_exactly(train, tiny, tmp_path: 
     )
     straight = train([*common, "plugins=[muon]", f"run.dir={tmp_path / 'straight'}"])
     err = capsys.readouterr().err
-    assert "Muon: 8 tensors" in err and "embed.weight" in err and "embedding" in err
+    assert "Muon: 12 tensors" in err  # two blocks of q, k, v, proj, gate_up, down
+    assert "layers.0.attn.q.weight" in err and "embed.weight" in err and "embedding" in err
     with pytest.raises(Crash):
         train([*common, "plugins=[muon,crasher]", f"run.dir={tmp_path / 'resumed'}"], plugins=[("crasher", Crasher())])
     resumed = train([*common, "plugins=[muon]", f"run.dir={tmp_path / 'resumed'}", "checkpoint.resume=auto"])
