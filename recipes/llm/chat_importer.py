@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import numpy as np
 
 from jevons.framework.config.schema import require
 from jevons.framework.data.importing import Converted, Importer, ImportOptions, Record, Skipped
+from jevons.framework.data.importing.engine import write_atomic
 from jevons.framework.data.importing.inputs import base_suffix, read_rows, walk
 from jevons.framework.errors import UsageError
 from jevons.recipes.llm.chat_template import (
@@ -177,10 +177,10 @@ class ChatImporter(Importer[ChatImportOptions]):
             return
         folder = tokenizer_folder(self.options.tokenizer)
         template = read_chat_template(folder, _has_token(_load(folder / TOKENIZER_FILE)))
-        _write_atomic(out / TEMPLATE_FILE, template.text.encode("utf-8"))
+        write_atomic(out / TEMPLATE_FILE, template.text.encode("utf-8"))
         for name in (CONFIG_FILE, LEGACY_SPECIAL_TOKENS_FILE, TOKENIZER_FILE):  # tokenizer.json last: it says done
             if (folder / name).is_file():
-                _write_atomic(out / name, (folder / name).read_bytes())
+                write_atomic(out / name, (folder / name).read_bytes())
 
     def start_worker(self, out: Path) -> None:
         self._tokenizer = _load(out / TOKENIZER_FILE)
@@ -251,10 +251,3 @@ def _load(path: Path) -> Any:
 
 def _has_token(tokenizer: Any) -> Callable[[str], bool]:
     return lambda token: tokenizer.token_to_id(token) is not None
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """``data`` into a temporary name beside ``target``, then renamed into place."""
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)

@@ -53,6 +53,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from jevons.framework.data.importing import Skipped
 from jevons.framework.errors import UsageError
+from jevons.recipes.llm.hf_config import read_json_object
 
 TEMPLATE_FILE = "chat_template.jinja"
 CONFIG_FILE = "tokenizer_config.json"
@@ -250,15 +251,7 @@ def read_chat_template(folder: Path, has_token: Callable[[str], bool]) -> ChatTe
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{path} is not valid JSON: {error}.") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{path} holds a JSON {type(value).__name__}; expected an object.")
-    return value
+    return read_json_object(path) if path.exists() else {}
 
 
 def response_spans(template: ChatTemplate, messages: Sequence[Message]) -> tuple[str, list[tuple[int, int]]]:

@@ -61,7 +61,7 @@ def read_pretrained_config(folder: Path | str, seq_len: int | None = None) -> Pr
             f"model.pretrained={folder}: no config.json ({what}). Give a Hugging Face model folder "
             f"(config.json, model.safetensors or its index, tokenizer.json), e.g. one saved by save_pretrained."
         )
-    raw = _read_json(path)
+    raw = read_json_object(path)
     where = f"model.pretrained={folder}: config.json"
     if raw.get("auto_map") or raw.get("trust_remote_code"):
         raise UsageError(
@@ -120,7 +120,9 @@ def _model_keys(raw: dict[str, Any], architecture: str, seq_len: int | None, whe
     }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A Hugging Face folder's JSON file (config.json, generation_config.json, tokenizer_config.json), which
+    must hold an object; anything else is a UsageError naming the file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -183,7 +185,7 @@ def _eos_ids(folder: Path, raw: dict[str, Any]) -> tuple[int, ...]:
     generation = folder / "generation_config.json"
     value = raw.get("eos_token_id")
     if generation.is_file():
-        value = _read_json(generation).get("eos_token_id", value)
+        value = read_json_object(generation).get("eos_token_id", value)
     if value is None:
         return ()
     return tuple(int(v) for v in value) if isinstance(value, list) else (int(value),)

@@ -107,7 +107,7 @@ def _import(importer: Importer[Any], paths: list[Path], out: Path, ranks: _Ranks
     if rank == 0:
         if not (state / "prepared").exists():
             importer.prepare(out, lambda: importer.records(paths), options.progress)
-            _write_atomic(state / "prepared", "")
+            write_atomic(state / "prepared", "")
     else:
         ranks.wait([state / "prepared"], "rank 0 to prepare the import (e.g. train the tokenizer)")
 
@@ -172,15 +172,15 @@ class _Ranks:
                 ) from None
             for stale in (f"{self.rank}.done", f"{self.rank}.failed"):  # a launch id reused by hand
                 (self.folder / stale).unlink(missing_ok=True)
-            _write_atomic(self.folder / f"{self.rank}.started", "")
+            write_atomic(self.folder / f"{self.rank}.started", "")
             try:
                 yield
             except BaseException as error:
-                _write_atomic(self.folder / f"{self.rank}.failed", f"{type(error).__name__}: {error}")
+                write_atomic(self.folder / f"{self.rank}.failed", f"{type(error).__name__}: {error}")
                 raise
 
     def finished(self, chunks: int) -> None:
-        _write_atomic(self.folder / f"{self.rank}.done", str(chunks))
+        write_atomic(self.folder / f"{self.rank}.done", str(chunks))
 
     def wait(self, paths: Sequence[Path], what: str, timeout: float = 24 * 3600.0) -> None:
         """Wait until every path exists; stop at once if a rank of this launch failed."""
@@ -409,7 +409,7 @@ def convert_chunk(task: _Task) -> _Part:
             handle.close()
         for path in temporary.values():
             path.unlink(missing_ok=True)
-    _write_atomic(out / ".import" / "parts" / f"{task.chunk:06d}.json", json.dumps(dataclasses.asdict(part)))
+    write_atomic(out / ".import" / "parts" / f"{task.chunk:06d}.json", json.dumps(dataclasses.asdict(part)))
     return part
 
 
@@ -453,7 +453,7 @@ def _merge(importer: Importer[Any], out: Path, paths: list[Path], chunks: int, d
         "skipped_total": sum(skipped.values()),
         "first_skipped": examples,
     }
-    _write_atomic(out / "import_report.json", json.dumps(report, indent=2))
+    write_atomic(out / "import_report.json", json.dumps(report, indent=2))
     bad = sum(n for reason, n in skipped.items() if reason != "duplicate")
     if records and bad > options.max_skipped_fraction * records:
         counts = ", ".join(f"{n} {reason}" for reason, n in skipped.most_common() if reason != "duplicate")
@@ -475,11 +475,11 @@ def _merge(importer: Importer[Any], out: Path, paths: list[Path], chunks: int, d
         "samples": samples,
         **importer.describe(out, stats),
     }
-    _write_atomic(out / "meta.json", json.dumps(meta, indent=2))
+    write_atomic(out / "meta.json", json.dumps(meta, indent=2))
     for split in ("val", "train"):  # train.json last: its presence means the folder is whole
         write_index(out, split, shards[split], lengths[split], importer.length_names, name=f"{out.name}/{split}")
     claim = json.loads((out / ".import" / "import.json").read_text())
-    _write_atomic(out / ".import" / "import.json", json.dumps({**claim, "complete": True}, indent=2))
+    write_atomic(out / ".import" / "import.json", json.dumps({**claim, "complete": True}, indent=2))
     if samples["val"] == 0:
         print(
             f"jevons: warning: the import has no validation samples; raise val_fraction or name val_files "
@@ -547,7 +547,7 @@ def _claim(out: Path, settings: dict[str, Any], fingerprint: str) -> bool:
             )
         return bool(claim.get("complete"))
     check_out_folder(out)
-    _write_atomic(claim_path, json.dumps({"fingerprint": fingerprint, "settings": settings, "complete": False}))
+    write_atomic(claim_path, json.dumps({"fingerprint": fingerprint, "settings": settings, "complete": False}))
     return False
 
 
@@ -600,13 +600,13 @@ def _own_result(out: Path, state: Path, chunks: int, rank: int, world_size: int,
     return ImportResult(out, records, samples, dict(skipped), done_before)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """``text`` into ``path`` under a temporary name, flushed to disk, then renamed: a crash (even of the
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """``data`` into ``path`` under a temporary name, flushed to disk, then renamed: a crash (even of the
     machine) leaves the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w") as handle:
-        handle.write(text)
+    with open(temporary, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
