@@ -179,6 +179,32 @@ def train() -> Callable[..., Any]:
 
 
 @pytest.fixture(scope="session")
+def crasher() -> Callable[[int], tuple[str, Any]]:
+    """``crasher(step)``: a ``("crasher", plugin)`` pair for ``train(..., plugins=[...])`` (with
+    ``plugins=[crasher]`` in the overrides) whose callback raises ``RuntimeError("injected crash at step N")``
+    once training reaches ``step``: an in-process crash, after which the same run can resume."""
+
+    def make(step: int) -> tuple[str, Any]:
+        import pytorch_lightning as pl
+
+        from jevons.framework.plugin import hookimpl
+
+        class CrashAt(pl.Callback):
+            def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+                if trainer.global_step == step:
+                    raise RuntimeError(f"injected crash at step {step}")
+
+        class Plugin:
+            @hookimpl
+            def register_callbacks(self, register: Callable[[pl.Callback], None], config: Any) -> None:
+                register(CrashAt())
+
+        return "crasher", Plugin()
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tests/plugins_for_tests/*.py installed as real distributions with `jevons` entry points.
 

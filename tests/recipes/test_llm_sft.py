@@ -14,14 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from jevons.framework import distributed
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
-from jevons.framework.plugin import hookimpl
 from jevons.framework.plugin_manager import PluginManager
 from jevons.recipes.llm.family import LLMFamily
 from jevons.recipes.llm.sft_data import ChatExamples, PackedExamples
@@ -125,19 +123,6 @@ def test_generation_stops_at_any_end_of_sequence_id_of_generation_config(config:
     assert generator.model.calls == 3  # stopped at the second end-of-sequence id, not only at eos_token
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise Crash(f"injected at step {self.step}")
-
-
 def _losses(run_dir: Path) -> list[float]:
     with open(run_dir / "metrics.csv") as handle:
         return [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
@@ -159,14 +144,9 @@ def _response_loss(folder: Path, examples: list[tuple[np.ndarray, np.ndarray]]) 
 
 
 def test_sft_lowers_the_response_loss_resumes_exactly_and_exports_what_transformers_loads(
-    config: Any, train: Callable[..., Any], tmp_path: Path
+    config: Any, train: Callable[..., Any], crasher: Callable[[int], Any], tmp_path: Path
 ) -> None:
     from jevons.framework.cli.jevons import main as jevons
-
-    class Crasher:
-        @hookimpl
-        def register_callbacks(self, register: Callable[[pl.Callback], None], config: Any) -> None:
-            register(CrashAt(20))
 
     common = [
         *RECIPE,
@@ -178,8 +158,8 @@ def test_sft_lowers_the_response_loss_resumes_exactly_and_exports_what_transform
     ]
     straight = train([*common, f"run.dir={tmp_path / 'straight'}"])
     interrupted = tmp_path / "interrupted"
-    with pytest.raises(Crash):
-        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[("crasher", Crasher())])
+    with pytest.raises(RuntimeError, match="injected crash at step 20"):
+        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[crasher(20)])
     resumed = train([*common, f"run.dir={interrupted}", "checkpoint.resume=auto"])
     assert resumed.summary["resumed_from_step"] == 15
     losses = _losses(straight.run_dir)

@@ -11,14 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from jevons.framework import distributed
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
-from jevons.framework.plugin import hookimpl
 from jevons.framework.plugin_manager import PluginManager
 from jevons.recipes.diffusion.conditioning import Condition, TextConditioner
 
@@ -69,21 +67,8 @@ def test_precompute_stores_normalised_latents_and_trimmed_embeddings(wan_t2v: di
     assert torch.allclose(tensors["text"].float(), encoder.trimmed([caption], 32)[0], atol=2e-2)
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise Crash(f"injected at step {self.step}")
-
-
 def test_train_resume_sample_export_and_wanpipeline_runs_it_to_the_same_video(
-    wan_t2v: dict[str, Path], train: Callable[..., Any], tmp_path: Path
+    wan_t2v: dict[str, Path], train: Callable[..., Any], crasher: Callable[[int], Any], tmp_path: Path
 ) -> None:
     import av
     from diffusers.pipelines.wan.pipeline_wan import WanPipeline
@@ -92,16 +77,11 @@ def test_train_resume_sample_export_and_wanpipeline_runs_it_to_the_same_video(
     from jevons.framework.inference import load_run
     from jevons.recipes.diffusion.components import prompt_encoder, sample_shape
 
-    class Crasher:
-        @hookimpl
-        def register_callbacks(self, register: Callable[[pl.Callback], None], config: Any) -> None:
-            register(CrashAt(13))
-
     common = _recipe(wan_t2v, "trainer.max_steps=20", "checkpoint.every_n_steps=10", "optimizer.warmup_steps=0")
     straight = train([*common, f"run.dir={tmp_path / 'straight'}"])
     interrupted = tmp_path / "interrupted"
-    with pytest.raises(Crash):
-        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[("crasher", Crasher())])
+    with pytest.raises(RuntimeError, match="injected crash at step 13"):
+        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[crasher(13)])
     resumed = train([*common, f"run.dir={interrupted}", "checkpoint.resume=auto"])
     assert resumed.summary["resumed_from_step"] == 10
     losses = _losses(straight.run_dir)
