@@ -18,6 +18,7 @@ import torch
 from jevons.framework.checkpoint import checkpoint_name
 from jevons.framework.compat import lightning_logged_step, lightning_should_update_logs
 from jevons.framework.family import EvalContext, Family
+from jevons.kernels import dispatch
 
 
 class ResumableState(pl.Callback):
@@ -145,13 +146,17 @@ class Throughput(pl.Callback):
         self.total_weight = 0
         self.total_seconds = 0.0
         self._start = 0.0
+        self._measuring_at_start = 0.0
         self._recent: list[tuple[int, float]] = []
 
     def on_train_batch_start(self, *args: Any) -> None:
+        self._measuring_at_start = dispatch.measuring_seconds()
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        seconds = time.perf_counter() - self._start
+        # Kernel dispatch measures candidates on a step's first call of a new shape: not training time.
+        measuring = dispatch.measuring_seconds() - self._measuring_at_start
+        seconds = max(0.0, time.perf_counter() - self._start - measuring)
         weight = getattr(pl_module, "last_weight", 0)
         self.total_weight += weight
         self.total_seconds += seconds

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -121,3 +122,19 @@ def data_parallel_rank_and_size() -> tuple[int, int]:
 
 def is_rank_zero() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def broadcast_from_rank_zero(value: tuple[Any, ...], key: str) -> tuple[Any, ...]:
+    """Rank 0's ``value`` on every rank; ``value[0]`` must equal ``key`` everywhere (the ranks are
+    deciding the same thing), else the run stops naming both rather than computing different things."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    received = holder[0]
+    if received[0] != key:
+        raise RuntimeError(
+            f"rank {dist.get_rank()} was deciding {key!r} while rank 0 decided {received[0]!r}: the ranks "
+            "called a dispatched kernel with different shapes in a different order."
+        )
+    return tuple(received)

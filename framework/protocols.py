@@ -10,16 +10,25 @@ config time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from jevons.kernels.dispatch import OpSpec
+
 
 class KernelRegistrar(Protocol):
-    """The ``register`` callback of ``register_kernels``: ``register(op, name, loader, priority, available)``."""
+    """The ``register`` callback of ``register_kernels``.
+
+    ``register(op, name, loader, priority, available, trains, dtypes, compiles)`` adds an implementation:
+    ``loader()`` returns the callable; ``available()`` and ``trains()`` (has a backward here) are asked on
+    this machine; ``dtypes`` are compute dtypes it offers as ``compute_dtype=``; ``compiles`` says its first
+    call compiles. ``register.define(op, OpSpec(reference, bound, ...))`` makes the op measured
+    (:mod:`jevons.kernels.dispatch`); an op never defined dispatches by priority.
+    """
 
     def __call__(
         self,
@@ -28,7 +37,12 @@ class KernelRegistrar(Protocol):
         loader: Callable[[], Callable[..., Any]],
         priority: int = 0,
         available: Callable[[], bool] = ...,
+        trains: Callable[[], bool] = ...,
+        dtypes: Sequence[str] = (),
+        compiles: bool = False,
     ) -> None: ...
+
+    def define(self, op: str, spec: OpSpec) -> None: ...
 
 
 @runtime_checkable

@@ -52,6 +52,7 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
 
     from jevons.framework import distributed, rundir
     from jevons.framework.build import build
+    from jevons.framework.data.cache import data_root
     from jevons.framework.data.loader import make_dataloader
     from jevons.framework.module import JevonsModule
     from jevons.framework.summary import run_summary
@@ -73,6 +74,9 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
         resume_from = rundir.resume_path(config, run_dir)
         if distributed.is_rank_zero():
             rundir.write_run_files(run_dir, config, {name: manager.versions[name] for name in manager.names()})
+        dispatch.use_files(
+            data_root(config.data.root) / "kernels.json", run_dir / "kernels.json", resume=resume_from is not None
+        )
         config_yaml = rundir.config_yaml(config)
         module = JevonsModule(
             built.model,
@@ -113,8 +117,10 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
             time.perf_counter() - started,
         )
         if distributed.is_rank_zero():
+            rundir.record_kernels(run_dir, summary["kernels"])
             rundir.write_summary(run_dir, summary)
             print(rundir.format_summary(summary), flush=True)
+        dispatch.use_files(None, None, resume=False)
     return RunResult(run_dir, summary)
 
 

@@ -80,6 +80,14 @@ def write_run_files(run_dir: Path, config: Config, plugin_versions: dict[str, st
     (run_dir / "versions.json").write_text(json.dumps(versions, indent=2))
 
 
+def record_kernels(run_dir: Path, kernels: dict[str, str] | str) -> None:
+    """Add the kernels the run chose (op and shape class: implementation and dtype) to ``versions.json``."""
+    path = run_dir / "versions.json"
+    versions = json.loads(path.read_text()) if path.exists() else {}
+    versions["kernels"] = kernels
+    path.write_text(json.dumps(versions, indent=2))
+
+
 def _version(distribution: str) -> str:
     try:
         return metadata.version(distribution)

@@ -38,6 +38,7 @@ def run_summary(
         "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},
         "train_metrics": {k: round(total / count, 6) for k, (total, count) in module.train_metric_sums.items()},
         "plugin_figures": collect(trainer.callbacks),
+        "kernels": chosen_kernels(),
         "artifacts": {
             "run_dir": str(run_dir),
             "metrics": str(run_dir / "metrics.csv"),
@@ -47,6 +48,14 @@ def run_summary(
             "samples": ", ".join(str(p) for p in ours.evaluation.artifacts) or "none",
         },
     }
+
+
+def chosen_kernels() -> dict[str, str] | str:
+    """Each dispatched op and shape class this run ran, with the implementation, dtype and why."""
+    from jevons.kernels import dispatch
+
+    chosen = {d.key: f"{d.choice} ({d.reason})" for d in dispatch.decisions()}
+    return chosen or "none"
 
 
 def data_losses(datasets: dict[str, Any], lost_while_reading: dict[str, dict[str, Any]]) -> dict[str, Any] | str:

@@ -1,9 +1,11 @@
 """Compute kernels: a plain-PyTorch reference per op, faster paths, one dispatch point.
 
 This package is itself a built-in plugin: it registers its implementations
-through ``register_kernels`` like any third-party kernel package would. Each
-loader imports its implementation only when dispatch picks it, so Triton is
-never imported on a machine that does not use it.
+through ``register_kernels`` like any third-party kernel package would, and
+defines how each op is measured (its float32 reference and accuracy bound).
+A loader imports its implementation only when dispatch first measures or runs
+it, and only where it is available, so Triton is never imported on a machine
+without CUDA.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from jevons.framework.plugin import hookimpl
 
 if TYPE_CHECKING:
+    import torch
+
     from jevons.framework.protocols import KernelRegistrar
 
 
@@ -58,15 +62,51 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _newton_schulz_float32(G: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    from jevons.kernels.newton_schulz import newton_schulz_reference
+
+    return newton_schulz_reference(G.float(), compute_dtype=torch.float32)
+
+
+def _gaussian_like(G: torch.Tensor) -> tuple[torch.Tensor]:
+    """Newton–Schulz is measured on a seeded Gaussian of the call's shape, so the error a choice is
+    judged by does not depend on the momentum it happened to see first."""
+    import torch
+
+    generator = torch.Generator(device=G.device).manual_seed(0)
+    return (torch.randn(G.shape, generator=generator, device=G.device).to(G.dtype),)
+
+
+def _attention_float32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *rest: Any) -> torch.Tensor:
+    from jevons.kernels.block_sparse_attention import block_sparse_attention_reference
+
+    return block_sparse_attention_reference(q.float(), k.float(), v.float(), *rest)
+
+
+def _density_bucket(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: torch.Tensor, *rest: Any) -> str:
+    """Which path wins depends on the kept fraction: bucketed by powers of two (1/16, 1/8, ...)."""
+    kept = max(1, int(block_mask.sum()))
+    return f"density<=1/{1 << ((block_mask.numel() // kept).bit_length() - 1)}"
+
+
 @hookimpl
 def register_kernels(register: KernelRegistrar) -> None:
-    register("newton_schulz", "reference", _newton_schulz_reference, priority=0)
-    # Below the reference until benchmarks/gpu_check.py shows it faster on a GPU;
-    # `kernels.newton_schulz=triton` selects it explicitly.
-    register("newton_schulz", "triton", _newton_schulz_triton, priority=-10, available=_cuda_with_triton)
-    # Training needs a backward: FlexAttention has one on CUDA only; the gather path runs everywhere.
+    from jevons.kernels.dispatch import OpSpec
+
+    # Accuracy bounds are what the op needs, not what the candidates reach: five Newton–Schulz steps
+    # in bfloat16 are about 1.2e-2 from float32, and Muon does not mind; fewer steps could not pass.
+    register.define("newton_schulz", OpSpec(_newton_schulz_float32, bound=2e-2, inputs=_gaussian_like))
+    register("newton_schulz", "reference", _newton_schulz_reference, priority=0, dtypes=("float32", "bfloat16"))
+    register(
+        "newton_schulz", "triton", _newton_schulz_triton, priority=-10, available=_cuda_with_triton,
+        dtypes=("float32", "bfloat16"),
+    )  # fmt: skip
+    # Attention outputs feed the rest of the network: bfloat16's rounding (about 4e-3) passes, a wrong block does not.
+    register.define("block_sparse_attention", OpSpec(_attention_float32, bound=2e-2, shape_class=_density_bucket))
     register("block_sparse_attention", "reference", _block_sparse("reference"), priority=0)
     register("block_sparse_attention", "gather", _block_sparse("gather"), priority=10)
-    register("block_sparse_attention", "flex", _block_sparse("flex"), priority=20, available=_cuda)
-    # Below FlexAttention until benchmarks/gpu_check.py shows its forward faster on a GPU.
+    # FlexAttention has a backward on CUDA only; on the CPU it is a candidate for sampling.
+    register("block_sparse_attention", "flex", _block_sparse("flex"), priority=20, trains=_cuda, compiles=True)
     register("block_sparse_attention", "triton", _block_sparse_triton, priority=15, available=_cuda_with_triton)

@@ -10,14 +10,14 @@ the slope at zero rather than converge exactly, which training does not mind).
 Inputs are ``(..., m, n)``: leading dimensions are a batch of independent
 matrices (a stack of experts, or equal-shaped layers stacked to share one
 batched matmul). Wide orientation is used internally (``m <= n``) so the Gram
-matrix ``A`` is the small one. Computation runs in bfloat16 where the device
-multiplies bfloat16 fast (Ampere+ GPUs, CPUs with AMX) and in float32
-elsewhere; the result has the input's dtype.
+matrix ``A`` is the small one. Computation runs in ``compute_dtype`` (float32
+when not given); the result has the input's dtype. Which dtype is faster on a
+machine is measured by dispatch, not guessed from its CPU flags: an AMD EPYC
+without AMX multiplies bfloat16 fast too (:mod:`jevons.kernels.dispatch`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -53,7 +53,7 @@ def iterate(
         raise ValueError(f"Newton-Schulz needs matrices, got a tensor of shape {tuple(G.shape)}")
     a, b, c = coefficients
     tall = G.size(-2) > G.size(-1)
-    X = G.reshape(-1, *G.shape[-2:]).to(compute_dtype or compute_dtype_for(G.device))  # (batch, m, n)
+    X = G.reshape(-1, *G.shape[-2:]).to(compute_dtype or torch.float32)  # (batch, m, n)
     if tall:
         X = X.mT
     X = (X / (X.norm(dim=(-2, -1), keepdim=True) + eps)).contiguous()  # spectral norm <= Frobenius norm <= 1
@@ -72,21 +72,3 @@ def _gram(X: torch.Tensor) -> torch.Tensor:
 
 def _gram_update(A: torch.Tensor, b: float, c: float) -> torch.Tensor:
     return torch.baddbmm(A, A, A, beta=b, alpha=c)
-
-
-def compute_dtype_for(device: torch.device) -> torch.dtype:
-    """bfloat16 where this device multiplies it fast, float32 elsewhere."""
-    return torch.bfloat16 if fast_bf16_matmul(device.type) else torch.float32
-
-
-@functools.cache
-def fast_bf16_matmul(device_type: str) -> bool:
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
-    if device_type == "cpu":
-        try:
-            with open("/proc/cpuinfo") as handle:
-                return "amx_bf16" in handle.read()
-        except OSError:
-            return False
-    return False

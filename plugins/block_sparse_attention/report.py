@@ -41,5 +41,5 @@ class SparsityReport(pl.Callback):
             "mean_density": round(sum(p.stats.kept_blocks for p in self.processors) / total, 4),
             "attention_calls": calls,
             "mask_build_ms_per_call": round(1000 * sum(p.stats.mask_seconds for p in self.processors) / calls, 3),
-            "kernel": dispatch.choose("block_sparse_attention").name,
+            "kernel": ", ".join(sorted({d.choice for d in dispatch.decisions("block_sparse_attention")})) or "none",
         }

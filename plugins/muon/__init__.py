@@ -58,8 +58,8 @@ class MuonConfig:
     ns_steps: int = 5
     """Newton-Schulz iterations (quintic, coefficients 3.4445, -4.7750, 2.0315)."""
     ns_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Newton-Schulz arithmetic: ``auto`` is bfloat16 where the device multiplies it fast
-    (Ampere+ GPUs, CPUs with AMX), float32 elsewhere."""
+    """Newton-Schulz arithmetic: ``auto`` lets kernel dispatch time float32 and bfloat16 per shape
+    class on this machine and keep the faster one within 2e-2 of float32 (``jevons kernels``)."""
     include: list[str] = field(default_factory=list)
     """Parameter-name patterns forced to Muon (they must be matrices)."""
     exclude: list[str] = field(default_factory=list)

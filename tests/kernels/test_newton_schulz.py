@@ -71,18 +71,3 @@ def test_triton_kernel_equals_the_reference_under_the_interpreter(shape) -> None
     C = Y @ Y.mT  # symmetric, as in the iteration
     assert torch.allclose(symmetric_product(Y), Y @ Y.mT, atol=1e-4)
     assert torch.allclose(symmetric_product(Y, alpha=0.5, C=C, beta=-2.0), 0.5 * Y @ Y.mT - 2.0 * C, atol=1e-4)
-
-
-def test_dispatch_picks_the_reference_on_cpu_and_triton_when_forced() -> None:
-    from jevons.framework.plugin_manager import PluginManager
-    from jevons.kernels import dispatch
-
-    PluginManager.load(autoload=False)
-    dispatch.force({})
-    assert dispatch.choose("newton_schulz").name == "reference"
-    assert [i.name for i in dispatch.implementations("newton_schulz")] == ["reference", "triton"]
-    if not torch.cuda.is_available():
-        dispatch.force({"newton_schulz": "triton"})
-        with pytest.raises(Exception, match="not available on this machine"):
-            dispatch.choose("newton_schulz")
-    dispatch.force({})

@@ -1,0 +1,224 @@
+"""Dispatch by measurement: fake implementations of known speed (an injected clock, no sleeps) are timed,
+checked against the op's reference, picked, cached per machine, pinned by a resumed run, and forced."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jevons.framework.errors import UsageError
+from jevons.kernels import dispatch
+from jevons.kernels.dispatch import OpSpec
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def costing(self, ms: float, scale: float = 2.0):  # type: ignore[no-untyped-def]
+        """An implementation of ``x -> 2 x`` (or ``scale x``) that takes ``ms`` milliseconds."""
+
+        def implementation(x: torch.Tensor) -> torch.Tensor:
+            self.now += ms / 1e3
+            return scale * x
+
+        return lambda: implementation
+
+
+@pytest.fixture
+def fake_op(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """An op ``double`` with a slow, a fast and a fastest-but-wrong implementation, on a fresh registry."""
+    for name in ("_REGISTRY", "_SPECS", "_LOADED", "_DECISIONS", "_FORCED"):
+        monkeypatch.setattr(dispatch, name, {})
+    monkeypatch.setattr(dispatch, "_SETTINGS", dispatch._Settings())
+    clock = FakeClock()
+    register = dispatch.registrar("tests")
+    register.define("double", OpSpec(lambda x: 2 * x.float(), bound=1e-3))
+    register("double", "slow", clock.costing(5.0), priority=10)
+    register("double", "fast", clock.costing(1.0))
+    register("double", "wrong", clock.costing(0.1, scale=2.1))  # 5% off: fastest, never picked
+    dispatch.configure(clock=clock)
+    dispatch.use_files(tmp_path / "cache" / "kernels.json", tmp_path / "run" / "kernels.json", resume=False)
+    return clock, register, tmp_path
+
+
+def test_the_fastest_accurate_implementation_is_picked_and_cached(fake_op) -> None:
+    clock, _, root = fake_op
+    x = torch.randn(100, 30)
+    assert torch.equal(dispatch.call("double", x), 2 * x)
+    (decision,) = dispatch.decisions("double")
+    assert (decision.choice, decision.reason) == ("fast", "measured")
+    cache = json.loads((root / "cache" / "kernels.json").read_text())
+    (entries,) = cache["devices"].values()
+    entry = entries["double|infer|cpu|float32[128,32]"]
+    assert entry["choice"] == "fast"
+    assert entry["candidates"]["slow"]["ms"] == pytest.approx(5.0)
+    assert entry["candidates"]["fast"]["ms"] == pytest.approx(1.0)
+    assert entry["candidates"]["wrong"]["error"] == pytest.approx(0.05, rel=1e-3)
+    # Once decided, a call of the same shape class is a lookup: only the chosen implementation runs.
+    before = clock.now
+    dispatch.call("double", torch.randn(128, 17))
+    assert clock.now - before == pytest.approx(1e-3)
+    assert len(dispatch.decisions("double")) == 1
+    # A new shape class is measured anew; the run file records both.
+    dispatch.call("double", torch.randn(129, 30))
+    assert len(dispatch.decisions("double")) == 2
+    run = json.loads((root / "run" / "kernels.json").read_text())
+    assert {v["choice"] for v in run["choices"].values()} == {"fast"}
+
+
+def test_a_forced_choice_wins_without_measuring(fake_op) -> None:
+    clock, _, _ = fake_op
+    dispatch.force({"double": "slow"})
+    dispatch.call("double", torch.ones(4))
+    assert clock.now == pytest.approx(5e-3)  # one call of the slow path, nothing timed
+    (decision,) = dispatch.decisions("double")
+    assert (decision.choice, decision.reason) == ("slow", "forced")
+    with pytest.raises(UsageError, match="kernels.double='slwo': no such implementation. Did you mean 'slow'"):
+        dispatch.force({"double": "slwo"})
+    with pytest.raises(UsageError, match="'slow' offers compute dtypes none"):
+        dispatch.force({"double": "slow:bfloat16"})
+
+
+def test_the_cache_survives_a_restart_and_is_rebuilt_when_corrupt_or_stale(fake_op) -> None:
+    clock, register, root = fake_op
+    cache_path, run_path = root / "cache" / "kernels.json", root / "run" / "kernels.json"
+    x = torch.randn(8, 8)
+    dispatch.call("double", x)
+    # A restart: new process state, same cache file. Even if the slow path became fastest, the cache answers.
+    dispatch.force({})
+    register("double", "slow", clock.costing(0.5), priority=10)
+    dispatch.use_files(cache_path, run_path, resume=False)
+    dispatch.call("double", x)
+    assert [(d.choice, d.reason) for d in dispatch.decisions()] == [("fast", "cached")]
+    # A corrupt file is ignored and rewritten by the next measurement.
+    cache_path.write_text('{"format": 1, "devices": {')
+    dispatch.force({})
+    dispatch.use_files(cache_path, run_path, resume=False)
+    dispatch.call("double", x)
+    assert [(d.choice, d.reason) for d in dispatch.decisions()] == [("slow", "measured")]
+    assert json.loads(cache_path.read_text())["format"] == 1
+    # A new candidate makes the cached entry stale: measured again, over all of them.
+    register("double", "fastest", clock.costing(0.2))
+    dispatch.use_files(cache_path, run_path, resume=False)
+    dispatch.call("double", x)
+    assert [(d.choice, d.reason) for d in dispatch.decisions()] == [("fastest", "measured")]
+
+
+def test_a_resumed_run_reuses_its_choices(fake_op) -> None:
+    clock, register, root = fake_op
+    run_path = root / "run" / "kernels.json"
+    x = torch.randn(8, 8)
+    dispatch.call("double", x)  # picks "fast" and records it in the run directory
+    register("double", "slow", clock.costing(0.5), priority=10)  # now the slow path is faster
+    dispatch.use_files(root / "other-machine.json", run_path, resume=True)
+    dispatch.call("double", x)
+    assert [(d.choice, d.reason) for d in dispatch.decisions()] == [("fast", "resumed")]
+
+
+def test_a_path_without_a_backward_runs_inference_only(fake_op) -> None:
+    clock, register, _ = fake_op
+    register("double", "forward_only", clock.costing(0.3), trains=lambda: False)
+    x = torch.randn(4, 4, requires_grad=True)
+    with torch.no_grad():
+        dispatch.call("double", x)
+    dispatch.call("double", x).sum().backward()
+    assert [(d.key.split("|")[1], d.choice) for d in dispatch.decisions()] == [
+        ("infer", "forward_only"),
+        ("train", "fast"),
+    ]
+    assert torch.equal(x.grad, torch.full((4, 4), 2.0))
+    dispatch.force({"double": "forward_only"})  # forced: used where it can run, the others measured for training
+    dispatch.call("double", x)
+    with torch.no_grad():
+        dispatch.call("double", x)
+    assert [(d.choice, d.reason) for d in dispatch.decisions()] == [("fast", "cached"), ("forward_only", "forced")]
+
+
+def test_measuring_time_is_accounted(fake_op) -> None:
+    before = dispatch.measuring_seconds()
+    dispatch.call("double", torch.randn(3))
+    assert dispatch.measuring_seconds() > before
+
+
+def test_newton_schulz_candidates_are_the_compute_dtypes() -> None:
+    from jevons.framework.plugin_manager import PluginManager
+
+    PluginManager.load(autoload=False)
+    dispatch.force({})
+    names = [c.name for c in dispatch.candidates("newton_schulz", training=False)]
+    if not torch.cuda.is_available():
+        assert names == ["reference:float32", "reference:bfloat16"]
+        with pytest.raises(UsageError, match="'triton' is not available on this machine"):
+            dispatch.force({"newton_schulz": "triton"})
+            dispatch.candidates("newton_schulz", training=False)
+    dispatch.force({"newton_schulz": "reference:float32"})
+    assert [c.name for c in dispatch.candidates("newton_schulz", training=False)] == ["reference:float32"]
+    dispatch.force({})
+    # A measured choice on a real matrix: within the bound (bfloat16 is about 1.2e-2 from float32).
+    dispatch.use_files(None, None, resume=False)
+    G = torch.randn(96, 200)
+    out = dispatch.call("newton_schulz", G)
+    (decision,) = dispatch.decisions("newton_schulz")
+    errors = {name: r.get("error") for name, r in decision.entry["candidates"].items()}
+    assert errors["reference:float32"] < 1e-6 and 5e-3 < errors["reference:bfloat16"] < 2e-2
+    reference = dispatch.spec("newton_schulz").reference(G)  # type: ignore[union-attr]
+    assert (out - reference).norm() / reference.norm() < 2e-2
+    dispatch.force({})
+
+
+RANK_SCRIPT = """
+import os, sys, torch, torch.distributed as dist
+from jevons.kernels import dispatch
+from jevons.kernels.dispatch import OpSpec
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo")
+now = [0.0]
+def costing(ms):
+    def run(x):
+        now[0] += ms / 1e3
+        return 2 * x
+    return lambda: run
+register = dispatch.registrar("tests")
+register.define("double", OpSpec(lambda x: 2 * x.float(), bound=1e-3))
+# Each rank's clock says a different path is faster: rank 0's decision must hold everywhere.
+register("double", "a", costing(1.0 if rank == 0 else 9.0))
+register("double", "b", costing(9.0 if rank == 0 else 1.0))
+dispatch.configure(clock=lambda: now[0])
+dispatch.call("double", torch.ones(3))
+print("CHOICE", dispatch.decisions()[0].choice, flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_rank_zero_decides_for_every_rank() -> None:
+    with socket.socket() as probe:  # a free port for the two ranks' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env["OMP_NUM_THREADS"] = "1"
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_SCRIPT], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE, text=True
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in ranks]
+    assert [p.returncode for p in ranks] == [0, 0]
+    assert [line for out in outputs for line in out.splitlines() if line.startswith("CHOICE")] == ["CHOICE a"] * 2
+
+
+def test_shape_classes_round_up_to_powers_of_two() -> None:
+    key = dispatch.shape_class_key
+    assert key("op", (torch.zeros(100, 30),), False) == key("op", (torch.zeros(128, 17),), False)
+    assert key("op", (torch.zeros(129, 30),), False) != key("op", (torch.zeros(128, 30),), False)
+    assert key("op", (torch.zeros(8),), False) != key("op", (torch.zeros(8, dtype=torch.bfloat16),), False)
