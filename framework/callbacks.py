@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,47 +139,76 @@ class PeriodicCheckpoint(pl.Callback):
 
 class Throughput(pl.Callback):
     """Real tokens (or samples: the family's ``weight_unit``) per second through training steps,
-    validation excluded."""
+    validation excluded; and, where the family counts its model FLOPs (``train_flops``), model FLOPs
+    utilisation: those FLOPs per second over this device's measured peak matmul rate in the run's
+    precision (:mod:`jevons.framework.flops`, :mod:`jevons.kernels.peak`)."""
 
-    def __init__(self, unit: str = "samples") -> None:
+    def __init__(self, unit: str = "samples", flops: Callable[[Any], float | None] | None = None) -> None:
         self.unit = unit
+        self.flops = flops
         self._bar_label = {"tokens": "tok/s", "samples": "samples/s"}.get(unit, f"{unit}/s")
         self.total_weight = 0
+        self.total_flops = 0.0
         self.total_seconds = 0.0
+        self.peak_flops_per_s: float | None = None
         self._start = 0.0
         self._measuring_at_start = 0.0
-        self._recent: list[tuple[int, float]] = []
+        self._recent: list[tuple[int, float, float]] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.flops is not None and self.peak_flops_per_s is None:
+            from jevons.kernels.peak import PRECISION_DTYPES, peak_matmul_flops
+
+            dtype = PRECISION_DTYPES.get(str(trainer.precision), torch.float32)
+            self.peak_flops_per_s = peak_matmul_flops(pl_module.device, dtype, dispatch.machine_cache())
 
     def on_train_batch_start(self, *args: Any) -> None:
         self._measuring_at_start = dispatch.measuring_seconds()
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Kernel dispatch measures candidates on a step's first call of a new shape: not training time.
         measuring = dispatch.measuring_seconds() - self._measuring_at_start
         seconds = max(0.0, time.perf_counter() - self._start - measuring)
         weight = getattr(pl_module, "last_weight", 0)
+        flops = (self.flops(batch) or 0.0) if self.flops is not None else 0.0
         self.total_weight += weight
+        self.total_flops += flops
         self.total_seconds += seconds
-        self._recent = ([*self._recent, (weight, seconds)])[-20:]
+        self._recent = ([*self._recent, (weight, flops, seconds)])[-20:]
         # Loggers only record every log_every_n_steps, and log() costs ~1 ms: log on those steps alone.
         if not lightning_should_update_logs(trainer):
             return
-        recent = sum(w for w, _ in self._recent) / max(1e-9, sum(s for _, s in self._recent))
+        recent_seconds = max(1e-9, sum(s for _, _, s in self._recent))
+        recent = sum(w for w, _, _ in self._recent) / recent_seconds
         pl_module.log(self._bar_label, recent, prog_bar=True, logger=False)
         pl_module.log(f"train/{self.unit}_per_s", recent, prog_bar=False)
+        if self.peak_flops_per_s:
+            mfu = sum(f for _, f, _ in self._recent) / recent_seconds / self.peak_flops_per_s
+            pl_module.log("mfu", mfu, prog_bar=True, logger=False)
+            pl_module.log("train/mfu", mfu, prog_bar=False)
         pl_module.log("time/train_s", self.total_seconds, prog_bar=False)  # the x axis of loss-over-time plots
 
     @property
     def mean(self) -> float:
         return self.total_weight / self.total_seconds if self.total_seconds else 0.0
 
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation over the whole run (None where the family does not count FLOPs)."""
+        if not self.peak_flops_per_s or not self.total_seconds or not self.total_flops:
+            return None
+        return self.total_flops / self.total_seconds / self.peak_flops_per_s
+
     def state_dict(self) -> dict[str, Any]:
         # Kept in checkpoints so a resumed run's time axis and mean continue instead of restarting.
-        return {"total_weight": self.total_weight, "total_seconds": self.total_seconds}
+        return {"total_weight": self.total_weight, "total_seconds": self.total_seconds, "total_flops": self.total_flops}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total_weight, self.total_seconds = state["total_weight"], state["total_seconds"]
+        self.total_flops = float(state.get("total_flops", 0.0))
 
 
 class Evaluation(pl.Callback):

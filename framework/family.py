@@ -141,6 +141,10 @@ class Family(Protocol[ConfigT]):
     def default_generator(self, model: torch.nn.Module, config: ConfigT) -> Generator:
         """The generator used when no plugin answers ``make_generator``."""
 
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float | None:
+        """Model FLOPs of one training step on ``batch`` on this rank, forward and backward, counted
+        analytically with :class:`~jevons.framework.flops.TrainFlops` (None: not counted, no MFU)."""
+
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         """Write samples for ``context.step`` and return extra validation metrics."""
 
@@ -212,6 +216,9 @@ class FamilyBase(Generic[ConfigT]):
 
     def ffn_modules(self, model: torch.nn.Module) -> Iterable[tuple[str, int, torch.nn.Module]]:
         return ()
+
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float | None:
+        return None
 
     def evaluate(self, context: EvalContext) -> dict[str, float]:
         return {}

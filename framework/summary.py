@@ -33,6 +33,8 @@ def run_summary(
         "train_loss": train_loss,
         "val_loss": ours.evaluation.metrics.get("val/loss"),
         f"{ours.throughput.unit}_per_s": round(ours.throughput.mean, 1),
+        "mfu": _rounded(ours.throughput.mfu),
+        "peak_matmul_tflops": _rounded(ours.throughput.peak_flops_per_s and ours.throughput.peak_flops_per_s / 1e12),
         "nonfinite_skipped": len(module.skipped_steps),
         "data_lost": data_losses(datasets, module.data_lost),
         "metrics": {k: v for k, v in ours.evaluation.metrics.items() if k != "val/loss"},
@@ -48,6 +50,10 @@ def run_summary(
             "samples": ", ".join(str(p) for p in ours.evaluation.artifacts) or "none",
         },
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return float(f"{value:.4g}") if value else None
 
 
 def chosen_kernels() -> dict[str, str] | str:

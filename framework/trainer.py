@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -16,7 +18,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from jevons.framework.build import Built
 from jevons.framework.callbacks import Evaluation, PeriodicCheckpoint, ResumableState, Throughput
 from jevons.framework.config.schema import Config
-from jevons.framework.family import Family
+from jevons.framework.data.loader import LoadedBatch
+from jevons.framework.family import Family, FamilyBase
 from jevons.framework.metrics_log import MetricsCSV
 from jevons.framework.preemption import Preemption, requeue_marker
 from jevons.framework.rundir import CHECKPOINTS
@@ -43,7 +46,7 @@ def make_trainer(
     ours = FrameworkCallbacks(
         state=ResumableState(built.batch_samplers["train"]),
         checkpoint=checkpoint,
-        throughput=Throughput(getattr(family, "weight_unit", "samples")),
+        throughput=Throughput(getattr(family, "weight_unit", "samples"), _flops_counter(family, built)),
         evaluation=Evaluation(family, config, run_dir),
         preemption=Preemption(checkpoint, requeue_marker(run_dir)),
     )
@@ -135,3 +138,16 @@ def quiet_libraries() -> None:
         ".*The `srun` command is available on your system but is not used.*",
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def _flops_counter(family: Family, built: Built) -> Callable[[Any], float | None] | None:
+    """The family's analytic training FLOPs of a batch, where it counts them (FamilyBase's default does
+    not) and the batches are the family's (a data-free objective's are noise seeds)."""
+    from jevons.framework.objective import Objective
+
+    count = getattr(type(family), "train_flops", None)
+    if count is None or count is FamilyBase.train_flops:
+        return None
+    if isinstance(built.objective, Objective) and built.objective.dataset("train") is not None:
+        return None
+    return lambda batch: family.train_flops(built.model, batch.data if isinstance(batch, LoadedBatch) else batch)

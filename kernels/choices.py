@@ -84,6 +84,10 @@ class MachineCache:
             return None
         return entry
 
+    def value(self, device: str, key: str) -> Any:
+        """Any other measurement kept for this device (the peak matmul rate), or None."""
+        return self.devices.get(device, {}).get(key)
+
     def put(self, device: str, key: str, entry: dict[str, Any]) -> None:
         self.devices.setdefault(device, {})[key] = entry
         write_json(self.path, {"devices": self.devices})

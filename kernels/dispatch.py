@@ -196,6 +196,11 @@ def reset() -> None:
     _SETTINGS.__init__()  # type: ignore[misc]
 
 
+def machine_cache() -> MachineCache | None:
+    """This run's machine cache (None outside a run)."""
+    return _SETTINGS.cache
+
+
 def measuring_seconds() -> float:
     """Seconds this process has spent measuring candidates (excluded from throughput)."""
     return _SETTINGS.measuring_seconds

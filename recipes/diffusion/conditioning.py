@@ -110,6 +110,13 @@ class Conditioner(nn.Module, ABC):
         """A training batch's conditions (on the batch's device)."""
 
     @abstractmethod
+    def tokens_per_sample(self, batch: dict[str, Any]) -> int:
+        """``L``, the condition tokens each sample of ``batch`` gives the transformer."""
+
+    learned: bool = False
+    """Whether the condition tokens are trained (carry a gradient back)."""
+
+    @abstractmethod
     def unconditional(self, count: int) -> Condition:
         """``count`` copies of the unconditional (negative) condition."""
 
@@ -158,6 +165,11 @@ class ClassConditioner(Conditioner):
 
     def from_batch(self, batch: dict[str, Any]) -> Condition:
         return Condition(labels=batch["labels"])
+
+    def tokens_per_sample(self, batch: dict[str, Any]) -> int:
+        return int(batch["labels"].shape[1]) * self.tokens
+
+    learned = True
 
     def unconditional(self, count: int) -> Condition:
         return Condition(labels=torch.full((count, 2), NO_DIGIT, dtype=torch.long, device=self.table.weight.device))
@@ -225,6 +237,9 @@ class TextConditioner(Conditioner):
 
     def forward(self, condition: Condition) -> torch.Tensor:
         return condition["embeddings"]
+
+    def tokens_per_sample(self, batch: dict[str, Any]) -> int:
+        return int(batch["text_embeddings"].shape[1]) if "text_embeddings" in batch else self.max_length
 
     def from_batch(self, batch: dict[str, Any]) -> Condition:
         if "text_embeddings" in batch:

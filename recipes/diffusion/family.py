@@ -399,6 +399,27 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         dataset = self.build_dataset(config, "val")
         return torch.from_numpy(np.stack([dataset[i]["video"] for i in range(min(count, len(dataset)))]))
 
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float:
+        from jevons.framework.tensor_parallel import tensor_parallel_size
+        from jevons.recipes.diffusion.flops import wan_train_flops
+
+        diffusion = cast("DiffusionModel", model)
+        if "latents" in batch:
+            latent = tuple(batch["latents"].shape[1:])
+        else:
+            video = batch["video"]  # (B, C, F, H, W)
+            codec = diffusion.codec
+            latent = codec.latent_shape(*video.shape[2:]) if codec is not None else tuple(video.shape[1:])
+        conditioner = diffusion.conditioner
+        return wan_train_flops(
+            diffusion.transformer.config,
+            len(batch["latents"] if "latents" in batch else batch["video"]),
+            latent,
+            conditioner.tokens_per_sample(batch),
+            conditioner.learned,
+            tensor_parallel_size(),
+        )
+
     def default_objective(self, model: torch.nn.Module, config: DiffusionConfig) -> Objective:
         from jevons.recipes.diffusion.objective import RectifiedFlowObjective
 

@@ -164,6 +164,13 @@ class LLMFamily(FamilyBase[LLMConfig]):
                     f"source with the same tokenizer (jevons data import text ... tokenizer={folders[0]})."
                 )
 
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float:
+        from jevons.framework.tensor_parallel import tensor_parallel_size
+        from jevons.recipes.llm.flops import decoder_train_flops
+
+        rows, length = batch["input_ids"].shape
+        return decoder_train_flops(cast("DecoderLM", model).shape, rows, length, tensor_parallel_size())
+
     def default_objective(self, model: torch.nn.Module, config: LLMConfig) -> Objective:
         from jevons.recipes.llm.objective import NextTokenObjective
 

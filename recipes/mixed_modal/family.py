@@ -134,6 +134,13 @@ class MixedModalFamily(FamilyBase[MixedModalConfig]):
                         f"vocabulary and codebook. Import the sources together in one import instead."
                     )
 
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float:
+        from jevons.framework.tensor_parallel import tensor_parallel_size
+        from jevons.recipes.llm.flops import decoder_train_flops
+
+        rows, length = batch["input_ids"].shape
+        return decoder_train_flops(cast("MixedModalDecoder", model).shape, rows, length, tensor_parallel_size())
+
     def default_objective(self, model: torch.nn.Module, config: MixedModalConfig) -> Objective:
         from jevons.recipes.mixed_modal.objective import MixedModalObjective
 

@@ -170,6 +170,13 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
 
         return self.blend(config, split, build)
 
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float:
+        from jevons.recipes.speech.flops import recogniser_train_flops
+
+        utterances, frames, _ = batch["features"].shape
+        shape = cast("SpeechRecognizer", model).shape
+        return recogniser_train_flops(shape, utterances, frames, int(batch["decoder_input"].shape[1]))
+
     def default_objective(self, model: torch.nn.Module, config: SpeechConfig) -> Objective:
         from jevons.recipes.speech.objective import HybridCTCAttentionObjective
 
