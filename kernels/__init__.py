@@ -91,20 +91,46 @@ def _density_bucket(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mas
     return f"density<=1/{1 << ((block_mask.numel() // kept).bit_length() - 1)}"
 
 
+def _newton_schulz_examples() -> list[tuple[tuple[Any, ...], bool]]:
+    """A GPT-small-width block's matrices (the shapes of the Muon issue's measurement)."""
+    import torch
+
+    shapes = [(768, 256), (256, 256), (1024, 256), (256, 1024)]
+    return [((torch.randn(4, *shape),), False) for shape in shapes]
+
+
+def _attention_examples() -> list[tuple[tuple[Any, ...], bool]]:
+    """A 4,096-token clip, 4 heads of 64, blocks of 64 at 1/8 density (diagonal kept), to train and to sample."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 4096, 64, generator=generator) for _ in range(3))
+    mask = torch.rand(1, 4, 64, 64, generator=generator) < 0.11
+    mask |= torch.eye(64, dtype=torch.bool)
+    trainable = tuple(t.clone().requires_grad_() for t in (q, k, v))
+    return [((q, k, v, mask, 64), False), ((*trainable, mask, 64), True)]
+
+
 @hookimpl
 def register_kernels(register: KernelRegistrar) -> None:
     from jevons.kernels.dispatch import OpSpec
 
     # Accuracy bounds are what the op needs, not what the candidates reach: five Newton–Schulz steps
     # in bfloat16 are about 1.2e-2 from float32, and Muon does not mind; fewer steps could not pass.
-    register.define("newton_schulz", OpSpec(_newton_schulz_float32, bound=2e-2, inputs=_gaussian_like))
+    register.define(
+        "newton_schulz",
+        OpSpec(_newton_schulz_float32, bound=2e-2, inputs=_gaussian_like, examples=_newton_schulz_examples),
+    )
     register("newton_schulz", "reference", _newton_schulz_reference, priority=0, dtypes=("float32", "bfloat16"))
     register(
         "newton_schulz", "triton", _newton_schulz_triton, priority=-10, available=_cuda_with_triton,
         dtypes=("float32", "bfloat16"),
     )  # fmt: skip
     # Attention outputs feed the rest of the network: bfloat16's rounding (about 4e-3) passes, a wrong block does not.
-    register.define("block_sparse_attention", OpSpec(_attention_float32, bound=2e-2, shape_class=_density_bucket))
+    register.define(
+        "block_sparse_attention",
+        OpSpec(_attention_float32, bound=2e-2, shape_class=_density_bucket, examples=_attention_examples),
+    )
     register("block_sparse_attention", "reference", _block_sparse("reference"), priority=0)
     register("block_sparse_attention", "gather", _block_sparse("gather"), priority=10)
     # FlexAttention has a backward on CUDA only; on the CPU it is a candidate for sampling.

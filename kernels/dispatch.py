@@ -68,12 +68,15 @@ class OpSpec:
         arguments themselves, tensors detached).
     :param shape_class: an extra part of the shape class from the call's arguments (e.g. a density
         bucket); the dtypes and power-of-two-rounded shapes are always part of it.
+    :param examples: representative calls, measured by ``jevons kernels --measure``.
     """
 
     reference: Callable[..., torch.Tensor]
     bound: float
     inputs: Callable[..., tuple[Any, ...]] | None = None
     shape_class: Callable[..., str] | None = None
+    examples: Callable[[], list[tuple[tuple[Any, ...], bool]]] | None = None
+    """Representative ``(arguments, training)`` calls for ``jevons kernels --measure``."""
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""``jevons``: what is installed (recipes, plugins, hooks), built-in data, and finished runs (sample, export,
-compare, plot); ``jevons new-plugin`` starts a plugin package."""
+"""``jevons``: what is installed (recipes, plugins, hooks, kernels), built-in data, and finished runs (sample,
+export, compare, plot); ``jevons new-plugin`` starts a plugin package."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jevons.framework.cli import kernels as kernels_cli
 from jevons.framework.cli.common import guarded
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
 from jevons.framework.text_table import format_table
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--target", type=float, help="validation loss for steps/time-to-target (default: the highest final one)"
     )
     compare.add_argument("--out", help="PNG path (default: compare.png in the current directory)")
+    kernels_cli.add_parser(commands)
     plot = commands.add_parser("plot", help="one run's loss and metric curves as a PNG")
     plot.add_argument("run", metavar="RUN_DIR")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
@@ -75,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot": _plot,
         "export": _export,
         "new-plugin": _new_plugin,
+        "kernels": kernels_cli.run,
     }
     if args.command is None:
         parser.print_help()

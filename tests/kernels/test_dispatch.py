@@ -222,3 +222,21 @@ def test_shape_classes_round_up_to_powers_of_two() -> None:
     assert key("op", (torch.zeros(100, 30),), False) == key("op", (torch.zeros(128, 17),), False)
     assert key("op", (torch.zeros(129, 30),), False) != key("op", (torch.zeros(128, 30),), False)
     assert key("op", (torch.zeros(8),), False) != key("op", (torch.zeros(8, dtype=torch.bfloat16),), False)
+
+
+def test_jevons_kernels_lists_implementations_and_what_was_picked(tmp_path, capsys) -> None:
+    from jevons.framework.cli.jevons import main as jevons
+    from jevons.framework.plugin_manager import PluginManager
+
+    PluginManager.load(autoload=False)
+    dispatch.force({})
+    dispatch.use_files(tmp_path / "kernels.json", None, resume=False)
+    dispatch.call("newton_schulz", torch.randn(64, 128))
+    (decision,) = dispatch.decisions()
+    assert jevons(["kernels", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "block_sparse_attention  gather" in out and "newton_schulz           reference" in out
+    (row,) = [line for line in out.splitlines() if line.split()[:2] == ["newton_schulz", "infer"]]
+    assert "float32[64,128]" in row and f"  {decision.choice}  " in row
+    assert "reference:float32: " in row and "reference:bfloat16: " in row
+    dispatch.use_files(None, None, resume=False)
