@@ -15,6 +15,14 @@ Per (S, d, block), timed in interleaved rounds (median of ``rounds``):
 * compiled FlexAttention forward with the same mask (no CPU backward), mask
   build and ``BlockMask`` construction included.
 
+Kernel dispatch is asked, per cell, which path it picks for sampling
+(forward) and for training (forward+backward) on these inputs, measuring
+afresh (no cache file; FlexAttention's compiled path included). Each pick's
+*regret* is its time in the table over the fastest path dispatch could have
+picked (sampling: ``gather``, ``flex``, ``reference``; training: ``gather``,
+``reference``), all timed in the same rounds; ``dispatch_regret_max`` is the
+largest over every row and both modes.
+
 Also: the relative error of the block-sparse output against dense attention
 (what the sparsity approximates away on these inputs), and the memory autograd
 saves for backward (distinct tensors, the plugin's memory probe measure)
@@ -35,7 +43,11 @@ import torch
 import torch.nn.functional as F
 from common import median, parse_args, write_result
 
-TARGETS = {"fwd_ratio_vs_flex_s8192_d0.125": ">=1.0", "fwdbwd_speedup_vs_sdpa_s8192_d0.0625": ">=4.0"}
+TARGETS = {
+    "fwd_ratio_vs_flex_s8192_d0.125": ">=1.0",
+    "fwdbwd_speedup_vs_sdpa_s8192_d0.0625": ">=4.0",
+    "dispatch_regret_max": "<=1.05",
+}
 HEADS, DIM = 4, 64
 
 
@@ -80,10 +92,31 @@ def saved_bytes(run) -> int:
     return sum(saved.values())
 
 
+def picked(args: tuple, training: bool) -> str:
+    """The path kernel dispatch picks for a call with ``args`` (measuring it now if this shape class is new)."""
+    from jevons.kernels import dispatch
+
+    with torch.set_grad_enabled(training):
+        dispatch.select("block_sparse_attention", args)
+    key = dispatch.shape_class_key("block_sparse_attention", args, training)
+    return next(d.choice for d in dispatch.decisions() if d.key == key)
+
+
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    from jevons.kernels.block_sparse_attention import block_sparse_attention_flex, block_sparse_attention_gather
+    from jevons.framework.plugin_manager import PluginManager
+    from jevons.kernels import dispatch
+    from jevons.kernels.block_sparse_attention import (
+        block_sparse_attention_flex,
+        block_sparse_attention_gather,
+        block_sparse_attention_reference,
+    )
     from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
+
+    PluginManager.load(autoload=False)  # registers the kernels
+    dispatch.force({})
+    dispatch.use_files(None, None, resume=False)
+    dispatch.configure(measure_compiled=True)
 
     sizes = (16,) if args.quick else (16, 32)  # frames: S = 4096, 8192
     densities = (0.125,) if args.quick else (0.0625, 0.125, 0.25)
@@ -91,6 +124,7 @@ def main() -> None:
     rounds = 2 if args.quick else 3
     figures: dict[str, float] = {}
     rows = []
+    regrets: list[float] = []
     for frames in sizes:
         q, k, v, grid = video_like(frames)
         length = q.shape[2]
@@ -118,13 +152,23 @@ def main() -> None:
                         op()
                     return time.perf_counter() - started
 
+                trainable = tuple(x.clone().requires_grad_() for x in (qo, ko, vo))
+                picked_fwd = picked((qo, ko, vo, mask, block), training=False)
+                picked_fwdbwd = picked((*trainable, mask, block), training=True)
+
                 arms = {
                     "dense_fwd": lambda: timed(lambda: F.scaled_dot_product_attention(qo, ko, vo)),
                     "ours_fwd": lambda: timed(lambda: block_sparse_attention_gather(qo, ko, vo, mask_of(), block)),
                     "flex_fwd": lambda: timed(lambda: block_sparse_attention_flex(qo, ko, vo, mask_of(), block)),
+                    "reference_fwd": lambda: timed(
+                        lambda: block_sparse_attention_reference(qo, ko, vo, mask_of(), block)
+                    ),
                     "dense_fwdbwd": lambda: timed_fwdbwd(F.scaled_dot_product_attention),
                     "ours_fwdbwd": lambda: timed_fwdbwd(
                         lambda a, b, c: block_sparse_attention_gather(a, b, c, mask_of(), block)
+                    ),
+                    "reference_fwdbwd": lambda: timed_fwdbwd(
+                        lambda a, b, c: block_sparse_attention_reference(a, b, c, mask_of(), block)
                     ),
                 }
                 seconds = {name: [] for name in arms}
@@ -132,6 +176,10 @@ def main() -> None:
                     for name, arm in arms.items():
                         seconds[name].append(arm())
                 t = {name: median(values) for name, values in seconds.items()}
+                path_fwd = {"gather": t["ours_fwd"], "flex": t["flex_fwd"], "reference": t["reference_fwd"]}
+                path_fwdbwd = {"gather": t["ours_fwdbwd"], "reference": t["reference_fwdbwd"]}
+                regret_fwd = path_fwd[picked_fwd] / min(path_fwd.values())
+                regret_fwdbwd = path_fwdbwd[picked_fwdbwd] / min(path_fwdbwd.values())
                 memory_dense = saved_bytes(
                     lambda: F.scaled_dot_product_attention(*(x.clone().requires_grad_() for x in (qo, ko, vo)))
                 )
@@ -150,6 +198,8 @@ def main() -> None:
                     "relative_error_vs_dense": error,
                     "saved_memory_ratio_vs_sdpa": memory_ours / memory_dense,
                     "mask_build_ms": mask_ms,
+                    "dispatch_regret_fwd": regret_fwd,
+                    "dispatch_regret_fwdbwd": regret_fwdbwd,
                 }
                 figures.update({f"{name}_{cell}": value for name, value in values.items()})
                 rows.append(
@@ -164,18 +214,23 @@ def main() -> None:
                         f"{error:.3f}",
                         f"{values['saved_memory_ratio_vs_sdpa']:.2f}",
                         f"{mask_ms:.1f}",
+                        f"{picked_fwd} ({regret_fwd:.2f})",
+                        f"{picked_fwdbwd} ({regret_fwdbwd:.2f})",
                     ]
                 )
+                regrets += [regret_fwd, regret_fwdbwd]
                 print(cell, {name: round(value, 3) for name, value in values.items()}, flush=True)
     headline = {}
     for figure, cell in (("fwd_ratio_vs_flex", "s8192_d0.125_b64"), ("fwdbwd_speedup_vs_sdpa", "s8192_d0.0625_b64")):
         key = f"{figure}_{cell}"
         if key in figures:
             headline[f"{figure}_{cell.rsplit('_b', 1)[0]}"] = figures[key]
+    headline["dispatch_regret_max"] = max(regrets)
     details = {
         "heads": HEADS,
         "head_dim": DIM,
         "rounds": rounds,
+        "dispatch": {d.key: {"choice": d.choice, **d.entry} for d in dispatch.decisions()},
         "tables": {
             "Block-sparse attention on video-like inputs": {
                 "columns": [
@@ -189,6 +244,8 @@ def main() -> None:
                     "relative error vs dense",
                     "saved memory vs SDPA",
                     "mask build ms",
+                    "picked to sample (regret)",
+                    "picked to train (regret)",
                 ],
                 "rows": rows,
             }

@@ -11,7 +11,10 @@
    over AdamW's budget.
 2. Optimizer step. Jevons' Muon against ``torch.optim.Muon`` on the same
    2-D parameters (llm_tiny's hidden matrices) and gradients, same update rule
-   (Keller's scaling, Nesterov, no weight decay), timed interleaved.
+   (Keller's scaling, Nesterov, no weight decay), timed interleaved. Jevons'
+   Newton-Schulz path and dtype are what kernel dispatch measures and picks on
+   this machine (recorded in the JSON); run first, so every training run of
+   parts 1, 3 and 4 is forced to that same choice.
 3. Wall-clock. Median full training-step time of each optimizer (model,
    data and everything) at its best rate, timed interleaved after the sweep,
    so the token ratio can be turned into time.
@@ -42,6 +45,9 @@ from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.reports import first_reach
 
 SHORT_FRACTION = 0.55  # the issue's target ratio
+KERNEL_OVERRIDES: list[str] = []
+"""``kernels.newton_schulz=<choice>``: what dispatch picked on this machine in part 2, forced for every
+training run so all arms and seeds compute with the same Newton-Schulz path."""
 TARGETS = {"tokens_to_adamw_loss_ratio": "<=0.55", "step_time_ratio_vs_torch_muon": "<=1.0"}
 
 
@@ -53,14 +59,24 @@ def _setup(optimizer: str, lr: float, seed: int, extra: list[str]) -> tuple[Any,
     from jevons.framework.data.loader import make_dataloader
     from jevons.framework.optim import as_optimization, default_optimizer
     from jevons.framework.plugin_manager import PluginManager
+    from jevons.kernels import dispatch
     from jevons.plugins import muon
 
     manager = PluginManager.load(autoload=False)
     plugins = "[muon]" if optimizer == "muon" else "[]"
     config = compose_config(
         manager,
-        ["recipe=llm_tiny", f"plugins={plugins}", f"optimizer.lr={lr}", f"seed={seed}", "data.num_workers=0", *extra],
+        [
+            "recipe=llm_tiny",
+            f"plugins={plugins}",
+            f"optimizer.lr={lr}",
+            f"seed={seed}",
+            "data.num_workers=0",
+            *KERNEL_OVERRIDES,
+            *extra,
+        ],
     )
+    dispatch.force(config.kernels)  # as a run does
     family = manager.family(config.family)
     pl.seed_everything(seed, verbose=False)
     model = family.build_model(config)
@@ -152,8 +168,9 @@ def _mean_final(runs: list[dict]) -> float:
     return statistics.mean(r["curve"][-1][2] for r in runs)
 
 
-def step_time_vs_torch_muon(rounds: int, steps: int) -> tuple[float, float, float]:
-    """Median ``step()`` time of Jevons' Muon and torch.optim.Muon on llm_tiny's hidden matrices."""
+def step_time_vs_torch_muon(rounds: int, steps: int) -> tuple[float, float, float, dict[str, str]]:
+    """Median ``step()`` time of Jevons' Muon and torch.optim.Muon on llm_tiny's hidden matrices, and what
+    kernel dispatch picked for each Newton-Schulz shape class (measured afresh: no cache file)."""
     import torch
 
     from jevons.framework import distributed
@@ -184,6 +201,7 @@ def step_time_vs_torch_muon(rounds: int, steps: int) -> tuple[float, float, floa
         eps=1e-8,
     )
     dispatch.force({})
+    dispatch.use_files(None, None, resume=False)
     jevons_muon = Muon(groups, newton_schulz=dispatch.get("newton_schulz"))
     torch_muon = torch.optim.Muon(
         theirs, lr=0.02, weight_decay=0.0, momentum=0.95, nesterov=True, adjust_lr_fn="original"
@@ -200,7 +218,8 @@ def step_time_vs_torch_muon(rounds: int, steps: int) -> tuple[float, float, floa
                 if i >= 2:
                     times[name].append(time.perf_counter() - start)
     ours_s, theirs_s = median(times["jevons"]), median(times["torch"])
-    return ours_s / theirs_s, ours_s, theirs_s
+    choices = {d.key: d.choice for d in dispatch.decisions("newton_schulz")}
+    return ours_s / theirs_s, ours_s, theirs_s, choices
 
 
 def short_schedule(lr: float, seeds: list[int], steps: int, eval_every: int) -> list[dict]:
@@ -223,6 +242,7 @@ def _add_short_schedule(path) -> None:  # type: ignore[no-untyped-def]
 
     result = json.loads(path.read_text())
     figures, details = result["figures"], result["details"]
+    KERNEL_OVERRIDES.extend(details.get("training_runs_forced", []))  # the full run's Newton-Schulz path
     runs = short_schedule(figures["muon_best_lr"], details["seeds"], details["steps"], 50)
     figures.update(short_schedule_figures(runs, figures["adamw_final_val_loss"], details["budget_tokens"]))
     details["short_schedule_curves"] = [r["curve"] for r in runs]
@@ -247,6 +267,9 @@ def main() -> None:
     else:
         lrs, seeds, steps, eval_every, extend, timing = [2e-3, 4e-3, 8e-3, 16e-3], [0, 1, 2], 500, 50, True, (4, 60)
 
+    step_ratio, ours_s, theirs_s, ns_choices = step_time_vs_torch_muon(6, 30)
+    if len(set(ns_choices.values())) == 1:
+        KERNEL_OVERRIDES.append(f"kernels.newton_schulz={next(iter(ns_choices.values()))}")
     results = {name: sweep(name, lrs, seeds, steps, eval_every, extend) for name in ("adamw", "muon")}
     best = {name: min(runs, key=lambda lr: _mean_final(runs[lr])) for name, runs in results.items()}
     target = _mean_final(results["adamw"][best["adamw"]])
@@ -257,7 +280,6 @@ def main() -> None:
     ]
     tokens_muon = statistics.mean(t if t is not None else math.inf for t in reached)
     short_runs = short_schedule(best["muon"], seeds, steps, eval_every)
-    step_ratio, ours_s, theirs_s = step_time_vs_torch_muon(6, 30)
     step_s = train_step_times(best, *timing)
     adamw_step, muon_step = step_s["adamw"], step_s["muon"]
     token_ratio = tokens_muon / budget
@@ -291,6 +313,8 @@ def main() -> None:
         "steps": steps,
         "seeds": seeds,
         "muon_tokens_per_seed": reached,
+        "newton_schulz_dispatch": ns_choices,
+        "training_runs_forced": KERNEL_OVERRIDES,
         "tables": {
             "Learning-rate sweep (final validation loss, mean and stdev over seeds)": {
                 "columns": ["optimizer", "lr", "final val loss", "stdev", ""],

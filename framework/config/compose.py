@@ -51,7 +51,7 @@ def compose_config(manager: PluginManager, overrides: Sequence[str]) -> Config:
     family = manager.family(manager.recipes[name].family)
 
     sections = {section: reg.value for section, reg in manager.config_sections.items()}
-    raw = _compose(manager, family.config_class, sections, LAUNCHER_SCHEMAS, overrides)
+    raw = _compose(manager, family.config_class, sections, LAUNCHER_SCHEMAS, _open_keys(overrides))
     raw["recipe"] = name
     return validate_config(manager, raw)
 
@@ -187,6 +187,15 @@ def _compose(
             schema = run_schema(family_config, plugin_sections, launchers.get("local", object))
             raise UsageError(_unknown_key_message(schema, key)) from None
         raise UsageError(f"Cannot compose the config: {error}") from None
+
+
+OPEN_SECTIONS = ("kernels.",)
+"""Sections whose keys are not fixed by a schema (kernel ops come from plugins): ``kernels.OP=NAME``
+adds or replaces the key, as Hydra's ``++kernels.OP=NAME`` would; the op is checked when dispatch applies it."""
+
+
+def _open_keys(overrides: Sequence[str]) -> list[str]:
+    return [f"++{o}" if o.startswith(OPEN_SECTIONS) else o for o in overrides]
 
 
 def _failing_key(error: BaseException) -> str | None:

@@ -240,3 +240,12 @@ def test_jevons_kernels_lists_implementations_and_what_was_picked(tmp_path, caps
     assert "float32[64,128]" in row and f"  {decision.choice}  " in row
     assert "reference:float32: " in row and "reference:bfloat16: " in row
     dispatch.use_files(None, None, resume=False)
+
+
+def test_kernels_are_forced_from_the_command_line() -> None:
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.plugin_manager import PluginManager
+
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, ["recipe=llm_tiny", "kernels.newton_schulz=reference:float32"])
+    assert config.kernels == {"newton_schulz": "reference:float32"}
