@@ -125,6 +125,7 @@ def main() -> None:
     figures: dict[str, float] = {}
     rows = []
     regrets: list[float] = []
+    dispatch_record: dict[str, dict] = {}
     for frames in sizes:
         q, k, v, grid = video_like(frames)
         length = q.shape[2]
@@ -152,9 +153,13 @@ def main() -> None:
                         op()
                     return time.perf_counter() - started
 
+                # Dispatch keys by shape, not density: each cell is a fresh decision on its own mask.
+                dispatch.force({})
                 trainable = tuple(x.clone().requires_grad_() for x in (qo, ko, vo))
                 picked_fwd = picked((qo, ko, vo, mask, block), training=False)
                 picked_fwdbwd = picked((*trainable, mask, block), training=True)
+                cell = f"s{length}_d{density:g}_b{block}"
+                dispatch_record[cell] = {d.key.split("|")[1]: d.entry for d in dispatch.decisions()}
 
                 arms = {
                     "dense_fwd": lambda: timed(lambda: F.scaled_dot_product_attention(qo, ko, vo)),
@@ -189,7 +194,6 @@ def main() -> None:
                     )
                 )
                 mask_ms = 1000 * median([timed(mask_of) for _ in range(3)])
-                cell = f"s{length}_d{density:g}_b{block}"
                 values = {
                     "fwd_speedup_vs_sdpa": t["dense_fwd"] / t["ours_fwd"],
                     "fwdbwd_speedup_vs_sdpa": t["dense_fwdbwd"] / t["ours_fwdbwd"],
@@ -230,7 +234,7 @@ def main() -> None:
         "heads": HEADS,
         "head_dim": DIM,
         "rounds": rounds,
-        "dispatch": {d.key: {"choice": d.choice, **d.entry} for d in dispatch.decisions()},
+        "dispatch": dispatch_record,
         "tables": {
             "Block-sparse attention on video-like inputs": {
                 "columns": [

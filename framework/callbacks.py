@@ -150,6 +150,7 @@ class Throughput(pl.Callback):
         self.total_weight = 0
         self.total_flops = 0.0
         self.total_seconds = 0.0
+        self.flop_seconds = 0.0  # seconds of the steps whose FLOPs were counted
         self.peak_flops_per_s: float | None = None
         self._start = 0.0
         self._measuring_at_start = 0.0
@@ -157,10 +158,15 @@ class Throughput(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.flops is not None and self.peak_flops_per_s is None:
+            from jevons.framework import distributed
             from jevons.kernels.peak import PRECISION_DTYPES, peak_matmul_flops
 
             dtype = PRECISION_DTYPES.get(str(trainer.precision), torch.float32)
-            self.peak_flops_per_s = peak_matmul_flops(pl_module.device, dtype, dispatch.machine_cache())
+            # Rank 0 measures alone (ranks sharing a machine would slow each other) and tells the others.
+            peak = (
+                peak_matmul_flops(pl_module.device, dtype, dispatch.machine_cache()) if trainer.is_global_zero else 0.0
+            )
+            self.peak_flops_per_s = float(distributed.broadcast_from_rank_zero(("peak", peak), "peak")[1])
 
     def on_train_batch_start(self, *args: Any) -> None:
         self._measuring_at_start = dispatch.measuring_seconds()
@@ -177,6 +183,7 @@ class Throughput(pl.Callback):
         self.total_weight += weight
         self.total_flops += flops
         self.total_seconds += seconds
+        self.flop_seconds += seconds if flops else 0.0
         self._recent = ([*self._recent, (weight, flops, seconds)])[-20:]
         # Loggers only record every log_every_n_steps, and log() costs ~1 ms: log on those steps alone.
         if not lightning_should_update_logs(trainer):
@@ -198,17 +205,23 @@ class Throughput(pl.Callback):
     @property
     def mfu(self) -> float | None:
         """Model FLOPs utilisation over the whole run (None where the family does not count FLOPs)."""
-        if not self.peak_flops_per_s or not self.total_seconds or not self.total_flops:
+        if not self.peak_flops_per_s or not self.flop_seconds or not self.total_flops:
             return None
-        return self.total_flops / self.total_seconds / self.peak_flops_per_s
+        return self.total_flops / self.flop_seconds / self.peak_flops_per_s
 
     def state_dict(self) -> dict[str, Any]:
         # Kept in checkpoints so a resumed run's time axis and mean continue instead of restarting.
-        return {"total_weight": self.total_weight, "total_seconds": self.total_seconds, "total_flops": self.total_flops}
+        return {
+            "total_weight": self.total_weight,
+            "total_seconds": self.total_seconds,
+            "total_flops": self.total_flops,
+            "flop_seconds": self.flop_seconds,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.total_weight, self.total_seconds = state["total_weight"], state["total_seconds"]
-        self.total_flops = float(state.get("total_flops", 0.0))
+        self.total_flops = float(state.get("total_flops", 0.0))  # absent in checkpoints older than MFU
+        self.flop_seconds = float(state.get("flop_seconds", 0.0))
 
 
 class Evaluation(pl.Callback):

@@ -14,6 +14,7 @@ mid-write leaves the previous file.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -75,10 +76,13 @@ class MachineCache:
         devices = data.get("devices") if data else None
         self.devices: dict[str, dict[str, Any]] = devices if isinstance(devices, dict) else {}
 
-    def get(self, device: str, key: str, candidates: list[str]) -> dict[str, Any] | None:
-        """The cached entry, if it was measured over exactly these candidates (else it is stale)."""
+    def get(self, device: str, key: str, candidates: list[str], bound: float) -> dict[str, Any] | None:
+        """The cached entry, if it was measured over exactly these candidates with this accuracy bound
+        (else it is stale)."""
         entry = self.devices.get(device, {}).get(key)
         if not isinstance(entry, dict) or sorted(entry.get("candidates", {})) != sorted(candidates):
+            return None
+        if entry.get("bound") != bound:
             return None
         if entry.get("choice") not in candidates:
             return None
@@ -89,8 +93,17 @@ class MachineCache:
         return self.devices.get(device, {}).get(key)
 
     def put(self, device: str, key: str, entry: dict[str, Any]) -> None:
-        self.devices.setdefault(device, {})[key] = entry
-        write_json(self.path, {"devices": self.devices})
+        """Add one entry: merged into the file as it is now, under a lock, so runs sharing the data
+        root do not drop each other's measurements."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = read_json(self.path)
+            devices = data.get("devices") if data else None
+            if isinstance(devices, dict):
+                self.devices = {**devices, **{d: {**devices.get(d, {}), **e} for d, e in self.devices.items()}}
+            self.devices.setdefault(device, {})[key] = entry
+            write_json(self.path, {"devices": self.devices})
 
 
 class RunFile:
@@ -105,8 +118,6 @@ class RunFile:
             if isinstance(choices, dict)
             else {}
         )
-        extra = data.get("measured") if data else None
-        self.measured: dict[str, Any] = extra if isinstance(extra, dict) else {}
 
     def write(self, choices: dict[str, dict[str, Any]], device: str) -> None:
-        write_json(self.path, {"device": device, "choices": choices, "measured": self.measured})
+        write_json(self.path, {"device": device, "choices": choices})

@@ -33,7 +33,7 @@ import torch
 
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
 from jevons.kernels.choices import MachineCache, RunFile, device_key
-from jevons.kernels.measure import measure
+from jevons.kernels.measure import measure, reference_outputs
 
 
 def _always() -> bool:
@@ -65,16 +65,18 @@ class OpSpec:
     :param bound: the largest relative Frobenius error to the reference a candidate may have. Fixed
         per op from what the op needs, not tuned to the candidates.
     :param inputs: the measurement's inputs from the call's positional arguments (default: the
-        arguments themselves, tensors detached).
-    :param shape_class: an extra part of the shape class from the call's arguments (e.g. a density
-        bucket); the dtypes and power-of-two-rounded shapes are always part of it.
+        arguments themselves, tensors detached). The measurement calls the op with positional
+        arguments only, so the bound is judged at the op's standard settings (Newton-Schulz: 5 steps).
     :param examples: representative calls, measured by ``jevons kernels --measure``.
+
+    The shape class is built from shapes, dtypes and non-tensor arguments alone, never from values
+    (a mask's density, say): every rank of a data-parallel run then meets the same classes in the same
+    order, which the broadcast of rank 0's decision needs, and a lookup costs no device sync.
     """
 
     reference: Callable[..., torch.Tensor]
     bound: float
     inputs: Callable[..., tuple[Any, ...]] | None = None
-    shape_class: Callable[..., str] | None = None
     examples: Callable[[], list[tuple[tuple[Any, ...], bool]]] | None = None
     """Representative ``(arguments, training)`` calls for ``jevons kernels --measure``."""
 
@@ -103,6 +105,8 @@ _SPECS: dict[str, OpSpec] = {}
 _FORCED: dict[str, str] = {}
 _LOADED: dict[tuple[str, str], Callable[..., Any]] = {}
 _DECISIONS: dict[str, Decision] = {}
+SKIPPED = "not measured: compiles on first call"
+"""What the cache records for a candidate left out of an inference measurement because it compiles."""
 
 
 @dataclass
@@ -111,6 +115,7 @@ class _Settings:
     cache: MachineCache | None = None
     run_file: RunFile | None = None
     measure_compiled: bool = False
+    refresh: bool = False
     measuring_seconds: float = 0.0
 
 
@@ -176,10 +181,12 @@ def force(choices: dict[str, str]) -> None:
     _DECISIONS.clear()
 
 
-def use_files(cache_path: Path | None, run_file: Path | None, resume: bool) -> None:
-    """Where measured choices are cached for this machine, and this run's record of its choices."""
+def use_files(cache_path: Path | None, run_file: Path | None, resume: bool, refresh: bool = False) -> None:
+    """Where measured choices are cached for this machine, and this run's record of its choices;
+    ``refresh`` measures again instead of reading cached choices (``jevons kernels --measure``)."""
     _SETTINGS.cache = MachineCache(cache_path) if cache_path is not None else None
     _SETTINGS.run_file = RunFile(run_file, resume) if run_file is not None else None
+    _SETTINGS.refresh = refresh
 
 
 def configure(clock: Callable[[], float] | None = None, measure_compiled: bool | None = None) -> None:
@@ -190,13 +197,6 @@ def configure(clock: Callable[[], float] | None = None, measure_compiled: bool |
     if measure_compiled is not None:
         _SETTINGS.measure_compiled = measure_compiled
     _DECISIONS.clear()
-
-
-def reset() -> None:
-    """Forget forced choices, decisions, files and settings (tests)."""
-    _FORCED.clear()
-    _DECISIONS.clear()
-    _SETTINGS.__init__()  # type: ignore[misc]
 
 
 def machine_cache() -> MachineCache | None:
@@ -243,7 +243,8 @@ def decisions(op: str | None = None) -> list[Decision]:
 
 
 def get(op: str) -> Callable[..., Any]:
-    """A callable for ``op`` that dispatches each call by its shape class (a dict lookup once decided)."""
+    """A callable for ``op`` that dispatches each call by its shape class: once decided, a key built
+    from the arguments' shapes and a dict lookup."""
     return functools.partial(call, op)
 
 
@@ -268,8 +269,8 @@ def select(op: str, args: tuple[Any, ...], compute_dtype: torch.dtype | None = N
 
 
 def shape_class_key(op: str, args: tuple[Any, ...], training: bool, dtype: str | None = None) -> str:
-    """``op|train|class``: each tensor argument's dtype and shape rounded up to powers of two, other
-    arguments as written, and the op's extra part (a density bucket)."""
+    """``op|train|device|class``: each tensor argument's dtype and shape rounded up to powers of two,
+    other arguments as written."""
     parts = []
     device = "cpu"
     for arg in args:
@@ -279,9 +280,6 @@ def shape_class_key(op: str, args: tuple[Any, ...], training: bool, dtype: str |
             parts.append(f"{str(arg.dtype).removeprefix('torch.')}[{dims}]")
         else:
             parts.append(repr(arg))
-    spec = _SPECS.get(op)
-    if spec is not None and spec.shape_class is not None:
-        parts.append(spec.shape_class(*args))
     if dtype is not None:
         parts.append(f"compute {dtype}")
     return f"{op}|{'train' if training else 'infer'}|{device}|{' '.join(parts)}"
@@ -348,20 +346,27 @@ def _decide(op: str, key: str, args: tuple[Any, ...], training: bool, dtype: str
     device = device_key(_device_of(args))
     entry: dict[str, Any] = {}
     if len(pool) == 1:
-        choice, reason = names[0], ("forced" if op in _FORCED else "only candidate")
+        forced = _FORCED.get(op, "").partition(":")[0] == pool[0].impl.name
+        choice, reason = names[0], ("forced" if forced else "only candidate")
     else:
+        choice, reason = "", ""
         if distributed.is_rank_zero():
-            choice, reason, entry = _measured_choice(op, key, args, training, pool, device)
-        else:
-            choice, reason = "", ""
+            try:
+                choice, reason, entry = _measured_choice(op, key, args, training, pool, device)
+            except RuntimeError as error:  # told to every rank, not left waiting in the broadcast
+                choice, reason = "", str(error)
         choice, reason = distributed.broadcast_from_rank_zero((key, choice, reason), key)[1:]
+        if not choice:
+            raise RuntimeError(f"kernel dispatch for {key}: {reason}")
     decision = Decision(op, key, choice, reason, _bound(next(c for c in pool if c.name == choice)), entry)
     _SETTINGS.measuring_seconds += time.perf_counter() - started
-    if _SETTINGS.run_file is not None and distributed.is_rank_zero():
-        _SETTINGS.run_file.write(
-            {d.key: {"choice": d.choice, "reason": d.reason, **d.entry} for d in [*_DECISIONS.values(), decision]},
-            device,
+    run_file = _SETTINGS.run_file
+    if run_file is not None and distributed.is_rank_zero():
+        chosen = {k: {"choice": v} for k, v in run_file.pinned.items()}  # a resume keeps what it has not met yet
+        chosen.update(
+            {d.key: {"choice": d.choice, "reason": d.reason, **d.entry} for d in [*_DECISIONS.values(), decision]}
         )
+        run_file.write(chosen, device)
     return decision
 
 
@@ -369,29 +374,32 @@ def _measured_choice(
     op: str, key: str, args: tuple[Any, ...], training: bool, pool: list[_Candidate], device: str
 ) -> tuple[str, str, dict[str, Any]]:
     names = [c.name for c in pool]
-    run_file, cache = _SETTINGS.run_file, _SETTINGS.cache
+    run_file, cache, spec = _SETTINGS.run_file, _SETTINGS.cache, _SPECS[op]
     if run_file is not None and key in run_file.pinned:
         pinned = run_file.pinned[key]
         if pinned in names:
             return pinned, "resumed", {}
         print(f"jevons: kernels: the resumed run chose {pinned!r} for {key}, which cannot run here; measuring again")
-    cached = cache.get(device, key, names) if cache is not None else None
-    if cached is not None:
-        return str(cached["choice"]), "cached", cached
-    spec = _SPECS[op]
     measurable = [c for c in pool if training or _SETTINGS.measure_compiled or not c.impl.compiles] or pool
+    cached = cache.get(device, key, names, spec.bound) if cache is not None and not _SETTINGS.refresh else None
+    if cached is not None and not any(_was_skipped(cached, c.name) for c in measurable):
+        return str(cached["choice"]), "cached", cached
     inputs = spec.inputs(*args) if spec.inputs is not None else _detached(args, training)
-    with torch.no_grad():
-        reference = spec.reference(*inputs)
+    reference = reference_outputs(spec.reference, inputs, training)
     result = measure({c.name: _bound(c) for c in measurable}, inputs, reference, spec.bound, training, _SETTINGS.clock)
-    entry = result.as_entry()
+    entry = {**result.as_entry(), "bound": spec.bound}
+    entry["candidates"].update(_skipped(pool, measurable))
     if cache is not None:
-        cache.put(device, key, {**entry, "candidates": {**entry["candidates"], **_skipped(pool, measurable)}})
+        cache.put(device, key, entry)
     return result.choice, "measured", entry
 
 
+def _was_skipped(entry: dict[str, Any], name: str) -> bool:
+    return str(entry["candidates"].get(name, {}).get("failed", "")).startswith(SKIPPED)
+
+
 def _skipped(pool: list[_Candidate], measured: list[_Candidate]) -> dict[str, Any]:
-    return {c.name: {"failed": "not measured: compiles on first call"} for c in pool if c not in measured}
+    return {c.name: {"failed": SKIPPED} for c in pool if c not in measured}
 
 
 def _detached(args: tuple[Any, ...], training: bool) -> tuple[Any, ...]:

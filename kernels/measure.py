@@ -1,13 +1,17 @@
 """Timing candidate implementations of one op on the inputs at hand, and checking them against the reference.
 
-Each candidate runs once untimed (first-call work: compilation, allocation,
-lazy imports), then is timed until it has at least ``MIN_REPEATS`` calls and
-has used ``budget_s``, or has ``MAX_REPEATS`` calls; its time is the median.
-In training mode a call is the forward and the backward (a gradient of ones
-flows back), so paths are ranked by what training pays. Its error is the
-relative Frobenius distance of its forward output to the op's reference,
-computed once in float32; a candidate above the op's bound, or one that
-raises, is never picked.
+Every candidate runs once untimed (first-call work: compilation, allocation,
+lazy imports); then the candidates are timed in interleaved rounds, one call
+each per round, so a load change on the machine falls on all of them, until
+there are ``MIN_ROUNDS`` rounds and the slowest candidate has used
+``budget_s``, or ``MAX_ROUNDS``; a candidate's time is its median. In
+training mode a call is the forward and the backward (a gradient of ones
+flows back), so paths are ranked by what training pays.
+
+A candidate's error is the largest relative Frobenius distance of its output
+(and, in training mode, of each input gradient) to the reference's, which is
+computed once in float32 with autocast off. A candidate above the op's bound,
+or one that raises, is never picked.
 
 The clock is injectable so tests can give fake implementations known speeds.
 """
@@ -15,15 +19,15 @@ The clock is injectable so tests can give fake implementations known speeds.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-MIN_REPEATS = 3
-MAX_REPEATS = 20
-BUDGET_S = 0.03  # timed time per candidate after its first call
+MIN_ROUNDS = 3
+MAX_ROUNDS = 20
+BUDGET_S = 0.03  # timed time of the slowest candidate
 
 
 @dataclass
@@ -32,6 +36,7 @@ class CandidateResult:
     ms: float | None = None
     error: float | None = None
     failed: str | None = None
+    times: list[float] = field(default_factory=list, repr=False)
 
     def as_json(self) -> dict[str, Any]:
         if self.failed is not None:
@@ -57,56 +62,83 @@ def relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float(diff / scale)
 
 
-def _synchronize(tensors: Sequence[Any]) -> None:
-    if any(isinstance(t, torch.Tensor) and t.is_cuda for t in tensors):
-        torch.cuda.synchronize()
+def _leaves(inputs: tuple[Any, ...]) -> list[torch.Tensor]:
+    return [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+def _device_type(inputs: tuple[Any, ...]) -> str:
+    return next((t.device.type for t in inputs if isinstance(t, torch.Tensor)), "cpu")
+
+
+def reference_outputs(
+    reference: Callable[..., torch.Tensor], inputs: tuple[Any, ...], training: bool
+) -> list[torch.Tensor]:
+    """The reference's output and, when training, the gradients of its inputs: float32, autocast off."""
+    as_float = tuple(
+        t.detach().float().requires_grad_(t.requires_grad)
+        if isinstance(t, torch.Tensor) and t.is_floating_point()
+        else t
+        for t in inputs
+    )
+    with torch.autocast(_device_type(inputs), enabled=False), torch.set_grad_enabled(training):
+        out = reference(*as_float)
+        if not training:
+            return [out.detach()]
+        leaves = _leaves(as_float)
+        grads = torch.autograd.grad(out, leaves, torch.ones_like(out)) if leaves else ()
+    return [out.detach(), *grads]
 
 
 def measure(
     candidates: dict[str, Callable[..., torch.Tensor]],
     inputs: tuple[Any, ...],
-    reference: torch.Tensor,
+    reference: list[torch.Tensor],
     bound: float,
     training: bool,
     clock: Callable[[], float],
     budget_s: float = BUDGET_S,
 ) -> Measurement:
-    """Time every candidate on ``inputs`` and pick the fastest whose error is within ``bound``."""
-    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    """Time every candidate on ``inputs`` and pick the fastest whose error is within ``bound``;
+    ``reference`` is :func:`reference_outputs` of the same inputs."""
+    leaves = _leaves(inputs) if training else []
+    cuda = any(isinstance(t, torch.Tensor) and t.is_cuda for t in inputs)
 
-    def call(fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def call(fn: Callable[..., torch.Tensor]) -> list[torch.Tensor]:
         if not training:
             with torch.no_grad():
-                return fn(*inputs)
+                return [fn(*inputs)]
         for leaf in leaves:
             leaf.grad = None
         with torch.enable_grad():
             out = fn(*inputs)
             out.backward(torch.ones_like(out))
-        return out
+        return [out, *(leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves)]
 
-    results = []
+    results = {name: CandidateResult(name) for name in candidates}
     for name, fn in candidates.items():
-        result = CandidateResult(name)
+        result = results[name]
         try:
-            out = call(fn)
-            result.error = relative_error(out, reference)
-            _synchronize(inputs)
-            times: list[float] = []
-            spent = 0.0
-            while len(times) < MAX_REPEATS and (len(times) < MIN_REPEATS or spent < budget_s):
-                start = clock()
-                call(fn)
-                _synchronize(inputs)
-                times.append(clock() - start)
-                spent += times[-1]
-            result.ms = statistics.median(times) * 1e3
+            outputs = call(fn)
+            result.error = max(relative_error(o, r) for o, r in zip(outputs, reference, strict=True))
         except Exception as error:  # a candidate that cannot run here is reported, never picked
             result.failed = f"{type(error).__name__}: {error}"[:300]
-        results.append(result)
-    fit = [r for r in results if r.failed is None and r.error is not None and r.error <= bound]
+    running = [r for r in results.values() if r.failed is None]
+    for round_index in range(MAX_ROUNDS):
+        if round_index >= MIN_ROUNDS and all(sum(r.times) >= budget_s for r in running):
+            break
+        for result in running if round_index % 2 == 0 else running[::-1]:
+            if cuda:
+                torch.cuda.synchronize()
+            start = clock()
+            call(candidates[result.name])
+            if cuda:
+                torch.cuda.synchronize()
+            result.times.append(clock() - start)
+    for result in running:
+        result.ms = statistics.median(result.times) * 1e3
+    fit = [r for r in running if r.error is not None and r.error <= bound]
     if not fit:
-        summary = "; ".join(f"{r.name}: {r.failed or f'error {r.error:.3g}'}" for r in results)
+        summary = "; ".join(f"{r.name}: {r.failed or f'error {r.error:.3g}'}" for r in results.values())
         raise RuntimeError(f"no candidate met the accuracy bound {bound:g}: {summary}")
     best = min(fit, key=lambda r: r.ms or 0.0)
-    return Measurement(best.name, results)
+    return Measurement(best.name, list(results.values()))

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     PluginManager.load()
     dispatch.force({})
     cache_path = data_root(args.root) / "kernels.json"
-    dispatch.use_files(cache_path, None, resume=False)
+    dispatch.use_files(cache_path, None, resume=False, refresh=args.measure)
     if args.measure:
         dispatch.configure(measure_compiled=args.compiled)
         for op in dispatch.ops():

@@ -399,7 +399,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         dataset = self.build_dataset(config, "val")
         return torch.from_numpy(np.stack([dataset[i]["video"] for i in range(min(count, len(dataset)))]))
 
-    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float:
+    def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float | None:
         from jevons.framework.tensor_parallel import tensor_parallel_size
         from jevons.recipes.diffusion.flops import wan_train_flops
 

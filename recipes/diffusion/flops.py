@@ -19,9 +19,12 @@ def wan_train_flops(
     text_tokens: int,
     text_needs_grad: bool,
     tensor_parallel: int = 1,
-) -> float:
+) -> float | None:
     """One step on ``batch`` latents of shape ``latent`` = ``(C, F, H, W)`` attending to ``text_tokens``
-    condition tokens each; ``text_needs_grad`` when the condition is learned (a class table)."""
+    condition tokens each; ``text_needs_grad`` when the condition is learned (a class table). None for
+    an image-to-video transformer (image embedder, added key/value projections), which is not counted."""
+    if config.get("image_dim") or config.get("added_kv_proj_dim"):
+        return None
     patch = tuple(config["patch_size"])
     channels, frames, height, width = latent
     tokens = (frames // patch[0]) * (height // patch[1]) * (width // patch[2])

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -32,6 +33,17 @@ class FakeClock:
             return scale * x
 
         return lambda: implementation
+
+
+@pytest.fixture(autouse=True)
+def fresh_dispatch():  # type: ignore[no-untyped-def]
+    """Each test starts and leaves dispatch with nothing forced, no files and the real clock."""
+    dispatch.force({})
+    dispatch.use_files(None, None, resume=False)
+    yield
+    dispatch.force({})
+    dispatch.use_files(None, None, resume=False)
+    dispatch.configure(clock=time.perf_counter, measure_compiled=False)
 
 
 @pytest.fixture
@@ -144,10 +156,91 @@ def test_a_path_without_a_backward_runs_inference_only(fake_op) -> None:
     assert [(d.choice, d.reason) for d in dispatch.decisions()] == [("fast", "cached"), ("forward_only", "forced")]
 
 
-def test_measuring_time_is_accounted(fake_op) -> None:
+def test_measuring_time_is_accounted_once_per_shape_class(fake_op) -> None:
     before = dispatch.measuring_seconds()
     dispatch.call("double", torch.randn(3))
-    assert dispatch.measuring_seconds() > before
+    measured = dispatch.measuring_seconds()
+    assert measured > before
+    for _ in range(5):
+        dispatch.call("double", torch.randn(4))  # the same class: decided, nothing measured
+    assert dispatch.measuring_seconds() == measured
+
+
+def test_a_candidate_that_raises_or_has_a_wrong_backward_is_never_picked(fake_op) -> None:
+    clock, register, _ = fake_op
+
+    def broken() -> object:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no kernel for this shape")
+
+        return run
+
+    class WrongBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[no-untyped-def]
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx, grad):  # type: ignore[no-untyped-def]
+            return 3 * grad  # the forward is right, the gradient is not
+
+    def wrong_backward() -> object:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            clock.now += 1e-5
+            return WrongBackward.apply(x)
+
+        return run
+
+    register("double", "broken", broken)
+    register("double", "wrong_backward", wrong_backward)
+    x = torch.randn(4, 4, requires_grad=True)
+    dispatch.call("double", x)
+    (decision,) = dispatch.decisions()
+    assert decision.choice == "fast"
+    assert decision.entry["candidates"]["broken"] == {"failed": "RuntimeError: no kernel for this shape"}
+    assert decision.entry["candidates"]["wrong_backward"]["error"] == pytest.approx(0.5)  # |3 - 2| / 2
+    with torch.no_grad():
+        dispatch.call("double", x)  # inference compares outputs only: its forward is right and fastest
+    assert dispatch.decisions()[-1].choice == "wrong_backward"
+
+
+def test_no_candidate_within_the_bound_is_an_error_naming_each(monkeypatch) -> None:
+    for name in ("_REGISTRY", "_SPECS", "_LOADED", "_DECISIONS", "_FORCED"):
+        monkeypatch.setattr(dispatch, name, {})
+    register = dispatch.registrar("tests")
+    register.define("double", OpSpec(lambda x: 2 * x.float(), bound=1e-3))
+    register("double", "off", lambda: lambda x: 2.1 * x)
+    register("double", "worse", lambda: lambda x: 3 * x)
+    with pytest.raises(RuntimeError, match=r"double\|infer\|cpu\|float32\[4\]: no candidate met the accuracy bound"):
+        dispatch.call("double", torch.ones(4))
+
+
+def test_compute_dtype_narrows_and_compiling_paths_are_skipped_for_inference(fake_op) -> None:
+    clock, register, _ = fake_op
+    register("double", "typed", clock.costing(0.5), dtypes=("float32", "bfloat16"))
+    register("double", "compiled", clock.costing(0.01), compiles=True)
+    names = [c.name for c in dispatch.candidates("double", training=False, dtype="bfloat16")]
+    assert "typed:bfloat16" in names and "typed:float32" not in names
+    with torch.no_grad():
+        dispatch.call("double", torch.randn(4))
+    (decision,) = dispatch.decisions()
+    assert decision.entry["candidates"]["compiled"] == {"failed": "not measured: compiles on first call"}
+    dispatch.configure(measure_compiled=True)  # benchmarks and `jevons kernels --measure --compiled`
+    with torch.no_grad():
+        dispatch.call("double", torch.randn(4))
+    assert dispatch.decisions()[-1].choice == "compiled"
+
+
+def test_a_resume_keeps_the_choices_it_has_not_met_again(fake_op) -> None:
+    _, _, root = fake_op
+    run_path = root / "run" / "kernels.json"
+    dispatch.call("double", torch.randn(8))
+    dispatch.call("double", torch.randn(300))
+    first = json.loads(run_path.read_text())["choices"]
+    dispatch.use_files(root / "cache" / "kernels.json", run_path, resume=True)
+    dispatch.force({})
+    dispatch.call("double", torch.randn(8))  # only one of the two classes met again
+    assert sorted(json.loads(run_path.read_text())["choices"]) == sorted(first)
 
 
 def test_newton_schulz_candidates_are_the_compute_dtypes() -> None:
