@@ -7,11 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import yaml
-
-from jevons.framework.plugin import hookimpl
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -66,31 +63,13 @@ def test_resume_auto_continues_the_step_count_in_the_same_run(train, tiny) -> No
     assert list(_losses(second.run_dir)) == [0, 1, 2, 3, 4, 5]  # no step logged twice
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAt(pl.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise Crash(f"injected at step {self.step}")
-
-
-def test_resumed_losses_equal_the_uninterrupted_run(train, tiny, tmp_path: Path) -> None:
-    class Crasher:
-        @hookimpl
-        def register_callbacks(self, register, config):
-            register(CrashAt(5))
-
+def test_resumed_losses_equal_the_uninterrupted_run(train, tiny, crasher, tmp_path: Path) -> None:
     # Warm-up off so the schedule moves at every step; a worker process decodes the data.
     common = tiny("trainer.max_steps=8", "checkpoint.every_n_steps=3", "optimizer.warmup_steps=0", "data.num_workers=1")
     straight = train([*common, f"run.dir={tmp_path / 'straight'}"])
     interrupted = tmp_path / "interrupted"
-    with pytest.raises(Crash):
-        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[("crasher", Crasher())])
+    with pytest.raises(RuntimeError, match="injected crash at step 5"):
+        train([*common, f"run.dir={interrupted}", "plugins=[crasher]"], plugins=[crasher(5)])
     resumed = train([*common, f"run.dir={interrupted}", "checkpoint.resume=auto"])
     assert resumed.summary["resumed_from_step"] == 3
     assert _losses(interrupted) == _losses(straight.run_dir)  # exact, not approximately

@@ -7,14 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 
 from jevons.framework import distributed
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
-from jevons.framework.plugin import hookimpl
 from jevons.framework.plugin_manager import PluginManager
 from jevons.kernels.newton_schulz import newton_schulz_reference
 from jevons.plugins.muon.optimizer import FLATTEN, MATRIX, STACK, Muon, parameter_groups
@@ -250,21 +248,7 @@ def _losses(run_dir: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
 
 
-class Crash(Exception):
-    pass
-
-
-def test_a_muon_run_prints_its_split_and_resumes_exactly(train, tiny, tmp_path: Path, capsys) -> None:
-    class CrashAt(pl.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 4:
-                raise Crash()
-
-    class Crasher:
-        @hookimpl
-        def register_callbacks(self, register, config):
-            register(CrashAt())
-
+def test_a_muon_run_prints_its_split_and_resumes_exactly(train, tiny, crasher, tmp_path: Path, capsys) -> None:
     common = tiny(
         "trainer.max_steps=6", "checkpoint.every_n_steps=3", "optimizer.warmup_steps=0", "trainer.limit_val_batches=0"
     )
@@ -272,8 +256,8 @@ def test_a_muon_run_prints_its_split_and_resumes_exactly(train, tiny, tmp_path: 
     err = capsys.readouterr().err
     assert "Muon: 12 tensors" in err  # two blocks of q, k, v, proj, gate_up, down
     assert "layers.0.attn.q.weight" in err and "embed.weight" in err and "embedding" in err
-    with pytest.raises(Crash):
-        train([*common, "plugins=[muon,crasher]", f"run.dir={tmp_path / 'resumed'}"], plugins=[("crasher", Crasher())])
+    with pytest.raises(RuntimeError, match="injected crash at step 4"):
+        train([*common, "plugins=[muon,crasher]", f"run.dir={tmp_path / 'resumed'}"], plugins=[crasher(4)])
     resumed = train([*common, "plugins=[muon]", f"run.dir={tmp_path / 'resumed'}", "checkpoint.resume=auto"])
     assert resumed.summary["resumed_from_step"] == 3
     assert _losses(resumed.run_dir) == _losses(straight.run_dir)
