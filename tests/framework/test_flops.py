@@ -1,5 +1,6 @@
 """Each family's analytic training FLOPs equal what torch's FlopCounterMode counts on one real step of
-its tiny model (forward and backward of the default objective), within 5%.
+its tiny model (forward and backward of the default objective): the acceptance bound is 5%, the formulas
+count every matmul, so they are held to 0.1%.
 
 FlopCounterMode counts matmuls and convolutions; on the CPU it sees no FLOPs in SDPA's fused kernel,
 so the count runs with SDPA's math backend, whose batched matmuls it does see.
@@ -41,11 +42,11 @@ def test_train_flops_match_a_flop_counter(request, smoke, family: str) -> None:
         overrides.append(f"data.source={request.getfixturevalue('speech_corpus')}")
     counted, analytic = counted_and_analytic(overrides)
     assert counted > 0
-    assert analytic == pytest.approx(counted, rel=0.05), (analytic, counted)
+    assert analytic == pytest.approx(counted, rel=1e-3), (analytic, counted)
 
 
 def test_train_flops_of_the_text_to_video_model(wan_t2v) -> None:
     counted, analytic = counted_and_analytic(
         ["recipe=wan_t2v_tiny", f"model.pretrained={wan_t2v['pipeline']}", f"data.source={wan_t2v['latents']}"]
     )
-    assert analytic == pytest.approx(counted, rel=0.05), (analytic, counted)
+    assert analytic == pytest.approx(counted, rel=1e-3), (analytic, counted)
