@@ -121,7 +121,7 @@ def main() -> None:
     sizes = (16,) if args.quick else (16, 32)  # frames: S = 4096, 8192
     densities = (0.125,) if args.quick else (0.0625, 0.125, 0.25)
     blocks = (64,) if args.quick else (64, 128)
-    rounds = 2 if args.quick else 3
+    rounds = 2 if args.quick else 7  # 3 rounds of 15 ms calls misranked paths 7% apart by 30% (measured)
     figures: dict[str, float] = {}
     rows = []
     regrets: list[float] = []
