@@ -27,13 +27,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from jevons.framework.errors import UsageError, did_you_mean, format_choices
-from jevons.kernels.choices import MachineCache, RunFile, device_key
-from jevons.kernels.measure import measure, reference_outputs
+from jevons.kernels.choices import MachineCache, RunFile
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a call needs it: plugins register kernels while the config is checked,
+# before torch is imported (a config mistake is refused in a fraction of a second).
 
 
 def _always() -> bool:
@@ -256,6 +259,8 @@ def call(op: str, *args: Any, **kwargs: Any) -> Any:
 
 def select(op: str, args: tuple[Any, ...], compute_dtype: torch.dtype | None = None) -> Callable[..., Any]:
     """The implementation (with its compute dtype bound) for a call of ``op`` with ``args``."""
+    import torch
+
     if op not in _SPECS:
         fn = _load(choose(op))
         return functools.partial(fn, compute_dtype=compute_dtype) if compute_dtype is not None else fn
@@ -271,6 +276,8 @@ def select(op: str, args: tuple[Any, ...], compute_dtype: torch.dtype | None = N
 def shape_class_key(op: str, args: tuple[Any, ...], training: bool, dtype: str | None = None) -> str:
     """``op|train|device|class``: each tensor argument's dtype and shape rounded up to powers of two,
     other arguments as written."""
+    import torch
+
     parts = []
     device = "cpu"
     for arg in args:
@@ -331,6 +338,8 @@ def _load(impl: KernelImpl) -> Callable[..., Any]:
 
 
 def _bound(candidate: _Candidate) -> Callable[..., Any]:
+    import torch
+
     fn = _load(candidate.impl)
     if candidate.dtype is None:
         return fn
@@ -339,6 +348,7 @@ def _bound(candidate: _Candidate) -> Callable[..., Any]:
 
 def _decide(op: str, key: str, args: tuple[Any, ...], training: bool, dtype: str | None) -> Decision:
     from jevons.framework import distributed
+    from jevons.kernels.choices import device_key
 
     started = time.perf_counter()
     pool = candidates(op, training, dtype)
@@ -373,6 +383,8 @@ def _decide(op: str, key: str, args: tuple[Any, ...], training: bool, dtype: str
 def _measured_choice(
     op: str, key: str, args: tuple[Any, ...], training: bool, pool: list[_Candidate], device: str
 ) -> tuple[str, str, dict[str, Any]]:
+    from jevons.kernels.measure import measure, reference_outputs
+
     names = [c.name for c in pool]
     run_file, cache, spec = _SETTINGS.run_file, _SETTINGS.cache, _SPECS[op]
     if run_file is not None and key in run_file.pinned:
@@ -403,6 +415,8 @@ def _skipped(pool: list[_Candidate], measured: list[_Candidate]) -> dict[str, An
 
 
 def _detached(args: tuple[Any, ...], training: bool) -> tuple[Any, ...]:
+    import torch
+
     return tuple(
         a.detach().clone().requires_grad_(training and a.requires_grad) if isinstance(a, torch.Tensor) else a
         for a in args
@@ -410,4 +424,6 @@ def _detached(args: tuple[Any, ...], training: bool) -> tuple[Any, ...]:
 
 
 def _device_of(args: tuple[Any, ...]) -> torch.device:
+    import torch
+
     return next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
