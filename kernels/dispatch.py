@@ -383,7 +383,7 @@ def _decide(op: str, key: str, args: tuple[Any, ...], training: bool, dtype: str
 def _measured_choice(
     op: str, key: str, args: tuple[Any, ...], training: bool, pool: list[_Candidate], device: str
 ) -> tuple[str, str, dict[str, Any]]:
-    from jevons.kernels.measure import measure, reference_outputs
+    from jevons.kernels.measure import measure, reference_outputs, rng_untouched
 
     names = [c.name for c in pool]
     run_file, cache, spec = _SETTINGS.run_file, _SETTINGS.cache, _SPECS[op]
@@ -396,9 +396,12 @@ def _measured_choice(
     cached = cache.get(device, key, names, spec.bound) if cache is not None and not _SETTINGS.refresh else None
     if cached is not None and not any(_was_skipped(cached, c.name) for c in measurable):
         return str(cached["choice"]), "cached", cached
-    inputs = spec.inputs(*args) if spec.inputs is not None else _detached(args, training)
-    reference = reference_outputs(spec.reference, inputs, training)
-    result = measure({c.name: _bound(c) for c in measurable}, inputs, reference, spec.bound, training, _SETTINGS.clock)
+    with rng_untouched(args):  # the run's random stream must not depend on whether this machine measured before
+        inputs = spec.inputs(*args) if spec.inputs is not None else _detached(args, training)
+        reference = reference_outputs(spec.reference, inputs, training)
+        result = measure(
+            {c.name: _bound(c) for c in measurable}, inputs, reference, spec.bound, training, _SETTINGS.clock
+        )
     entry = {**result.as_entry(), "bound": spec.bound}
     entry["candidates"].update(_skipped(pool, measurable))
     if cache is not None:

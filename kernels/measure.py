@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,17 @@ def reference_outputs(
         leaves = _leaves(as_float)
         grads = torch.autograd.grad(out, leaves, torch.ones_like(out)) if leaves else ()
     return [out.detach(), *grads]
+
+
+def rng_untouched(tensors: Any) -> AbstractContextManager[Any]:
+    """Measure without moving the global random streams (CPU, and the CUDA devices ``tensors`` are on):
+    a run that measured must draw the same noise as one that found the choice cached."""
+    devices = sorted({t.device.index or 0 for t in _flat(tensors) if isinstance(t, torch.Tensor) and t.is_cuda})
+    return torch.random.fork_rng(devices=devices)
+
+
+def _flat(values: Any) -> list[Any]:
+    return [v for value in values for v in (_flat(value) if isinstance(value, (tuple, list)) else [value])]
 
 
 def measure(

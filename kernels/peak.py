@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from jevons.kernels.choices import MachineCache, device_key
+from jevons.kernels.measure import rng_untouched
 
 PRECISION_DTYPES = {
     "32-true": torch.float32,
@@ -80,7 +81,8 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, cache: MachineCa
     cached = cache.value(machine, key) if cache is not None else None
     if isinstance(cached, dict) and isinstance(cached.get("flops_per_s"), (int, float)):
         return float(cached["flops_per_s"])
-    flops = measure_peak_matmul(device, dtype)
+    with rng_untouched([torch.empty(0, device=device)]):  # the run's noise must not depend on a cold cache
+        flops = measure_peak_matmul(device, dtype)
     if cache is not None:
         cache.put(machine, key, {"flops_per_s": flops})
     return flops

@@ -88,6 +88,25 @@ def test_the_fastest_accurate_implementation_is_picked_and_cached(fake_op) -> No
     assert {v["choice"] for v in run["choices"].values()} == {"fast"}
 
 
+def test_measuring_leaves_the_random_stream_where_a_cached_choice_would(fake_op) -> None:
+    """A run on a machine that never measured must draw the same noise as one that found the choice
+    cached (the first text-to-video run on a fresh machine once drew different timesteps from the rest)."""
+    from jevons.kernels.choices import MachineCache
+    from jevons.kernels.peak import peak_matmul_flops
+
+    _, register, root = fake_op
+    register("double", "noisy", lambda: lambda x: 2 * x + 0 * torch.randn(x.shape))  # draws from the global RNG
+    torch.manual_seed(3)
+    dispatch.call("double", torch.ones(8, 8))
+    peak_matmul_flops(torch.device("cpu"), torch.float32, MachineCache(root / "peak.json"))
+    measured = torch.rand(4)
+    torch.manual_seed(3)
+    dispatch.call("double", torch.ones(8, 8))  # decided: a lookup
+    peak_matmul_flops(torch.device("cpu"), torch.float32, MachineCache(root / "peak.json"))  # cached
+    assert torch.equal(torch.rand(4), measured)
+    assert dispatch.decisions("double")[0].reason == "measured"
+
+
 def test_a_forced_choice_wins_without_measuring(fake_op) -> None:
     clock, _, _ = fake_op
     dispatch.force({"double": "slow"})
