@@ -184,7 +184,9 @@ def build_conditioner(config: DiffusionConfig, text_dim: int) -> Conditioner:
 
     cfg = config.conditioning
     if cfg.kind == "labels":
-        return ClassConditioner(text_dim, cfg.tokens)
+        from jevons.recipes.diffusion.data import NO_DIGIT
+
+        return ClassConditioner(text_dim, cfg.tokens, cfg.classes or NO_DIGIT)
     encoder = prompt_encoder(config)
     if encoder.width != text_dim:
         raise UsageError(

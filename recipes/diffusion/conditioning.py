@@ -12,9 +12,9 @@ same class or prompt apart.
 
 Two kinds:
 
-* :class:`ClassConditioner`: digit labels ``(B, 2)`` (one or two digits, the
-  second possibly "none"), embedded by a learned table of ``tokens`` vectors
-  per class; the "no digit" entry is also the unconditional input.
+* :class:`ClassConditioner`: class labels ``(B, 2)`` (one or two digits, or a
+  glyph, the second slot possibly "none"), embedded by a learned table of
+  ``tokens`` vectors per class; the "none" entry is also the unconditional input.
 * :class:`TextConditioner`: text-encoder embeddings ``(B, max_length, text_dim)``
   trimmed at each prompt's mask and zero-padded, as ``WanPipeline`` gives its
   transformer; the unconditional input is the negative prompt's embedding.
@@ -33,9 +33,6 @@ from jevons.recipes.diffusion.data import NO_DIGIT
 
 if TYPE_CHECKING:
     from jevons.recipes.diffusion.text import PromptEncoder
-
-NUM_LABELS = NO_DIGIT + 1
-"""Ten digits and "no digit", which doubles as the unconditional input."""
 
 
 class Condition:
@@ -148,15 +145,18 @@ class Conditioner(nn.Module, ABC):
 
 
 class ClassConditioner(Conditioner):
-    """Digit labels ``(B, 2)`` to encoder hidden states ``(B, 2 * tokens, text_dim)`` (a learned table)."""
+    """Class labels ``(B, slots)`` to encoder hidden states ``(B, slots * tokens, text_dim)`` (a learned
+    table of ``classes + 1`` rows: the last, index ``classes``, is "no class", the empty slot and the
+    unconditional input). Digits have 10 classes in two slots (a clip may hold two digits); glyphs 32."""
 
     kind = "labels"
-    num_groups = 10
 
-    def __init__(self, text_dim: int, tokens: int) -> None:
+    def __init__(self, text_dim: int, tokens: int, classes: int = NO_DIGIT) -> None:
         super().__init__()
         self.tokens = tokens
-        self.table = nn.Embedding(NUM_LABELS, tokens * text_dim)
+        self.classes = classes
+        self.num_groups = classes
+        self.table = nn.Embedding(classes + 1, tokens * text_dim)
         nn.init.normal_(self.table.weight, std=0.02)
 
     def forward(self, condition: Condition) -> torch.Tensor:
@@ -172,23 +172,24 @@ class ClassConditioner(Conditioner):
     learned = True
 
     def unconditional(self, count: int) -> Condition:
-        return Condition(labels=torch.full((count, 2), NO_DIGIT, dtype=torch.long, device=self.table.weight.device))
+        return Condition(labels=torch.full((count, 2), self.classes, dtype=torch.long, device=self.table.weight.device))
 
     def draw(self, generator: torch.Generator) -> Condition:
-        digit = int(torch.randint(0, 10, (1,), generator=generator))
-        return Condition(labels=torch.tensor([[digit, NO_DIGIT]]))
+        label = int(torch.randint(0, self.classes, (1,), generator=generator))
+        return Condition(labels=torch.tensor([[label, self.classes]]))
 
     def grid(self, count: int) -> Condition:
-        return Condition(labels=class_labels(count))
+        return Condition(labels=class_labels(count, self.classes))
 
     def group(self, condition: Condition) -> torch.Tensor:
         return condition["labels"][:, 0]
 
 
-def class_labels(count: int) -> torch.Tensor:
-    """``count`` single-digit labels cycling 0..9: ``(count, 2)`` with the second slot empty."""
-    digits = torch.arange(count) % 10
-    return torch.stack([digits, torch.full_like(digits, NO_DIGIT)], dim=1)
+def class_labels(count: int, classes: int = NO_DIGIT) -> torch.Tensor:
+    """``count`` single-class labels cycling ``0 .. classes - 1``: ``(count, 2)`` with the second slot
+    empty (``classes``, "no class")."""
+    labels = torch.arange(count) % classes
+    return torch.stack([labels, torch.full_like(labels, classes)], dim=1)
 
 
 class TextConditioner(Conditioner):

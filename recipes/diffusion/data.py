@@ -1,4 +1,6 @@
-"""The diffusion family's data: scikit-learn's bundled 8x8 digits as images and as moving-digit videos.
+"""The diffusion family's data: scikit-learn's bundled 8x8 digits as images and as moving-digit videos
+(the digit testbed), the glyph testbed's sources (:mod:`~jevons.recipes.diffusion.glyphs`), and the
+dataset that reads them all and users' imports.
 
 Nothing is downloaded: ``sklearn.datasets.load_digits`` ships 1,797 handwritten
 digits. ``digits-images`` upsamples each to 32 x 32 and adds four shifted and
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import numpy as np
 from jevons.framework.data.reader import Corrupt, ShardBackedDataset, ShardDataset, open_split
 from jevons.framework.data.shards import decode_npy, write_shards
 from jevons.framework.family import DataSource
+from jevons.recipes.diffusion.glyphs import NO_GLYPH
 
 CANVAS = 32
 VIDEO_FRAMES = 16
@@ -124,6 +128,22 @@ IMAGES = DataSource(
 VIDEOS = DataSource(
     "moving-digits", "one or two digits moving and bouncing, 32 px x 16 frames", build_videos, version=1
 )
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a built-in source's samples are: how many classes, how many pixel channels."""
+
+    classes: int
+    channels: int
+
+
+BUILTIN_GEOMETRY = {
+    "digits-images": Geometry(NO_DIGIT, 1),
+    "moving-digits": Geometry(NO_DIGIT, 1),
+    "glyph-images": Geometry(NO_GLYPH, 3),
+    "glyph-clips": Geometry(NO_GLYPH, 3),
+}
 
 
 def _decode(sample: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """What each diffusion validation adds: a sample grid (PNG for images; GIF and MP4 for clips), TensorBoard
-images or animations, and, for the class-conditional digits, the quality metrics.
+images or animations, and, for class-conditional models, the quality metrics of the testbed the data
+belongs to: glyphs (:mod:`~jevons.recipes.diffusion.glyph_quality`) or digits
+(:mod:`~jevons.recipes.diffusion.metrics`, kept so earlier numbers stay reproducible).
 
 A latent model's samples are decoded through its VAE first. TensorBoard's own ``add_video`` needs
 moviepy 1.x; an animated GIF in an image summary (what ``add_video`` writes) needs only Pillow."""
@@ -15,6 +17,8 @@ import torch
 from jevons.framework.compat import tensorboard_add_summary
 from jevons.framework.family import EvalContext
 from jevons.recipes.diffusion.conditioning import Condition, class_labels
+from jevons.recipes.diffusion.data import NO_DIGIT
+from jevons.recipes.diffusion.glyphs import NO_GLYPH
 from jevons.recipes.diffusion.metrics import (
     classifier,
     features_and_predictions,
@@ -112,6 +116,29 @@ def log_to_tensorboard(writer: Any, tag: str, frames: np.ndarray, step: int) -> 
     tensorboard_add_summary(writer, Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
+def class_samples(
+    sampler: Any,
+    shape: tuple[int, ...],
+    count: int,
+    batch: int,
+    classes: int = NO_DIGIT,
+    steps: int | None = None,
+    seed: int = 0,
+    **sampler_options: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` class-conditional samples cycling through the classes, ``batch`` at a time (batch ``i``
+    from seed ``seed + i``, so two samplers given the same seed start from the same noise), and their
+    labels ``(count, 2)``."""
+    labels = class_labels(count, classes)
+    samples = torch.cat(
+        [
+            sampler(Condition(labels=labels[i : i + batch]), shape, steps=steps, seed=seed + i, **sampler_options)
+            for i in range(0, count, batch)
+        ]
+    )
+    return samples, labels
+
+
 def quality(
     sampler: Any,
     shape: tuple[int, ...],
@@ -123,16 +150,11 @@ def quality(
     seed: int = 0,
     **sampler_options: Any,
 ) -> dict[str, float]:
-    """FD and accuracy (and temporal consistency for clips) of ``count`` class-conditional samples;
-    ``sampler_options`` go to every sampler call (e.g. a cascade's ``stage_steps``)."""
+    """The digit testbed: FD and accuracy (and temporal consistency for clips) of ``count``
+    class-conditional samples over the digit classifier; ``sampler_options`` go to every sampler call
+    (e.g. a cascade's ``stage_steps``)."""
     net = classifier(images_dir)
-    labels = class_labels(count)
-    samples = torch.cat(
-        [
-            sampler(Condition(labels=labels[i : i + batch]), shape, steps=steps, seed=seed + i, **sampler_options)
-            for i in range(0, count, batch)
-        ]
-    )
+    samples, labels = class_samples(sampler, shape, count, batch, NO_DIGIT, steps, seed, **sampler_options)
     generated_features, logits = features_and_predictions(net, samples)
     real_features, _ = features_and_predictions(net, real)
     predicted = logits.mean(dim=1).argmax(dim=-1)  # one class per clip: mean over frames
@@ -144,6 +166,28 @@ def quality(
         metrics["temporal_consistency"] = temporal_consistency(generated_features)
         metrics["temporal_consistency_real"] = temporal_consistency(real_features)
     return metrics
+
+
+def glyph_sample_quality(
+    sampler: Any,
+    shape: tuple[int, ...],
+    real: torch.Tensor,
+    count: int,
+    batch: int,
+    steps: int | None = None,
+    seed: int = 0,
+    paired_with: torch.Tensor | None = None,
+    **sampler_options: Any,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """The glyph testbed: FD with its bootstrap interval, precision, recall and class accuracy of
+    ``count`` class-conditional samples against ``real`` glyphs, over the committed feature network;
+    with ``paired_with`` (a teacher's samples from the same seeds) the paired distance too. Returns the
+    metrics and the samples (a teacher's, to pair a student's with)."""
+    from jevons.recipes.diffusion.glyph_quality import glyph_feature_net, glyph_quality
+
+    samples, labels = class_samples(sampler, shape, count, batch, NO_GLYPH, steps, seed, **sampler_options)
+    scores = glyph_quality(glyph_feature_net(), samples, real, labels[:, 0], paired_with)
+    return scores.as_dict(), samples
 
 
 def evaluate(context: EvalContext, family: Any) -> dict[str, float]:
@@ -168,6 +212,10 @@ def evaluate(context: EvalContext, family: Any) -> dict[str, float]:
     if cfg.fd_samples <= 0 or conditioner.kind != "labels":
         return {}
     real = family.real_reference(config, cfg.fd_samples)
-    images = family.images_dir(config)
-    metrics = quality(context.generator, shape, real, images, cfg.fd_samples, cfg.eval_batch, seed=10_000)
+    if family.testbed(config) == "glyphs":
+        metrics, _ = glyph_sample_quality(context.generator, shape, real, cfg.fd_samples, cfg.eval_batch, seed=10_000)
+        metrics.pop("samples")
+    else:
+        images = family.images_dir(config)
+        metrics = quality(context.generator, shape, real, images, cfg.fd_samples, cfg.eval_batch, seed=10_000)
     return {f"val/{name}": value for name, value in metrics.items()}

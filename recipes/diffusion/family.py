@@ -83,7 +83,9 @@ class ConditioningConfig:
     kind: Literal["labels", "text"] = "labels"
     """What conditions a sample: class ``labels`` (a learned table), or ``text`` (a text encoder's embeddings)."""
     tokens: int = 4
-    """Labels: conditioning tokens per digit label."""
+    """Labels: conditioning tokens per class label."""
+    classes: int | None = None
+    """Labels: classes of the learned table; null: the data's (10 digits, 32 glyphs; an import's 10)."""
     dropout: float = 0.1
     """Probability of training a sample unconditionally (for classifier-free guidance): prompt dropout."""
     online: bool = False
@@ -167,6 +169,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
             raise UsageError(f"conditioning.dropout={conditioning.dropout} must be in [0, 1).")
         if conditioning.max_length < 1:
             raise UsageError(f"conditioning.max_length={conditioning.max_length} must be at least 1.")
+        self._adopt_builtin_data(config)
         meta = self._adopt_imported_data(config)
         vae = vae_folder(cfg)
         if conditioning.kind == "text" and text_folders(cfg) is None:
@@ -264,6 +267,35 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                     f"has no validation captions: set conditioning.prompts=[...]."
                 )
 
+    def _adopt_builtin_data(self, config: DiffusionConfig) -> None:
+        """Built-in data sets the class count and, for a model trained from scratch, the channels (glyphs
+        are RGB, digits grayscale); a pretrained model must match them."""
+        from jevons.framework.data.blend import parse_sources
+        from jevons.recipes.diffusion.components import vae_folder
+        from jevons.recipes.diffusion.data import BUILTIN_GEOMETRY
+
+        first = parse_sources(config.data.source)[0][0]
+        if first not in BUILTIN_GEOMETRY:
+            if config.conditioning.classes is None:
+                config.conditioning.classes = BUILTIN_GEOMETRY["digits-images"].classes
+            return
+        geometry = BUILTIN_GEOMETRY[first]
+        conditioning, model = config.conditioning, config.model
+        if conditioning.classes is None:
+            conditioning.classes = geometry.classes
+        elif conditioning.kind == "labels" and conditioning.classes != geometry.classes:
+            raise UsageError(
+                f"data.source={first} has {geometry.classes} classes but conditioning.classes={conditioning.classes}: "
+                f"leave conditioning.classes unset (null) to take the data's."
+            )
+        if model.channels != geometry.channels and vae_folder(model) is None:
+            if model.pretrained:
+                raise UsageError(
+                    f"data.source={first} holds {geometry.channels}-channel pixels but the pretrained model "
+                    f"({model.pretrained}) takes model.channels={model.channels}: train it from scratch or on other data."
+                )
+            model.channels = geometry.channels
+
     def _adopt_imported_data(self, config: DiffusionConfig) -> dict[str, Any]:
         """A model trained from scratch takes its channels from an imported folder's ``meta.json``
         (RGB: 3; latents: the VAE's), a pretrained one must match it; clips generated from precomputed
@@ -312,8 +344,9 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
 
     def data_sources(self) -> Iterable[DataSource]:
         from jevons.recipes.diffusion.data import IMAGES, VIDEOS
+        from jevons.recipes.diffusion.glyphs import GLYPH_CLIPS, GLYPH_IMAGES
 
-        return (IMAGES, VIDEOS)
+        return (IMAGES, VIDEOS, GLYPH_IMAGES, GLYPH_CLIPS)
 
     def check_blend(self, folders: list[Path]) -> None:
         import json
@@ -337,6 +370,15 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         from jevons.recipes.diffusion.precompute import LatentImporter
 
         return (ImageImporter, VideoImporter, LatentImporter)
+
+    def testbed(self, config: DiffusionConfig) -> Literal["glyphs", "digits"]:
+        """Which quality metric scores this data's samples: the glyph testbed's for the glyph sources,
+        else the digit testbed's (whose classifier is what earlier results were measured with)."""
+        from jevons.framework.data.blend import parse_sources
+        from jevons.recipes.diffusion.glyphs import GLYPH_CLIPS, GLYPH_IMAGES
+
+        first = parse_sources(config.data.source)[0][0]
+        return "glyphs" if first in (GLYPH_IMAGES.name, GLYPH_CLIPS.name) else "digits"
 
     def images_dir(self, config: DiffusionConfig) -> Path:
         """The digit images the quality classifier is trained on (built if missing)."""
@@ -367,7 +409,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
             if weights.shape != expected.shape:
                 raise UsageError(
                     f"{table} holds a class table of shape {tuple(weights.shape)}; this config's conditioner "
-                    f"is {tuple(expected.shape)} (conditioning.tokens, model.text_dim)."
+                    f"is {tuple(expected.shape)} (conditioning.classes + 1, conditioning.tokens x model.text_dim)."
                 )
             expected.data.copy_(weights)
         return model.train()  # diffusers' from_pretrained hands modules back in eval mode

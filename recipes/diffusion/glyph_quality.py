@@ -8,8 +8,8 @@ CNN (:class:`GlyphFeatureNet`) is trained on the ``glyph-images`` train fonts by
 ``benchmarks/glyph_features.py`` and committed (``assets/glyph_features.safetensors``); it is never
 retrained where it scores, so every number on the testbed comes from one network.
 
-* :func:`frechet_interval`: the Fréchet distance (Heusel et al., 2017) with a percentile bootstrap
-  interval over both sample sets.
+* :func:`frechet_interval`: the Fréchet distance (Heusel et al., 2017) with a bootstrap interval over
+  both sample sets (recentred: resampling biases the distance upwards).
 * :func:`precision_recall`: improved precision and recall (Kynkäänniemi et al., 2019, "Improved
   Precision and Recall Metric for Assessing Generative Models"): a sample is inside a set's manifold
   if it lies within the k-th nearest-neighbour radius of one of the set's feature vectors; precision
@@ -33,7 +33,7 @@ from torch import nn
 from jevons.recipes.diffusion.glyphs import CANVAS, GLYPH_CLASSES
 
 FEATURES = 128
-WEIGHTS = Path(__file__).parent / "assets" / "glyph_features.safetensors"
+WEIGHTS = Path(__file__).resolve().parent / "assets" / "glyph_features.safetensors"
 """The committed feature network (``benchmarks/glyph_features.py`` trains it)."""
 
 
@@ -119,18 +119,25 @@ def _frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nd
 def frechet_interval(
     generated: torch.Tensor, real: torch.Tensor, resamples: int = 200, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float, float]:
-    """The Fréchet distance between feature sets ``(N, D)`` and ``(M, D)``, and a percentile bootstrap
-    interval at ``level``: both sets resampled with replacement ``resamples`` times."""
+    """The Fréchet distance between feature sets ``(N, D)`` and ``(M, D)``, and a bootstrap interval at
+    ``level``: both sets resampled with replacement ``resamples`` times.
+
+    A resample repeats samples, and the Fréchet distance of fewer distinct samples is larger (its bias
+    grows as ``D / N``): the raw percentiles of the draws lie above the estimate (measured: 51 to 86
+    around 22 for 768 held-out glyphs against 768 others). So the interval is the draws' percentiles
+    recentred on the estimate, their spread around their own mean, clipped at zero."""
     a, b = generated.double().numpy(), real.double().numpy()
     distance = _frechet(*_gaussian(a), *_gaussian(b))
     rng = np.random.default_rng(seed)
-    draws = [
-        _frechet(*_gaussian(a[rng.integers(0, len(a), len(a))]), *_gaussian(b[rng.integers(0, len(b), len(b))]))
-        for _ in range(resamples)
-    ]
+    draws = np.array(
+        [
+            _frechet(*_gaussian(a[rng.integers(0, len(a), len(a))]), *_gaussian(b[rng.integers(0, len(b), len(b))]))
+            for _ in range(resamples)
+        ]
+    )
     tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(draws, [tail, 100.0 - tail])
-    return distance, float(low), float(high)
+    low, high = np.percentile(draws - draws.mean(), [tail, 100.0 - tail]) + distance
+    return distance, float(max(low, 0.0)), float(high)
 
 
 def _radii(features: torch.Tensor, k: int) -> torch.Tensor:

@@ -128,8 +128,9 @@ class DiffusionModel(nn.Module):
         directory = Path(directory)
         transformer = WanTransformer3DModel.from_pretrained(directory / "transformer")
         if conditioner is None:
-            table = ClassConditioner(transformer.config["text_dim"], tokens)
-            table.table.weight.data.copy_(load_file(str(directory / "conditioner.safetensors"))["table"])
+            weights = load_file(str(directory / "conditioner.safetensors"))["table"]  # (classes + 1, tokens * text_dim)
+            table = ClassConditioner(transformer.config["text_dim"], tokens, classes=len(weights) - 1)
+            table.table.weight.data.copy_(weights)
             conditioner = table
         return cls(transformer, conditioner, codec)
 
