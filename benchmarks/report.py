@@ -11,11 +11,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+OPERATORS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt, ">": operator.gt}
+DIGIT_TESTBED = {"blade", "block_sparse_e2e", "diffusion_quality", "lowres_cascade", "step_distillation"}
+"""Diffusion results measured before the glyph testbed existed, whose JSON does not name its testbed."""
+TESTBEDS = {
+    "digits": "the digit testbed (scikit-learn's 8x8 digits upsampled; FD over the digit classifier, "
+    "`recipes/diffusion/metrics.py`)",
+    "glyphs": "the glyph testbed (matplotlib's fonts, 32 px; FD, precision and recall over the committed "
+    "glyph feature network, `recipes/diffusion/glyph_quality.py`)",
+}
 
 
 def verdict(value: float, target: str) -> str:
-    for symbol in ("<=", ">=", "<", ">"):
+    for symbol in ("<=", ">=", "==", "<", ">"):
         if target.startswith(symbol):
             return "met" if OPERATORS[symbol](value, float(target[len(symbol) :])) else "**missed**"
     return "?"
@@ -27,9 +35,11 @@ def section(result: dict) -> str:
         "",
         f"`python benchmarks/{result['benchmark']}.py` — commit `{result['commit']}`, {result['machine']}",
         "",
-        "| figure | value | target | |",
-        "|---|---|---|---|",
     ]
+    testbed = result.get("details", {}).get("testbed") or ("digits" if result["benchmark"] in DIGIT_TESTBED else None)
+    if testbed:
+        lines += [f"Measured on {TESTBEDS.get(testbed, testbed)}.", ""]
+    lines += ["| figure | value | target | |", "|---|---|---|---|"]
     targets = result.get("targets", {})
     for name, value in result["figures"].items():
         target = targets.get(name, "")

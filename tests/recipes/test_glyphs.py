@@ -103,6 +103,9 @@ def test_build_is_deterministic_and_every_class_is_in_both_splits(glyph_root: Pa
 
 
 def test_clips_move() -> None:
+    samples = list(glyph_samples(1, clip=True, fonts=[10]))  # a held-out font: the glyph-clips source's samples
+    assert [split for split, _, _ in samples] == ["val"] * 32
+    assert all(s["frames.npy"].shape == (16, 32, 32, 3) and lengths == [16] for _, s, lengths in samples)
     clip = render_clip(glyph_fonts()[1], "R", np.random.default_rng(5))
     assert clip.shape == (16, 32, 32, 3) and clip.dtype == np.uint8
     assert np.array_equal(clip, render_clip(glyph_fonts()[1], "R", np.random.default_rng(5)))
