@@ -2,6 +2,7 @@
 
     python benchmarks/teachers/train_teachers.py image    # 16 px digits, ~25 min on 2 CPU cores
     python benchmarks/teachers/train_teachers.py video    # 32 px x 16 frames, ~85 min on 2 CPU cores; rerun to resume
+    python benchmarks/teachers/train_teachers.py glyph-image  # 32 px glyphs, ~50 min; rerun to resume
 
 The image teacher is the image_tiny recipe trained 7.5x longer (3,000 steps).
 The export (``benchmarks/teachers/image-16px/``: a diffusers
@@ -42,6 +43,15 @@ TEACHERS = {
         ],
         "resumable": True,
     },
+    "glyph-image": {
+        # The glyph testbed's image teacher (image_glyphs: 256 tokens an image, 4,000 steps of 32). Its run
+        # lives in the repository, keeping its newest checkpoint (every 500 steps, about 6 minutes), which
+        # is committed while it trains, so a later session resumes it.
+        "folder": "glyph-image-32px",
+        "overrides": ["recipe=image_glyphs", "trainer.progress_bar=false"],
+        "resumable": True,
+        "run_dir": HERE / "training" / "glyph-image-32px",
+    },
 }
 
 
@@ -58,8 +68,8 @@ def main() -> None:
     from jevons.framework.run import train
 
     started = time.time()
-    where = ([f"run.dir={Path(args.runs) / teacher['folder']}", "checkpoint.resume=auto"] if teacher.get("resumable")
-             else [f"run.root={args.runs}"])
+    run_dir = teacher.get("run_dir", Path(args.runs) / teacher["folder"])
+    where = [f"run.dir={run_dir}", "checkpoint.resume=auto"] if teacher.get("resumable") else [f"run.root={args.runs}"]
     result = train([*teacher["overrides"], *where])
     if result.summary["stopped"] != "no":  # a signal stopped it: nothing half-trained is exported
         print(f"stopped at step {result.summary['steps']} ({result.summary['stopped']}); run the same command to resume")
