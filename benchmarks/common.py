@@ -69,12 +69,20 @@ def commit() -> str:
 
 
 def write_result(
-    name: str, quick: bool, figures: dict[str, float], targets: dict[str, str], details: dict[str, Any] | None = None
+    name: str,
+    quick: bool,
+    figures: dict[str, float],
+    targets: dict[str, str],
+    details: dict[str, Any] | None = None,
+    command: str | None = None,
 ) -> Path:
+    """Write ``results/<name>.json``; ``command`` is how to rerun it when that is not
+    ``python benchmarks/<name>.py`` (a script measuring on one of several testbeds)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}{'.quick' if quick else ''}.json"
     result = {
         "benchmark": name,
+        **({"command": command} if command else {}),
         "quick": quick,
         "machine": machine(),
         "commit": commit(),

@@ -30,10 +30,11 @@ def verdict(value: float, target: str) -> str:
 
 
 def section(result: dict) -> str:
+    command = result.get("command") or f"python benchmarks/{result['benchmark']}.py"
     lines = [
         f"## {result['benchmark']}",
         "",
-        f"`python benchmarks/{result['benchmark']}.py` — commit `{result['commit']}`, {result['machine']}",
+        f"`{command}` — commit `{result['commit']}`, {result['machine']}",
         "",
     ]
     testbed = result.get("details", {}).get("testbed") or ("digits" if result["benchmark"] in DIGIT_TESTBED else None)

@@ -434,12 +434,19 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         return self.blend(config, split, build)
 
     def real_reference(self, config: DiffusionConfig, count: int) -> torch.Tensor:
-        """Up to ``count`` held-out samples ``(N, C, F, H, W)`` to compare generated ones with."""
+        """Up to ``count`` held-out samples ``(N, C, F, H, W)`` to compare generated ones with: on glyphs
+        evenly spaced through the split (it is stored font by font, so its first samples are one font's),
+        on digits the first ``count`` (what the digit testbed's results were measured against)."""
         import numpy as np
         import torch
 
         dataset = self.build_dataset(config, "val")
-        return torch.from_numpy(np.stack([dataset[i]["video"] for i in range(min(count, len(dataset)))]))
+        count = min(count, len(dataset))
+        if self.testbed(config) == "glyphs":
+            indices = np.linspace(0, len(dataset) - 1, count).round().astype(int).tolist()
+        else:
+            indices = list(range(count))
+        return torch.from_numpy(np.stack([dataset[i]["video"] for i in indices]))
 
     def train_flops(self, model: torch.nn.Module, batch: dict[str, Any]) -> float | None:
         from jevons.framework.tensor_parallel import tensor_parallel_size

@@ -176,6 +176,16 @@ def test_a_run_trains_on_glyphs_and_scores_them(train, run_root, glyph_root) -> 
     assert float(rows[-1]["val/fd_low"]) <= float(rows[-1]["val/fd"]) <= float(rows[-1]["val/fd_high"])
 
 
+def test_the_real_reference_spans_every_held_out_font(glyph_root: Path) -> None:
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, ["recipe=image_glyphs", f"data.root={glyph_root}"])
+    family = manager.family("diffusion")
+    reference, held_out = family.real_reference(config, 48), family.build_dataset(config, "val")
+    assert reference.shape == (48, 3, 1, 32, 32) and len(held_out) == 96  # stored font by font, 32 each
+    assert np.array_equal(reference[0].numpy(), held_out[0]["video"])
+    assert np.array_equal(reference[-1].numpy(), held_out[95]["video"])  # the last font's last glyph
+
+
 def test_class_count_must_match_the_data() -> None:
     manager = PluginManager.load(autoload=False)
     with pytest.raises(UsageError, match="has 32 classes but conditioning.classes=10"):
