@@ -2,7 +2,7 @@
 
     python benchmarks/glyph_features.py [--quick]
 
-Builds ``glyph-images`` if missing (about 2 minutes on 2 cores), trains
+Builds ``glyph-images`` if missing (about 30 seconds on 2 cores), trains
 :class:`~jevons.recipes.diffusion.glyph_quality.GlyphFeatureNet` on the train
 fonts (Adam, cosine learning rate, random shifts of up to 2 px and random
 colour-channel orders, seed 0), and writes it to

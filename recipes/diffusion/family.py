@@ -165,6 +165,11 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 f"tensor parallelism splits whole heads and feed-forward units across ranks."
             )
         conditioning = config.conditioning
+        if 0 < config.sample.fd_samples < 8:
+            raise UsageError(
+                f"sample.fd_samples={config.sample.fd_samples}: quality metrics need at least 8 samples (a covariance, "
+                f"3-nearest-neighbour manifolds); 0 turns them off."
+            )
         if not 0 <= conditioning.dropout < 1:
             raise UsageError(f"conditioning.dropout={conditioning.dropout} must be in [0, 1).")
         if conditioning.max_length < 1:
@@ -359,8 +364,11 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                     f"latents of {meta.get('latent_channels')} channel(s) from {meta.get('vae')}, "
                     f"{meta.get('text_dim')}-wide text from {meta.get('text_encoder')}"
                 )
-            else:
-                described.append(f"{meta.get('channels', 1)} channel(s), {meta.get('frames', 'clips')} frame(s)")
+            else:  # and only with samples of the same classes: "no class" is index 32 for glyphs, 10 otherwise
+                classes = len(meta["classes"]) if "classes" in meta else 10
+                described.append(
+                    f"{meta.get('channels', 1)} channel(s), {meta.get('frames', 'clips')} frame(s), {classes} classes"
+                )
         if len(set(described)) > 1:
             found = ", ".join(f"{folder} ({what})" for folder, what in zip(folders, described))
             raise UsageError(f"data.source blends samples of different kinds: {found}. Blend like with like.")

@@ -2,11 +2,12 @@
 metrics over its features.
 
 The digit testbed's metric (:mod:`~jevons.recipes.diffusion.metrics`) scores blur well; these metrics
-rank degradations in the order of their severity (``tests/recipes/test_glyph_quality.py`` pins it for
-blur and for noise). FID's Inception network is a download and sees 32 px glyphs as noise, so a small
-CNN (:class:`GlyphFeatureNet`) is trained on the ``glyph-images`` train fonts by
-``benchmarks/glyph_features.py`` and committed (``assets/glyph_features.safetensors``); it is never
-retrained where it scores, so every number on the testbed comes from one network.
+rank degradations in the order of their severity (``tests/recipes/test_glyphs.py`` pins the Fréchet
+distance's order for blur and for noise; precision is not monotone at mild blur). FID's Inception
+network is a download and sees 32 px glyphs as noise, so a small CNN (:class:`GlyphFeatureNet`) is
+trained on the ``glyph-images`` train fonts by ``benchmarks/glyph_features.py`` and committed
+(``assets/glyph_features.safetensors``); it is never retrained where it scores, so every number on the
+testbed comes from one network.
 
 * :func:`frechet_interval`: the Fréchet distance (Heusel et al., 2017) with a bootstrap interval over
   both sample sets (recentred: resampling biases the distance upwards).
@@ -97,7 +98,7 @@ def features_and_logits(
     net: GlyphFeatureNet, videos: torch.Tensor, batch: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame features ``(B, F, 128)`` and logits ``(B, F, classes)`` of videos ``(B, C, F, H, W)``."""
-    frames = frames_for_features(videos)
+    frames = frames_for_features(videos.detach().float().cpu())  # the network lives on the CPU
     parts = [net(frames[i : i + batch]) for i in range(0, len(frames), batch)]
     count, length = videos.shape[0], videos.shape[2]
     features = torch.cat([p[0] for p in parts]).reshape(count, length, FEATURES)
@@ -117,10 +118,17 @@ def _frechet(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.nd
 
 
 def frechet_interval(
-    generated: torch.Tensor, real: torch.Tensor, resamples: int = 200, seed: int = 0, level: float = 0.95
+    generated: torch.Tensor,
+    real: torch.Tensor,
+    resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    frames: int = 1,
 ) -> tuple[float, float, float]:
     """The Fréchet distance between feature sets ``(N, D)`` and ``(M, D)``, and a bootstrap interval at
-    ``level``: both sets resampled with replacement ``resamples`` times.
+    ``level``: both sets resampled with replacement ``resamples`` times. With ``frames > 1`` the rows are
+    clips' frames, ``frames`` consecutive rows a clip, and whole clips are resampled (a clip's frames are
+    not independent samples).
 
     A resample repeats samples, and the Fréchet distance of fewer distinct samples is larger (its bias
     grows as ``D / N``): the raw percentiles of the draws lie above the estimate (measured: 51 to 86
@@ -129,21 +137,30 @@ def frechet_interval(
     a, b = generated.double().numpy(), real.double().numpy()
     distance = _frechet(*_gaussian(a), *_gaussian(b))
     rng = np.random.default_rng(seed)
-    draws = np.array(
-        [
-            _frechet(*_gaussian(a[rng.integers(0, len(a), len(a))]), *_gaussian(b[rng.integers(0, len(b), len(b))]))
-            for _ in range(resamples)
-        ]
-    )
+
+    def resample(rows: np.ndarray) -> np.ndarray:
+        if frames == 1:
+            return rows[rng.integers(0, len(rows), len(rows))]
+        clips = len(rows) // frames
+        chosen = rng.integers(0, clips, clips)[:, None] * frames + np.arange(frames)
+        return rows[chosen.reshape(-1)]
+
+    draws = np.array([_frechet(*_gaussian(resample(a)), *_gaussian(resample(b))) for _ in range(resamples)])
     tail = (1.0 - level) / 2.0 * 100.0
     low, high = np.percentile(draws - draws.mean(), [tail, 100.0 - tail]) + distance
     return distance, float(max(low, 0.0)), float(high)
 
 
-def _radii(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Each vector's distance to its k-th nearest neighbour in its own set (itself excluded)."""
-    distances = torch.cdist(features, features)
-    return distances.kthvalue(k + 1, dim=1).values
+def _radii(features: torch.Tensor, k: int, batch: int = 1000) -> torch.Tensor:
+    """Each vector's distance to its k-th nearest neighbour in its own set (itself excluded), ``batch``
+    rows of the distance matrix at a time."""
+    if len(features) <= k:
+        raise ValueError(f"k-nearest-neighbour manifolds with k={k} need more than {k} samples; got {len(features)}")
+    parts = [
+        torch.cdist(features[i : i + batch], features).topk(k + 1, dim=1, largest=False).values[:, k]
+        for i in range(0, len(features), batch)
+    ]
+    return torch.cat(parts)
 
 
 def _inside(queries: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -188,7 +205,7 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def add_noise(images: torch.Tensor, std: float, seed: int = 0) -> torch.Tensor:
     """``images`` in [-1, 1] plus Gaussian noise of ``std`` (in units of the [0, 1] pixel range), clipped."""
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype) * (2.0 * std)
+    noise = torch.randn(images.shape, generator=generator, dtype=images.dtype).to(images.device) * (2.0 * std)
     return (images + noise).clamp(-1.0, 1.0)
 
 
@@ -217,15 +234,17 @@ def glyph_quality(
     paired_with: torch.Tensor | None = None,
     resamples: int = 200,
 ) -> GlyphQuality:
-    """Quality of ``samples`` ``(N, C, F, H, W)`` in [-1, 1] against ``real`` ones: per-frame features
-    for the distances; one class per clip (logits averaged over frames) for the accuracy against
-    ``labels`` ``(N,)``; the paired distance to ``paired_with`` (the teacher's samples from the same
-    noise), frame by frame."""
+    """Quality of ``samples`` ``(N, C, F, H, W)`` in [-1, 1] against ``real`` ones: the Fréchet distance
+    over per-frame features (clips resampled whole for its interval); precision and recall over one
+    vector per sample (a clip's frames averaged: a frame's nearest neighbours would otherwise be its own
+    clip's); one class per clip (logits averaged over frames) for the accuracy against ``labels``
+    ``(N,)``; the paired distance to ``paired_with`` (the teacher's samples from the same noise), frame
+    by frame. ``samples`` in the result counts samples (clips), not frames."""
     features, logits = features_and_logits(net, samples)
     real_features, _ = features_and_logits(net, real)
     flat, real_flat = features.flatten(0, 1), real_features.flatten(0, 1)
-    fd, low, high = frechet_interval(flat, real_flat, resamples)
-    precision, recall = precision_recall(flat, real_flat)
+    fd, low, high = frechet_interval(flat, real_flat, resamples, frames=samples.shape[2])
+    precision, recall = precision_recall(features.mean(dim=1), real_features.mean(dim=1))
     accuracy = None
     if labels is not None:
         accuracy = float((logits.mean(dim=1).argmax(dim=-1) == labels.to(logits.device)).float().mean())

@@ -6,11 +6,12 @@ detail: serifs, stroke contrast, outlines, colour and a textured background, at 
 
 * Classes: :data:`GLYPH_CLASSES`, the capital letters and digits without the pairs a font tells apart
   only by context (O/0, I/1; and so Q's and the other glyphs' own look-alikes stay: they differ in shape).
-* Fonts: every TrueType font in matplotlib's ``mpl-data/fonts/ttf`` whose character map gives each
-  class its own glyph (:func:`glyph_fonts`): the Computer Modern symbol and extension fonts, the STIX
-  size and non-Unicode variants, the two DejaVu display fonts and the last-resort font do not. Every
-  tenth font (sorted by file name) is held out for validation, so validation glyphs come from fonts no
-  model or feature network trained on.
+* Fonts: the 22 TrueType fonts in matplotlib's ``mpl-data/fonts/ttf`` whose character map gives each
+  class a glyph of its own name (:data:`GLYPH_FONTS`, pinned; :func:`glyph_fonts` checks them): the
+  Computer Modern symbol and extension fonts, the STIX size and non-Unicode variants, the two DejaVu
+  display fonts and the last-resort font do not. Every tenth font (0, 10, 20: DejaVu Sans Bold,
+  DejaVu Serif Italic, cmti10) is held out for validation, so validation glyphs come from fonts no
+  model or feature network trained on, though their families' other weights and slants are trained on.
 * Images (``glyph-images``): each class in each font ``VARIANTS`` times, at a random scale, rotation,
   shear and position, with random fill and outline colours over a textured background (smooth colour
   noise, sometimes stripes). Rendered at 4x and area-downsampled, so edges are antialiased.
@@ -70,13 +71,41 @@ def _covers(font: Path, characters: str) -> bool:
     names = [cmap.get(ord(c)) for c in characters]
     if any(name is None for name in names) or len(set(names)) != len(names):
         return False
-    return all(str(name).startswith(UV2AGL[ord(c)]) for c, name in zip(characters, names))
+    return all(_own_name(str(name), UV2AGL[ord(c)]) for c, name in zip(characters, names))
+
+
+def _own_name(name: str, base: str) -> bool:
+    """``two``, ``twooldstyle`` or a suffixed variant ``two.alt`` of ``two``; not ``Alpha`` for ``A``."""
+    return name in (base, base + "oldstyle") or name.startswith(base + ".")
+
+
+GLYPH_FONTS = (
+    "DejaVuSans-Bold.ttf", "DejaVuSans-BoldOblique.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans.ttf",
+    "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-BoldOblique.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono.ttf",
+    "DejaVuSerif-Bold.ttf", "DejaVuSerif-BoldItalic.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralBolIta.ttf", "STIXGeneralItalic.ttf",
+    "cmb10.ttf", "cmmi10.ttf", "cmr10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf",
+)  # fmt: skip
+"""The fonts of matplotlib's ``mpl-data`` that pass :func:`_covers` (listed from matplotlib 3.11), pinned: a matplotlib that adds a font
+must not move the held-out split (font index % 10) under a committed feature network."""
 
 
 @functools.cache
 def glyph_fonts() -> tuple[Path, ...]:
-    """matplotlib's TrueType fonts that cover every class, sorted by file name."""
-    return tuple(path for path in sorted(_font_folder().glob("*.ttf")) if _covers(path, GLYPH_CLASSES))
+    """The pinned fonts (:data:`GLYPH_FONTS`), in that order, from the installed matplotlib; each must
+    still cover every class."""
+    folder = _font_folder()
+    missing = [name for name in GLYPH_FONTS if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the glyph testbed renders with matplotlib's fonts, and {folder} lacks {missing}: install a "
+            f"matplotlib that ships them (3.11 does)."
+        )
+    paths = tuple(folder / name for name in GLYPH_FONTS)
+    failing = [path.name for path in paths if not _covers(path, GLYPH_CLASSES)]
+    if failing:
+        raise ValueError(f"{failing} no longer give each of {GLYPH_CLASSES} a glyph of its own name")
+    return paths
 
 
 def font_split(index: int) -> str:

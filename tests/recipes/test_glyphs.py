@@ -32,8 +32,12 @@ from jevons.recipes.diffusion.glyph_quality import (
 )
 from jevons.recipes.diffusion.glyphs import (
     GLYPH_CLASSES,
+    GLYPH_FONTS,
     GLYPH_IMAGES,
     NO_GLYPH,
+    _covers,
+    _font_folder,
+    _own_name,
     build_glyphs,
     font_split,
     glyph_fonts,
@@ -79,6 +83,9 @@ def test_fonts_cover_every_class_and_confusable_pairs_are_dropped() -> None:
     for excluded in ("cmsy10.ttf", "cmex10.ttf", "LastResortHE-Regular.ttf", "STIXNonUni.ttf", "DejaVuSansDisplay.ttf"):
         assert excluded not in names
     assert not any(name.startswith("STIXSiz") for name in names)
+    scanned = [p.name for p in sorted(_font_folder().glob("*.ttf")) if _covers(p, GLYPH_CLASSES)]
+    assert scanned == list(GLYPH_FONTS)  # the pinned list is what the coverage check finds
+    assert not _own_name("Alpha", "A") and _own_name("twooldstyle", "two") and _own_name("A.alt", "A")
     assert len(GLYPH_CLASSES) == NO_GLYPH == 32 >= 30
     assert not set("O0I1") & set(GLYPH_CLASSES)
     assert [font_split(i) for i in range(len(names))].count("val") == 3  # fonts 0, 10 and 20
@@ -131,6 +138,15 @@ def test_quality_ranks_blur_and_noise_by_severity(held_out) -> None:
         assert all(a < b for a, b in itertools.pairwise(fds)), f"{degrade.__name__}: {fds}"
         assert scores[0].fd_low <= scores[0].fd <= scores[0].fd_high
         assert scores[-1].precision < scores[0].precision  # the worst is off the real manifold
+
+
+def test_clips_are_resampled_whole_and_manifolds_are_per_clip(held_out) -> None:
+    images, _ = held_out
+    clips = images[:320].reshape(20, 16, 3, 32, 32).transpose(1, 2)  # (20, 3, 16, 32, 32): 20 "clips"
+    quality = glyph_quality(glyph_feature_net(), clips[:10], clips[10:], resamples=20)
+    assert quality.samples == 10 and quality.fd_low <= quality.fd <= quality.fd_high
+    a = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    assert frechet_interval(a, a, resamples=5, frames=16)[0] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_metrics_on_known_features() -> None:
@@ -190,3 +206,5 @@ def test_class_count_must_match_the_data() -> None:
     manager = PluginManager.load(autoload=False)
     with pytest.raises(UsageError, match="has 32 classes but conditioning.classes=10"):
         compose_config(manager, ["recipe=image_tiny", "data.source=glyph-images", "conditioning.classes=10"])
+    with pytest.raises(UsageError, match="sample.fd_samples=3: quality metrics need at least 8 samples"):
+        compose_config(manager, ["recipe=image_glyphs", "sample.fd_samples=3"])
