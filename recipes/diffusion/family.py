@@ -273,8 +273,9 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 )
 
     def _adopt_builtin_data(self, config: DiffusionConfig) -> None:
-        """Built-in data sets the class count and, for a model trained from scratch, the channels (glyphs
-        are RGB, digits grayscale); a pretrained model must match them."""
+        """Built-in data sets the class count and, for a model trained from scratch on glyphs, 3 channels (the
+        digit recipes already say 1, and a mismatch there surfaces in the first step, as before); a
+        pretrained model must match them."""
         from jevons.framework.data.blend import parse_sources
         from jevons.recipes.diffusion.components import vae_folder
         from jevons.recipes.diffusion.data import BUILTIN_GEOMETRY
@@ -293,7 +294,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 f"data.source={first} has {geometry.classes} classes but conditioning.classes={conditioning.classes}: "
                 f"leave conditioning.classes unset (null) to take the data's."
             )
-        if model.channels != geometry.channels and vae_folder(model) is None:
+        if geometry.channels != 1 and model.channels != geometry.channels and vae_folder(model) is None:
             if model.pretrained:
                 raise UsageError(
                     f"data.source={first} holds {geometry.channels}-channel pixels but the pretrained model "

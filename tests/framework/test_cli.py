@@ -29,7 +29,7 @@ def _assert_refused(result, cwd: Path, *fragments: str) -> None:
             ["recipe=doesnotexist"],
             [
                 "Unknown recipe 'doesnotexist'",
-                "Recipes: image_distill_tiny, image_lowdiff_tiny, image_tiny, llama3_2_1b_sft, llama_sft_tiny, llm_125m,",
+                "Recipes: image_distill_tiny, image_glyphs, image_glyphs_distill, image_glyphs_lowdiff, image_lowdiff_tiny,",
             ],
         ),
         (["recipe=llm_tiyn"], ["Did you mean 'llm_tiny'?"]),
