@@ -17,6 +17,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("lowres_cascade", "jevons.plugins.lowres_cascade"),
     ("block_sparse_attention", "jevons.plugins.block_sparse_attention"),
     ("modality_experts", "jevons.plugins.modality_experts"),
+    ("lora", "jevons.plugins.lora"),
     ("step_distillation", "jevons.plugins.step_distillation"),
 )
 """``(plugin name, module)`` pairs, in registration order."""

@@ -20,15 +20,24 @@ the rest through ``torch.load(weights_only=True)``.
 Optimizer state is stored by parameter name (``get_optimizer_state_dict``), so
 a checkpoint can be loaded into a model built at another tensor-parallel
 layout once its sharded tensors are DTensors.
+
+Frozen parameters (``requires_grad=False``: a LoRA run's base, text encoders,
+a VAE) are not saved: training never changes them and the build recreates
+them from their pretrained folders or the seed. What is saved instead is the
+SHA-256 of the frozen tensors this rank holds, and loading refuses a model
+whose frozen tensors hash differently (the base changed under the run), so a
+LoRA checkpoint holds the adapters and their optimizer state only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
 import re
 import shutil
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,7 +126,7 @@ def save_checkpoint(
 
     tensors, extra = _split(_full_state(module, optimizers))
     dcp.save(tensors, storage_writer=dcp.FileSystemWriter(temporary / "dcp", sync_files=True))
-    state = {**state, "optimizer_extra": extra["optim"], "world_size": world}
+    state = {**state, "optimizer_extra": extra["optim"], "world_size": world, "frozen_sha256": frozen_digest(module)}
     _write_durably(temporary / f"state-rank{rank:05d}.pt", _serialize_safely(state))
     _barrier(world)
 
@@ -146,7 +155,7 @@ def _full_state(module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimi
     as ``Shard(partition_dim)`` DTensors over the TP group they are saved whole
     and reload into any TP layout. Data-parallel replicas are deduplicated.
     """
-    options = StateDictOptions(flatten_optimizer_state_dict=False)
+    options = StateDictOptions(flatten_optimizer_state_dict=False, ignore_frozen_params=True)
     optim = get_optimizer_state_dict(module, list(optimizers), options=options) if optimizers else {}
     state = {"model": get_model_state_dict(module, options=options), "optim": optim}
     sharding = _tensor_parallel_sharding(module)
@@ -187,6 +196,8 @@ def _wrap_shards(state: dict[str, Any], sharding: dict[str, tuple[int, torch.Siz
     if optimizer_state:
         state["optim"] = {**state["optim"], "state": dict(optimizer_state)}
     for name, (dim, shape) in sharding.items():
+        if name not in state["model"]:  # frozen: not saved
+            continue
         state["model"][name] = wrap(state["model"][name], dim)
         if name in optimizer_state:
             state["optim"]["state"][name] = {
@@ -284,12 +295,61 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
     tensors, _ = _split(template)
     dcp.load(tensors, storage_reader=reader, planner=_TensorsOnlyPlanner())
     tensors = _local(tensors)
-    options = StateDictOptions(flatten_optimizer_state_dict=False)
-    set_model_state_dict(module, tensors["model"], options=options)
+    _check_frozen(
+        path, module, state.pop("frozen_sha256", None), same_layout=state.get("world_size") == _rank_world()[1]
+    )
+    options = StateDictOptions(flatten_optimizer_state_dict=False, strict=False)
+    incompatible = set_model_state_dict(module, tensors["model"], options=options)
+    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
+    unexplained = sorted(set(incompatible.missing_keys) - frozen) + sorted(incompatible.unexpected_keys)
+    if unexplained:
+        raise UsageError(
+            f"{path} does not match the model built for it: {', '.join(unexplained[:5])}"
+            f"{' ...' if len(unexplained) > 5 else ''} (missing or unexpected). Resume with the config it was saved with "
+            f"({path / 'config.yaml'})."
+        )
     if optimizers:
         optim = _merge(tensors.get("optim", {}), state.pop("optimizer_extra", {}))
         set_optimizer_state_dict(module, list(optimizers), optim, options=options)
     return state
+
+
+def frozen_digest(module: torch.nn.Module) -> str:
+    """SHA-256 over this rank's frozen parameters (names, dtypes, shapes and bytes), in name order.
+
+    Cached per module and invalidated by any in-place change (a tensor's version counter), so a
+    multi-gigabyte frozen base is hashed once per run, not at every save.
+    """
+    frozen = sorted(((name, p) for name, p in module.named_parameters() if not p.requires_grad), key=lambda np: np[0])
+    key = tuple((name, p.data_ptr(), p._version) for name, p in frozen)
+    cached = _DIGESTS.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, p in frozen:
+        tensor = p.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    _DIGESTS[module] = (key, digest.hexdigest())
+    return digest.hexdigest()
+
+
+_DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[tuple[str, int, int], ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _check_frozen(path: Path, module: torch.nn.Module, saved: str | None, same_layout: bool) -> None:
+    """Refuse to resume on frozen weights other than the ones the checkpoint was trained on."""
+    if saved is None or not same_layout:  # older checkpoints; another world size holds other shards
+        return
+    now = frozen_digest(module)
+    if now != saved:
+        raise UsageError(
+            f"The frozen parameters of this model differ from those {path} was trained on (SHA-256 {saved[:12]}..., "
+            f"now {now[:12]}...): the pretrained base (model.pretrained, text encoder or VAE folder) changed since it "
+            f"was saved. Point the config at the base the run started from ({path / 'config.yaml'})."
+        )
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

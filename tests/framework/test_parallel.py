@@ -86,6 +86,33 @@ def test_tp2_on_two_processes_equals_tp1_with_muon(run) -> None:
     _close(run("muon-tp2", *common, "launcher.nproc=2", "parallel.tensor=2"), run("muon-tp1", *common), 1e-5)
 
 
+def test_lora_at_tp2_equals_tp1_at_an_odd_batch(run, runs: Path) -> None:
+    """Adapters on every parallel linear: column B and row A sharded, the collectives in their paths.
+    Batch 3, because a layer that unpacked ``(output, bias)`` from one tensor would split a batch of 2."""
+    common = [
+        "trainer.max_steps=10",
+        "data.batch_size=3",
+        "plugins=[lora,jt_dump_state]",
+        "lora.rank=4",
+        "optimizer.lr=3e-2",
+        "checkpoint.every_n_steps=10",
+    ]
+    _close(run("lora-tp2", *common, "launcher.nproc=2", "parallel.tensor=2"), run("lora-tp1", *common), 1e-5)
+    # The trained adapters themselves: the losses of 10 steps barely move with B starting at zero.
+    full = torch.load(runs / "lora-tp1" / "state-rank0.pt", weights_only=True)["params"]
+    ranks = [torch.load(runs / "lora-tp2" / f"state-rank{r}.pt", weights_only=True)["params"] for r in range(2)]
+    adapters = [name for name in full if ".lora_" in name]
+    assert len(adapters) == 24  # A and B of q, k, v, proj, gate_up and down in two blocks
+    column = ("q", "k", "v", "gate_up")  # B split by rows there; A split by columns in proj and down
+    sharded = {name for name in adapters if ranks[0][name][0] is not None}
+    assert sharded == {n for n in adapters if (".lora_B." in n) == (n.split(".")[3] in column)}
+    for name in adapters:
+        dim = ranks[0][name][0]
+        whole = ranks[0][name][1] if dim is None else torch.cat([r[name][1] for r in ranks], dim=dim)
+        assert full[name][1].abs().max() > 0
+        torch.testing.assert_close(whole, full[name][1], atol=1e-5, rtol=0)
+
+
 def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, runs: Path) -> None:
     ranks = [torch.load(runs / "adamw-tp2" / f"state-rank{r}.pt", weights_only=True)["params"] for r in range(2)]
     full = torch.load(runs / "adamw-tp1" / "state-rank0.pt", weights_only=True)["params"]
