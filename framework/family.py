@@ -153,7 +153,11 @@ class Family(Protocol[ConfigT]):
 
     def export(self, run: Any, out_dir: Path) -> list[Path]:
         """``jevons export run_dir=...``: write a loaded run's model in its ecosystem's format (a
-        folder another library loads); return the files."""
+        folder another library loads); return the files. A LoRA run's adapters are merged first."""
+
+    def export_adapter(self, run: Any, out_dir: Path) -> list[Path]:
+        """``jevons export run_dir=... adapter=true``: write a LoRA run's adapters alone, in the layout
+        the family's ecosystem loads onto its base model; return the files."""
 
 
 class FamilyBase(Generic[ConfigT]):
@@ -234,6 +238,15 @@ class FamilyBase(Generic[ConfigT]):
         from jevons.framework.errors import UsageError
 
         raise UsageError(f"Family '{self.name}' does not implement `jevons export`.")
+
+    def export_adapter(self, run: Any, out_dir: Path) -> list[Path]:
+        """``jevons export adapter=true``: a LoRA run's adapters alone, for another library to load."""
+        from jevons.framework.errors import UsageError
+
+        raise UsageError(
+            f"Family '{self.name}' cannot export adapters alone; `jevons export` without adapter=true writes the "
+            f"merged model."
+        )
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sample.add_argument("settings", nargs="*", metavar="key=value")
     export = commands.add_parser(
         "export",
-        help="write a trained run's model for another library: run_dir=PATH [checkpoint=PATH] [out=DIR]",
-        description="llm: a Hugging Face Llama folder (transformers loads it); diffusion: a diffusers transformer folder.",
+        help="write a trained run's model for another library: run_dir=PATH [checkpoint=PATH] [out=DIR] [adapter=true]",
+        description="llm: a Hugging Face Llama folder (transformers loads it); diffusion: a diffusers transformer "
+        "folder. A LoRA run's adapters are merged into the weights; adapter=true writes the adapters alone (llm: a "
+        "peft adapter folder; diffusion: a diffusers LoRA file).",
     )
     export.add_argument("settings", nargs="*", metavar="key=value")
     new_plugin = commands.add_parser(
@@ -215,17 +217,33 @@ def _export(args: argparse.Namespace) -> int:
 
     options = _settings("export", args.settings)
     out = options.pop("out", None)
+    adapter = options.pop("adapter", "false").lower()
     unknown = set(options) - {"run_dir", "checkpoint"}
     if unknown:
-        raise UsageError(f"Unknown export option(s) {', '.join(sorted(unknown))}; options: run_dir, checkpoint, out.")
+        raise UsageError(
+            f"Unknown export option(s) {', '.join(sorted(unknown))}; options: run_dir, checkpoint, out, adapter."
+        )
+    if adapter not in ("true", "false"):
+        raise UsageError(f"adapter={adapter} must be true or false.")
 
     run_dir = Path(options["run_dir"])
     if out:
         _refuse_existing(Path(out))  # before the run loads
 
     def export(run: LoadedRun) -> list[Path]:
-        target = Path(out) if out else run_dir / "export" / f"step_{run.step:08d}"
+        from jevons.framework.adapters import adapter_layers, merge_adapters
+
+        target = (
+            Path(out) if out else run_dir / "export" / f"step_{run.step:08d}{'-adapter' if adapter == 'true' else ''}"
+        )
         _refuse_existing(target)
+        if adapter == "true":
+            if not adapter_layers(run.model):
+                raise UsageError(
+                    f"{run_dir} was trained without adapters (plugins=[lora]); export it without adapter=."
+                )
+            return run.family.export_adapter(run, target)
+        merge_adapters(run.model)  # a LoRA run exports as the model it computes
         return run.family.export(run, target)
 
     for path in _with_loaded_run(options, export):

@@ -573,3 +573,10 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
             run.model.save_pretrained(staging)
         staging.rename(out_dir)
         return sorted(p for p in out_dir.rglob("*") if p.is_file())
+
+    def export_adapter(self, run: Any, out_dir: Path) -> list[Path]:
+        """The transformer's LoRA adapters as ``pytorch_lora_weights.safetensors``, which diffusers'
+        ``WanPipeline.load_lora_weights`` (and ``WanTransformer3DModel.load_lora_adapter``) load onto the base."""
+        from jevons.recipes.diffusion.lora_export import save_lora_file
+
+        return save_lora_file(run.model, out_dir)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from jevons.recipes.llm.hf_config import PretrainedConfig
 from jevons.recipes.llm.hf_weights import hf_state_dict
@@ -126,3 +127,52 @@ def _write_own_config(model: DecoderLM, tokenizer_json: Path, staging: Path) -> 
         "model_max_length": model.shape.max_seq_len,
     }
     (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+
+
+def export_peft_adapter(model: DecoderLM, out_dir: Path, base: Path | None) -> list[Path]:
+    """The model's LoRA adapters as a peft adapter folder over the Hugging Face export's names
+    (``PeftModel.from_pretrained(base, out_dir)`` loads it): ``adapter_config.json`` and
+    ``adapter_model.safetensors``. The fused ``gate_up`` adapter becomes one adapter on each of
+    ``gate_proj`` and ``up_proj``, sharing ``A``; ``B`` holds the scaling (``lora_alpha`` = r), so every
+    loader computes the same update whatever it does with alpha."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from jevons.framework.adapters import lora_factors
+    from jevons.recipes.llm.hf_weights import name_table
+
+    factors = lora_factors(model)
+    if not factors:
+        raise ValueError("the model has no LoRA adapters to export")
+    table = name_table(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for ours, (lora_a, lora_b, scaling) in factors.items():
+        theirs = [name.removesuffix(".weight") for name in table[ours + ".weight"]]
+        parts = list(rearrange(lora_b, "(f two) r -> two f r", two=2)) if len(theirs) == 2 else [lora_b]
+        for module, part in zip(theirs, parts, strict=True):
+            tensors[f"base_model.model.{module}.lora_A.weight"] = lora_a.float().contiguous().clone()
+            tensors[f"base_model.model.{module}.lora_B.weight"] = (part.float() * scaling).contiguous().clone()
+    ranks = {a.shape[0] for a, _, _ in factors.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"adapters of different ranks {sorted(ranks)} cannot share one adapter_config.json")
+    rank = ranks.pop()
+    targets = sorted({key.split(".")[-3] for key in tensors})
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=rank,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=str(base) if base else None,
+    )
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        config.save_pretrained(str(staging))
+        save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.rename(out_dir)
+    return sorted(out_dir.iterdir())

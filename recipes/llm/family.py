@@ -238,6 +238,14 @@ class LLMFamily(FamilyBase[LLMConfig]):
         template = data_dir / "chat_template.jinja" if is_chat(data_dir) else None  # what it was trained with
         return export_hf(run.model, out_dir, data_dir / "tokenizer.json", source, template)
 
+    def export_adapter(self, run: Any, out_dir: Path) -> list[Path]:
+        """A peft adapter folder over the Hugging Face export's names (``PeftModel.from_pretrained`` on the
+        pretrained folder, or on the base's own export, loads it)."""
+        from jevons.recipes.llm.export import export_peft_adapter
+
+        pretrained = run.config.model.pretrained
+        return export_peft_adapter(run.model, out_dir, Path(pretrained) if pretrained else None)
+
 
 def adopt_pretrained(config: LLMConfig) -> None:
     """Fill ``config.model``'s shape keys from the pretrained folder's config.json (refusing what it cannot
