@@ -18,6 +18,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("block_sparse_attention", "jevons.plugins.block_sparse_attention"),
     ("modality_experts", "jevons.plugins.modality_experts"),
     ("lora", "jevons.plugins.lora"),
+    ("ema", "jevons.plugins.ema"),
     ("step_distillation", "jevons.plugins.step_distillation"),
 )
 """``(plugin name, module)`` pairs, in registration order."""
