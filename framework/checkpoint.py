@@ -293,21 +293,13 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
     reader.read_metadata()  # refuse a tampered checkpoint here, with our message, before DCP wraps it
     template = _full_state(module, optimizers)  # initialises empty optimizer state to load into
     tensors, _ = _split(template)
+    _check_keys(path, tensors, reader)
+    _check_frozen(path, module, state.pop("frozen_sha256", None))
     dcp.load(tensors, storage_reader=reader, planner=_TensorsOnlyPlanner())
     tensors = _local(tensors)
-    _check_frozen(
-        path, module, state.pop("frozen_sha256", None), same_layout=state.get("world_size") == _rank_world()[1]
-    )
+    # Not strict: frozen parameters are not in the checkpoint (the build made them, the digest checked them).
     options = StateDictOptions(flatten_optimizer_state_dict=False, strict=False)
-    incompatible = set_model_state_dict(module, tensors["model"], options=options)
-    frozen = {name for name, p in module.named_parameters() if not p.requires_grad}
-    unexplained = sorted(set(incompatible.missing_keys) - frozen) + sorted(incompatible.unexpected_keys)
-    if unexplained:
-        raise UsageError(
-            f"{path} does not match the model built for it: {', '.join(unexplained[:5])}"
-            f"{' ...' if len(unexplained) > 5 else ''} (missing or unexpected). Resume with the config it was saved with "
-            f"({path / 'config.yaml'})."
-        )
+    set_model_state_dict(module, tensors["model"], options=options)
     if optimizers:
         optim = _merge(tensors.get("optim", {}), state.pop("optimizer_extra", {}))
         set_optimizer_state_dict(module, list(optimizers), optim, options=options)
@@ -315,10 +307,12 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
 
 
 def frozen_digest(module: torch.nn.Module) -> str:
-    """SHA-256 over this rank's frozen parameters (names, dtypes, shapes and bytes), in name order.
+    """SHA-256 over the model's frozen parameters (names, dtypes, shapes and bytes), in name order.
 
-    Cached per module and invalidated by any in-place change (a tensor's version counter), so a
-    multi-gigabyte frozen base is hashed once per run, not at every save.
+    Layout-independent: a tensor-parallel shard is hashed as the whole tensor (gathered over the
+    tensor-parallel group), so every rank of every layout computes the same digest of the same base.
+    Cached per module and invalidated by any in-place change that bumps a tensor's version counter,
+    so a multi-gigabyte base is hashed once per run, not at every save.
     """
     frozen = sorted(((name, p) for name, p in module.named_parameters() if not p.requires_grad), key=lambda np: np[0])
     key = tuple((name, p.data_ptr(), p._version) for name, p in frozen)
@@ -327,11 +321,24 @@ def frozen_digest(module: torch.nn.Module) -> str:
         return cached[1]
     digest = hashlib.sha256()
     for name, p in frozen:
-        tensor = p.detach().cpu().contiguous()
+        tensor = _whole(p).cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # the bytes, not a copy
     _DIGESTS[module] = (key, digest.hexdigest())
     return digest.hexdigest()
+
+
+def _whole(parameter: torch.Tensor) -> torch.Tensor:
+    """A tensor-parallel shard gathered into the whole tensor; any other tensor as it is."""
+    from jevons.framework.tensor_parallel import tensor_parallel_group, tensor_parallel_size
+
+    tensor = parameter.detach()
+    size = tensor_parallel_size()
+    if size == 1 or not getattr(parameter, "tensor_model_parallel", False):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(size)]
+    dist.all_gather(parts, tensor.contiguous(), group=tensor_parallel_group())
+    return torch.cat(parts, dim=int(parameter.partition_dim))  # type: ignore[attr-defined]  # set by Megatron
 
 
 _DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[tuple[str, int, int], ...], str]] = (
@@ -339,17 +346,41 @@ _DIGESTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[tuple[str, int,
 )
 
 
-def _check_frozen(path: Path, module: torch.nn.Module, saved: str | None, same_layout: bool) -> None:
+def _check_frozen(path: Path, module: torch.nn.Module, saved: str | None) -> None:
     """Refuse to resume on frozen weights other than the ones the checkpoint was trained on."""
-    if saved is None or not same_layout:  # older checkpoints; another world size holds other shards
+    if saved is None:  # a checkpoint from before frozen parameters were left out: it holds them
         return
     now = frozen_digest(module)
     if now != saved:
         raise UsageError(
             f"The frozen parameters of this model differ from those {path} was trained on (SHA-256 {saved[:12]}..., "
-            f"now {now[:12]}...): the pretrained base (model.pretrained, text encoder or VAE folder) changed since it "
-            f"was saved. Point the config at the base the run started from ({path / 'config.yaml'})."
+            f"now {now[:12]}...): the pretrained base (model.pretrained, text encoder or VAE folder) or the seed it "
+            f"was initialised from changed since it was saved. Point the config at the base the run started from "
+            f"({path / 'config.yaml'})."
         )
+
+
+def _check_keys(path: Path, template: dict[str, Any], reader: SafeFileSystemReader) -> None:
+    """Refuse, with the names, a checkpoint that lacks tensors the model trains (another plugin set,
+    other LoRA targets), before DCP fails on the first one."""
+    saved = set(reader.read_metadata().state_dict_metadata)
+    wanted = set(_flat_names(template))
+    missing = sorted(wanted - saved)
+    if missing:
+        raise UsageError(
+            f"{path} does not hold {len(missing)} tensor(s) this model trains ({', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}): it was saved by a run with other plugins or trained parameters. "
+            f"Resume with the config it was saved with ({path / 'config.yaml'})."
+        )
+
+
+def _flat_names(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """DCP's flattened keys of a nested dict of tensors (``model.layers.0.weight``)."""
+    names: list[str] = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        names += _flat_names(value, name + ".") if isinstance(value, dict) else [name]
+    return names
 
 
 class _RestrictedUnpickler(pickle.Unpickler):

@@ -49,6 +49,9 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, manager: PluginManag
     checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / CHECKPOINTS)
     if checkpoint is None:
         raise UsageError(f"{run_dir} has no complete checkpoint to load.")
+    from jevons.framework.distributed import seed_processes
+
+    seed_processes(config.seed)  # as training did: a base built from the seed (frozen, not saved) is rebuilt equal
     model, objective, _ = build_model_and_objective(manager, family, config)
     module = JevonsModule(model, objective, Optimization(optimizer=None), None)  # type: ignore[arg-type]
     load_checkpoint(checkpoint, module, [])

@@ -37,6 +37,9 @@ class TrainerConfig:
     optimizer state unchanged, counted in the summary), or ``stop`` with a message naming the step."""
     max_consecutive_nonfinite: int = 5
     """With ``skip``: stop after this many non-finite steps in a row (training has diverged)."""
+    compile: bool = False
+    """``torch.compile`` each transformer block in place (the blocks holding the family's attention and
+    FFN modules), after plugins changed the model: repeated blocks share one compiled graph."""
 
     def __post_init__(self) -> None:
         require(self.max_steps > 0, "trainer.max_steps", self.max_steps, "a positive integer")

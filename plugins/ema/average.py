@@ -46,11 +46,16 @@ class ExponentialMovingAverage(pl.Callback):
         self._parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if not self.average:  # a fresh run; a resume loaded the saved average
             self.average = {name: p.detach().float().clone() for name, p in self._parameters.items()}
-        elif self.average.keys() != self._parameters.keys():
-            missing = sorted(set(self._parameters) ^ set(self.average))[:3]
+        elif self.average.keys() != self._parameters.keys() or any(
+            self.average[n].shape != p.shape for n, p in self._parameters.items()
+        ):
+            missing = sorted(
+                {*(set(self._parameters) ^ set(self.average))}
+                | {n for n, p in self._parameters.items() if n in self.average and self.average[n].shape != p.shape}
+            )[:3]
             raise UsageError(
-                f"ema: the checkpoint's average covers other parameters than this model trains ({', '.join(missing)} "
-                f"differ). Resume with the plugins and config the run was saved with."
+                f"ema: the checkpoint's average does not match the parameters this model trains ({', '.join(missing)} "
+                f"differ in name or shape). Resume with the plugins, config and parallel layout the run was saved with."
             )
         else:  # loaded on the CPU
             self.average = {n: a.to(self._parameters[n].device) for n, a in self.average.items()}

@@ -28,6 +28,12 @@ def save_lora_file(model: DiffusionModel, out_dir: Path) -> list[Path]:
     from jevons.framework.adapters import lora_factors
     from jevons.framework.errors import UsageError
 
+    outside = sorted(set(lora_factors(model)) - {f"transformer.{name}" for name in lora_factors(model.transformer)})
+    if outside:
+        raise UsageError(
+            f"Adapters outside the transformer ({', '.join(outside[:3])}) have no place in diffusers' Wan LoRA file; "
+            f"target the transformer's modules only, or export without adapter=true for merged weights."
+        )
     factors = lora_factors(model.transformer)
     if not factors:
         raise UsageError("Only adapters on the transformer export to diffusers' LoRA format; this model has none.")

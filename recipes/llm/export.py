@@ -139,13 +139,20 @@ def export_peft_adapter(model: DecoderLM, out_dir: Path, base: Path | None) -> l
     from safetensors.torch import save_file
 
     from jevons.framework.adapters import lora_factors
+    from jevons.framework.errors import UsageError
     from jevons.recipes.llm.hf_weights import name_table
 
     factors = lora_factors(model)
     if not factors:
-        raise ValueError("the model has no LoRA adapters to export")
+        raise UsageError("The model has no LoRA adapters to export.")
     table = name_table(model)
     tensors: dict[str, torch.Tensor] = {}
+    unmapped = sorted(name for name in factors if name + ".weight" not in table or name.endswith(("embed", "head")))
+    if unmapped:
+        raise UsageError(
+            f"Adapters on {', '.join(unmapped)} have no place in a peft adapter over the Hugging Face names "
+            f"(adapt the attention and FFN projections); `jevons export` without adapter=true writes them merged."
+        )
     for ours, (lora_a, lora_b, scaling) in factors.items():
         theirs = [name.removesuffix(".weight") for name in table[ours + ".weight"]]
         parts = list(rearrange(lora_b, "(f two) r -> two f r", two=2)) if len(theirs) == 2 else [lora_b]
@@ -154,7 +161,7 @@ def export_peft_adapter(model: DecoderLM, out_dir: Path, base: Path | None) -> l
             tensors[f"base_model.model.{module}.lora_B.weight"] = (part.float() * scaling).contiguous().clone()
     ranks = {a.shape[0] for a, _, _ in factors.values()}
     if len(ranks) != 1:
-        raise ValueError(f"adapters of different ranks {sorted(ranks)} cannot share one adapter_config.json")
+        raise UsageError(f"Adapters of different ranks {sorted(ranks)} cannot share one adapter_config.json.")
     rank = ranks.pop()
     targets = sorted({key.split(".")[-3] for key in tensors})
     config = LoraConfig(

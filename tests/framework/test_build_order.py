@@ -151,3 +151,22 @@ def test_build_order_is_the_documented_contract(train, tiny, tmp_path: Path) -> 
         "Trainer.fit",
         "family.evaluate",
     ]
+
+
+def test_compiled_blocks_train_as_the_eager_model(train, tiny, run_root, capsys) -> None:
+    """trainer.compile compiles each block in place: the same parameter names, the same losses (1e-5)."""
+    import csv
+
+    common = ["trainer.max_steps=10", "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1"]
+
+    def losses(name: str, *extra: str) -> dict[int, float]:
+        result = train(tiny(*common, f"run.dir={run_root / name}", *extra))
+        with open(result.run_dir / "metrics.csv") as handle:
+            return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+
+    eager = losses("eager")
+    assert "trainer.compile" not in capsys.readouterr().out
+    compiled = losses("compiled", "trainer.compile=true")
+    assert "trainer.compile: 2 blocks compiled in place (layers.0 ... layers.1)" in capsys.readouterr().out
+    assert eager.keys() == compiled.keys() and len(eager) == 10
+    assert max(abs(eager[k] - compiled[k]) for k in eager) <= 1e-5

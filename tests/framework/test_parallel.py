@@ -86,7 +86,7 @@ def test_tp2_on_two_processes_equals_tp1_with_muon(run) -> None:
     _close(run("muon-tp2", *common, "launcher.nproc=2", "parallel.tensor=2"), run("muon-tp1", *common), 1e-5)
 
 
-def test_lora_at_tp2_equals_tp1_at_an_odd_batch(run, runs: Path) -> None:
+def test_lora_at_tp2_equals_tp1_at_an_odd_batch(run, runs: Path, plugin_site: Path, monkeypatch) -> None:
     """Adapters on every parallel linear: column B and row A sharded, the collectives in their paths.
     Batch 3, because a layer that unpacked ``(output, bias)`` from one tensor would split a batch of 2."""
     common = [
@@ -111,6 +111,14 @@ def test_lora_at_tp2_equals_tp1_at_an_odd_batch(run, runs: Path) -> None:
         whole = ranks[0][name][1] if dim is None else torch.cat([r[name][1] for r in ranks], dim=dim)
         assert full[name][1].abs().max() > 0
         torch.testing.assert_close(whole, full[name][1], atol=1e-5, rtol=0)
+    # The frozen base's digest is of whole tensors: the TP=2 checkpoint loads into one process.
+    from jevons.framework.inference import load_run
+
+    monkeypatch.syspath_prepend(str(plugin_site))  # the run's jt_dump_state plugin, found as an entry point
+    with distributed.initialized(ParallelConfig()):
+        loaded = dict(load_run(runs / "lora-tp2").model.named_parameters())
+    for name in adapters:
+        torch.testing.assert_close(loaded[name].detach(), full[name][1], atol=1e-5, rtol=0)
 
 
 def test_each_rank_holds_one_over_tp_of_every_sharded_weight(adamw_tp1_and_tp2, runs: Path) -> None:

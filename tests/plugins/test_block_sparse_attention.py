@@ -125,5 +125,8 @@ def test_a_short_video_run_trains_sparse_and_reports_its_density(train, run_root
         ]
     )
     figures = result.summary["plugin_figures"]["block_sparse_attention"]
-    assert 0.0 < figures["mean_density"] <= 0.5 and figures["kernel"] == "gather"
+    assert 0.0 < figures["mean_density"] <= 0.5
+    # The kernels CPU training may use; which is faster per shape is measured on the machine (a busy one picks
+    # reference for some shapes), so the figure names what dispatch chose, not a fixed kernel.
+    assert set(figures["kernel"].split(", ")) <= {"gather", "reference"}
     assert result.summary["train_loss"] is not None

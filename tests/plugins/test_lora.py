@@ -13,6 +13,7 @@ from jevons.framework.checkpoint import SafeFileSystemReader, latest_checkpoint
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
+from jevons.framework.inference import load_run
 from jevons.framework.plugin_manager import PluginManager
 from jevons.plugins.lora.inject import adapter_parameters, add_adapters, default_targets
 
@@ -143,3 +144,13 @@ def test_a_lora_checkpoint_holds_the_adapters_only_and_resumes_exactly(train, ti
     assert _losses(resumed.run_dir) == losses
     with pytest.raises(UsageError, match=r"frozen parameters of this model differ .* the pretrained base"):
         train([*common, f"run.dir={tmp_path / 'resumed'}", "checkpoint.resume=auto", "seed=7", "trainer.max_steps=9"])
+    without = [o for o in common if o != "plugins=[lora]"]
+    with pytest.raises(
+        UsageError, match=r"does not hold \d+ tensor\(s\) this model trains \(model\.model\.embed\.weight"
+    ):
+        train([*without, f"run.dir={tmp_path / 'resumed'}", "checkpoint.resume=auto", "trainer.max_steps=9"])
+
+    # Loading for sampling or export rebuilds the same seed-made base (else the digest refuses it).
+    with distributed.initialized(ParallelConfig()):
+        loaded = load_run(straight.run_dir)
+    assert set(adapter_parameters(loaded.model)) == {k.removeprefix("model.model.") for k in weights}
