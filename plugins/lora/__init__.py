@@ -44,6 +44,9 @@ class LoRAConfig:
     """Dropout on the adapters' input (peft's ``lora_dropout``)."""
     targets: list[str] = field(default_factory=list)
     """Module-name suffixes to adapt (``to_q``, ``attn.proj``); empty: the family's defaults."""
+    init_from: str | None = None
+    """Start from this adapter instead of ``B = 0``: what ``jevons export adapter=true`` writes (llm: a peft
+    adapter folder; diffusion: diffusers' ``pytorch_lora_weights.safetensors``), from Jevons or another tool."""
 
 
 PLUGIN_INFO = PluginInfo(
@@ -74,6 +77,12 @@ def modify_model(model: torch.nn.Module, config: Config) -> None:
     cfg = section(config, "lora", LoRAConfig)
     targets = cfg.targets or list(default_targets(config.family))
     adapted = add_adapters(model, targets, cfg.rank, cfg.alpha or cfg.rank, cfg.dropout, config.seed)
+    if cfg.init_from:
+        from pathlib import Path
+
+        from jevons.plugins.lora.init_from import load_adapter, read_adapter
+
+        load_adapter(model, read_adapter(config.family, model, Path(cfg.init_from)), Path(cfg.init_from))
     trained = sum(p.numel() for p in adapter_parameters(model).values())
     total = sum(p.numel() for p in model.parameters())
     print(

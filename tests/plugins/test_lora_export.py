@@ -16,7 +16,49 @@ from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.inference import load_run
 
 TEACHER = Path(__file__).resolve().parents[2] / "benchmarks" / "teachers" / "image-16px"
+LLM = [
+    "recipe=llama_sft_tiny",
+    "data.num_workers=0",
+    "data.seq_len=128",
+    "data.batch_size=2",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "trainer.progress_bar=false",
+    "generate.max_new_tokens=2",
+]
+IMAGE = [
+    "recipe=image_tiny",
+    "model.num_layers=4",
+    "model.num_heads=4",
+    "model.head_dim=32",
+    "model.ffn_dim=256",
+    "data.resolution=16",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    f"model.pretrained={TEACHER}",
+    "model.pretrained_subfolder=transformer",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "trainer.limit_val_batches=1",
+    "sample.fd_samples=0",
+    "sample.steps=2",
+    "trainer.progress_bar=false",
+]
 TRAINED = ["plugins=[lora]", "lora.rank=4", "lora.alpha=8", "optimizer.lr=2e-2", "optimizer.warmup_steps=0"]
+
+
+def _built(overrides: list[str]) -> torch.nn.Module:
+    """The model a run with these overrides starts training from."""
+    from jevons.framework.build import build_model_and_objective
+    from jevons.framework.config.compose import compose_config
+    from jevons.framework.plugin_manager import PluginManager
+
+    manager = PluginManager.load(autoload=False)
+    config = compose_config(manager, overrides)
+    with distributed.initialized(ParallelConfig()):
+        distributed.seed_processes(config.seed)
+        return build_model_and_objective(manager, manager.family(config.family), config)[0]
 
 
 def _loaded(run_dir: Path) -> Any:
@@ -28,21 +70,7 @@ def test_an_llm_adapter_loads_in_peft_and_merged_weights_in_transformers(train, 
     import transformers
     from peft import PeftModel
 
-    result = train(
-        [
-            "recipe=llama_sft_tiny",
-            "data.num_workers=0",
-            "data.seq_len=128",
-            "data.batch_size=2",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=4",
-            "trainer.limit_val_batches=1",
-            "trainer.progress_bar=false",
-            "generate.max_new_tokens=2",
-            *TRAINED,
-            f"run.root={run_root}",
-        ]
-    )
+    result = train([*LLM, *TRAINED, f"run.root={run_root}"])
     run = _loaded(result.run_dir)
     model, base = run.model, Path(run.config.model.pretrained)
     assert jevons(["export", f"run_dir={result.run_dir}", "adapter=true", f"out={tmp_path / 'adapter'}"]) == 0
@@ -59,6 +87,11 @@ def test_an_llm_adapter_loads_in_peft_and_merged_weights_in_transformers(train, 
             base_logits = model(ids)[..., :200].float()
     effect = (ours - base_logits).abs().max()
     assert effect > 1e-3  # the adapters were trained: the checks below can fail
+
+    # A new run can start from the exported adapter: step 0 computes what the trained run does.
+    started = _built([*LLM, *TRAINED, f"lora.init_from={tmp_path / 'adapter'}"])
+    with distributed.initialized(ParallelConfig()), torch.no_grad():
+        assert (started(ids)[..., :200] - ours).abs().max() < 1e-5
 
     plain = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     adapted = PeftModel.from_pretrained(plain, tmp_path / "adapter").eval()
@@ -92,26 +125,7 @@ def test_a_diffusion_adapter_loads_in_diffusers_and_merged_weights_as_a_transfor
     from jevons.recipes.diffusion.conditioning import Condition
     from jevons.recipes.diffusion.model import DiffusionModel
 
-    common = ["model.num_layers=4", "model.num_heads=4", "model.head_dim=32", "model.ffn_dim=256"]
-    result = train(
-        [
-            "recipe=image_tiny",
-            *common,
-            "data.resolution=16",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            f"model.pretrained={TEACHER}",
-            "model.pretrained_subfolder=transformer",
-            "trainer.max_steps=4",
-            "trainer.val_check_interval=4",
-            "trainer.limit_val_batches=1",
-            "sample.fd_samples=0",
-            "sample.steps=2",
-            "trainer.progress_bar=false",
-            *TRAINED,
-            f"run.root={run_root}",
-        ]
-    )
+    result = train([*IMAGE, *TRAINED, f"run.root={run_root}"])
     assert jevons(["export", f"run_dir={result.run_dir}", "adapter=true", f"out={tmp_path / 'adapter'}"]) == 0
     assert jevons(["export", f"run_dir={result.run_dir}", f"out={tmp_path / 'merged'}"]) == 0
     assert [p.name for p in (tmp_path / "adapter").iterdir()] == ["pytorch_lora_weights.safetensors"]
@@ -126,6 +140,10 @@ def test_a_diffusion_adapter_loads_in_diffusers_and_merged_weights_as_a_transfor
         with _adapters_off(model):
             base = model.transformer(noisy, sigma * 1000, hidden, return_dict=False)[0]
     assert (ours - base).abs().max() > 1e-4
+
+    started = _built([*IMAGE, *TRAINED, f"lora.init_from={tmp_path / 'adapter'}"])
+    with torch.no_grad():
+        assert (started.transformer(noisy, sigma * 1000, hidden, return_dict=False)[0] - ours).abs().max() < 1e-5
 
     # A pipeline around the base transformer (the class-conditional testbed has no text encoder or VAE to give it).
     base_transformer = WanTransformer3DModel.from_pretrained(TEACHER / "transformer")
