@@ -107,7 +107,7 @@ def main() -> None:
             }
         },
     }
-    write_result("compile_speedup", args.quick, figures, {"compile_step_speedup": "reported"}, details)
+    write_result("compile_speedup", args.quick, figures, {}, details)  # the issue asks for the figure, no threshold
 
 
 if __name__ == "__main__":
