@@ -87,6 +87,28 @@ def _megatron_options(options: LinearOptions) -> dict[str, Any]:
     }
 
 
+def _autocast_linear(
+    impl: Callable[..., torch.Tensor], input: torch.Tensor, weight: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """Megatron's linear autograd function under the caller's autocast, on any device.
+
+    Megatron decorates its linear functions with CUDA's ``custom_fwd``/``custom_bwd``, which replay
+    *CUDA* autocast in backward. Under CPU autocast the forward matmul runs in bf16 while backward
+    meets the fp32 weight it saved, and the first backward fails ("expected m1 and m2 to have the
+    same dtype"). So cast input, weight and bias to the autocast dtype here, as autocast does for
+    ``F.linear``: Megatron's function then sees one dtype in both passes, and the casts' own backward
+    returns fp32 gradients to the fp32 master weights.
+    """
+    device = input.device.type
+    if not torch.is_autocast_enabled(device):
+        return impl(input=input, weight=weight, **kwargs)
+    dtype = torch.get_autocast_dtype(device)
+    if kwargs.get("bias") is not None:
+        kwargs["bias"] = kwargs["bias"].to(dtype)
+    with torch.autocast(device, enabled=False):
+        return impl(input=input.to(dtype), weight=weight.to(dtype), **kwargs)
+
+
 class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
     """``y = x W^T (+ b)`` with W split by output rows across TP ranks; returns ``y`` only.
 
@@ -102,6 +124,9 @@ class ColumnParallelLinear(tensor_parallel.ColumnParallelLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output, _ = super().forward(x)
         return output
+
+    def _forward_impl(self, input: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return _autocast_linear(super()._forward_impl, input, weight, **kwargs)
 
 
 class RowParallelLinear(tensor_parallel.RowParallelLinear):
@@ -119,6 +144,9 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output, _ = super().forward(x)
         return output
+
+    def _forward_impl(self, input: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return _autocast_linear(super()._forward_impl, input, weight, **kwargs)
 
 
 class VocabParallelEmbedding(tensor_parallel.VocabParallelEmbedding):

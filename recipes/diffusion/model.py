@@ -56,9 +56,16 @@ class DiffusionModel(nn.Module):
         return cast("list[WanTransformerBlock]", list(self.transformer.blocks))
 
     def forward(self, noisy: torch.Tensor, sigma: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """The velocity for ``noisy`` at ``sigma``, in ``noisy``'s dtype.
+
+        The transformer computes in its parameters' dtype (bf16 under ``bf16-true``), so a sampler
+        can keep its state in fp32 and call a bf16 model, as diffusers' pipelines do.
+        """
         hidden = self.conditioner(condition)
         self._check_inputs(noisy, hidden)
-        return self.transformer(noisy, sigma * 1000.0, hidden, return_dict=False)[0]
+        dtype = self.transformer.patch_embedding.weight.dtype
+        velocity = self.transformer(noisy.to(dtype), sigma * 1000.0, hidden.to(dtype), return_dict=False)[0]
+        return velocity.to(noisy.dtype)
 
     def _check_inputs(self, noisy: torch.Tensor, hidden: torch.Tensor) -> None:
         """Name the component and both shapes, instead of a convolution's traceback deep in a run."""

@@ -35,14 +35,17 @@ def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
     return halved(halved(lengths))
 
 
-def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """The transformer's fixed positional encodings (Vaswani et al., 2017), ``(length, dim)``."""
+def sinusoidal_positions(
+    length: int, dim: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The transformer's fixed positional encodings (Vaswani et al., 2017), ``(length, dim)``, computed in
+    fp32 and returned in ``dtype``."""
     position = torch.arange(length, device=device, dtype=torch.float32)[:, None]
     frequency = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
-    table = torch.zeros(length, dim, device=device)
+    table = torch.zeros(length, dim, device=device, dtype=torch.float32)
     table[:, 0::2] = torch.sin(position * frequency)
     table[:, 1::2] = torch.cos(position * frequency)
-    return table
+    return table.to(dtype)
 
 
 class ConvSubsampling(nn.Module):
@@ -162,9 +165,12 @@ class SpeechRecognizer(nn.Module):
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states ``(B, T', hidden)`` and their valid lengths ``(B,)``."""
         feature_lengths = feature_lengths.to(features.device)
-        x = self.subsampling(features, feature_lengths)
+        # The encoder computes in its parameters' dtype (bf16 under bf16-true); features may be fp32.
+        x = self.subsampling(features.to(self.subsampling.out.weight.dtype), feature_lengths)
         lengths = subsampled_lengths(feature_lengths)
-        x = self.dropout(x * math.sqrt(self.shape.hidden_size) + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
+        x = self.dropout(
+            x * math.sqrt(self.shape.hidden_size) + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype)
+        )
         mask = self.padding_mask(lengths, x.shape[1])
         for layer in self.encoder:
             x = layer(x, mask)
@@ -178,7 +184,7 @@ class SpeechRecognizer(nn.Module):
     def decode(self, decoder_input: torch.Tensor, memory: torch.Tensor, memory_lengths: torch.Tensor) -> torch.Tensor:
         """Next-character logits ``(B, L, vocab)`` for every prefix of ``decoder_input``."""
         x = self.embedding(decoder_input) * math.sqrt(self.shape.hidden_size)
-        x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
+        x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device, x.dtype))
         mask = self.padding_mask(memory_lengths, memory.shape[1])
         for layer in self.decoder:
             x = layer(x, memory, mask)

@@ -86,6 +86,17 @@ def test_tp2_on_two_processes_equals_tp1_with_muon(run) -> None:
     _close(run("muon-tp2", *common, "launcher.nproc=2", "parallel.tensor=2"), run("muon-tp1", *common), 1e-5)
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_at_tp2_equals_tp1(run, precision: str) -> None:
+    """Megatron's linears under CPU autocast (bf16-mixed crashed on the first backward) and in bf16
+    weights: TP=2 follows TP=1 within bf16's rounding (the split changes the order of the sums)."""
+    common = ["trainer.max_steps=10", "data.batch_size=4", f"trainer.precision={precision}", "optimizer.lr=1e-2"]
+    single = run(f"{precision}-tp1", *common)
+    split = run(f"{precision}-tp2", *common, "launcher.nproc=2", "parallel.tensor=2")
+    worst = max(abs(split[k] - single[k]) / single[k] for k in single)
+    assert split.keys() == single.keys() and worst <= {"bf16-mixed": 3e-3, "bf16-true": 5e-2}[precision], worst
+
+
 def test_lora_at_tp2_equals_tp1_at_an_odd_batch(run, runs: Path, plugin_site: Path, monkeypatch) -> None:
     """Adapters on every parallel linear: column B and row A sharded, the collectives in their paths.
     Batch 3, because a layer that unpacked ``(output, bias)`` from one tensor would split a batch of 2."""
