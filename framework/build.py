@@ -4,6 +4,7 @@
     for each attention module the family lists:  replace_attention(module, name, config)
     for each feed-forward module it lists:       replace_ffn(module, name, layer_index, config)
     modify_model(model, config)
+    trainer.activation_checkpointing: those blocks (all, or every N-th) recomputed in backward
     trainer.compile: each block holding those modules, compiled in place
     objective  = make_objective(model, config)       or family.default_objective
     optimizer  = make_optimizer(model, config)       or AdamW + schedule
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from jevons.framework.activation_checkpointing import checkpoint_blocks
 from jevons.framework.config.schema import Config
 from jevons.framework.data.sampler import RandomBatchSampler
 from jevons.framework.distributed import data_parallel_rank_and_size
@@ -90,13 +92,39 @@ def build_model_and_objective(
     for name, layer_index, module in family.ffn_modules(model):
         _replace(manager, enabled, "replace_ffn", model, name, module, replaced, layer_index=layer_index, config=config)
     manager.call_all("modify_model", enabled, model=model, config=config)
+    # torchtitan's order: checkpointing, then compile (then sharding), each per block.
+    every = checkpointing_interval(config.trainer.activation_checkpointing)
+    if every is not None:
+        blocks = checkpoint_blocks(model, family_blocks(family, model, "trainer.activation_checkpointing"), every)
+        print(
+            f"trainer.activation_checkpointing: {len(blocks)} blocks recomputed in backward ({_span(blocks)})",
+            flush=True,
+        )
     if config.trainer.compile:
         blocks = compile_blocks(family, model)
-        print(f"trainer.compile: {len(blocks)} blocks compiled in place ({blocks[0]} ... {blocks[-1]})", flush=True)
+        print(f"trainer.compile: {len(blocks)} blocks compiled in place ({_span(blocks)})", flush=True)
     objective = manager.call_first("make_objective", enabled, model=model, config=config)
     if objective is None:
         objective = family.default_objective(model, config)
     return model, objective, replaced
+
+
+def family_blocks(family: Family, model: torch.nn.Module, setting: str) -> list[str]:
+    """The model's blocks: the modules holding the family's attention and FFN modules, in model order.
+    ``setting`` names the config key that needs them, for the error when the family lists none."""
+    listed = [name for name, _ in family.attention_modules(model)]
+    listed += [name for name, _, _ in family.ffn_modules(model)]
+    blocks = list(dict.fromkeys(name.rpartition(".")[0] for name in listed))  # in model order, once each
+    if not blocks or "" in blocks:
+        raise UsageError(f"{setting}: family '{family.name}' lists no attention or FFN modules inside blocks.")
+    return blocks
+
+
+def checkpointing_interval(setting: str | int) -> int | None:
+    """Every how many blocks ``trainer.activation_checkpointing`` checkpoints one (None: off)."""
+    if setting == "none":
+        return None
+    return 1 if setting == "full" else int(setting)
 
 
 def compile_blocks(family: Family, model: torch.nn.Module) -> list[str]:
@@ -107,16 +135,14 @@ def compile_blocks(family: Family, model: torch.nn.Module) -> list[str]:
     ``Module.compile`` keeps parameter names (checkpoints and exports are unchanged). Returns the
     compiled block names.
     """
-    listed = [name for name, _ in family.attention_modules(model)]
-    listed += [name for name, _, _ in family.ffn_modules(model)]
-    blocks = list(dict.fromkeys(name.rpartition(".")[0] for name in listed))  # in model order, once each
-    if not blocks or "" in blocks:
-        raise UsageError(
-            f"trainer.compile=true: family '{family.name}' lists no attention or FFN modules inside blocks to compile."
-        )
+    blocks = family_blocks(family, model, "trainer.compile=true")
     for name in blocks:
         model.get_submodule(name).compile()
     return blocks
+
+
+def _span(blocks: list[str]) -> str:
+    return blocks[0] if len(blocks) == 1 else f"{blocks[0]} ... {blocks[-1]}"
 
 
 def default_batch_sampler(dataset: Any, config: Config, stage: str) -> RandomBatchSampler:

@@ -44,6 +44,10 @@ class TrainerConfig:
     optimizer state unchanged, counted in the summary), or ``stop`` with a message naming the step."""
     max_consecutive_nonfinite: int = 5
     """With ``skip``: stop after this many non-finite steps in a row (training has diverged)."""
+    activation_checkpointing: Literal["none", "full"] | int = "none"
+    """Recompute blocks' activations in backward instead of keeping them (Chen et al., 2016): ``full``
+    for every block (the blocks holding the family's attention and FFN modules), ``N`` for every N-th
+    from the first. Costs about one more forward per step; losses and gradients are unchanged."""
     compile: bool = False
     """``torch.compile`` each transformer block in place (the blocks holding the family's attention and
     FFN modules), after plugins changed the model: repeated blocks share one compiled graph."""
@@ -67,6 +71,13 @@ class TrainerConfig:
             self.accumulate_grad_batches,
             "a positive integer",
         )
+        if isinstance(self.activation_checkpointing, int):
+            require(
+                self.activation_checkpointing > 0,
+                "trainer.activation_checkpointing",
+                self.activation_checkpointing,
+                "none, full, or a positive integer N (every N-th block)",
+            )
         if self.num_threads is not None:
             require(self.num_threads > 0, "trainer.num_threads", self.num_threads, "a positive integer or null")
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from jevons.framework.activation_checkpointing import recomputing
 from jevons.kernels import dispatch
 from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
 
@@ -90,10 +91,11 @@ class BlockSparseWanProcessor:
             q, k, v = q[:, :, forward], k[:, :, forward], v[:, :, forward]
         started = time.perf_counter()
         mask = adaptive_block_mask(q, k, self.block_size, self.coverage, self.min_density, self.max_density)
-        self.stats.mask_seconds += time.perf_counter() - started
-        self.stats.calls += 1
-        self.stats.kept_blocks += float(mask.sum())
-        self.stats.total_blocks += mask.numel()
+        if not recomputing():  # a checkpointed block's rerun for backward: counted once
+            self.stats.mask_seconds += time.perf_counter() - started
+            self.stats.calls += 1
+            self.stats.kept_blocks += float(mask.sum())
+            self.stats.total_blocks += mask.numel()
         out = dispatch.get("block_sparse_attention")(q, k, v, mask, self.block_size)
         if order is not None:
             out = out[:, :, order[1].to(out.device)]

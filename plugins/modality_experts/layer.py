@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from jevons.framework.activation_checkpointing import recomputing
+
 EXPERT_CHOICE, TOKEN_CHOICE = "expert_choice", "token_choice"
 
 
@@ -240,6 +242,8 @@ class ModalityExperts(nn.Module):
 
     @torch.no_grad()
     def _count(self, group: int, tokens: int, assignments: Assignments) -> None:
+        if recomputing():  # a checkpointed block's rerun for backward: counted once
+            return
         phase = 0 if self.training else 2
         if self.training:  # utilisation is a training figure
             load = torch.bincount(assignments.expert, minlength=self.experts_per_group[group])
