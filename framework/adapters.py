@@ -7,6 +7,8 @@ no family needs to know which plugin trained it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,6 +20,30 @@ def adapter_layers(model: nn.Module) -> list[tuple[str, Any]]:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+
+
+@contextmanager
+def active_adapter(model: nn.Module, adapter: str | None) -> Iterator[None]:
+    """Run ``model`` with only ``adapter`` active in every adapter layer, or with none (the frozen base).
+
+    One base, several networks: step distillation's teacher is the base with adapters off and its
+    fake score the base with an adapter of its own. peft's ``set_adapter`` and ``enable_adapters``
+    also change ``requires_grad`` (an inactive adapter is frozen), which would freeze the student in
+    its own training step; this switches only what the layers' forward reads (``_active_adapter``,
+    ``_disable_adapters``, peft >= 0.17) and restores it afterwards.
+    """
+    layers = [layer for _, layer in adapter_layers(model)]
+    saved = [(layer._active_adapter, layer._disable_adapters) for layer in layers]
+    try:
+        for layer in layers:
+            if adapter is None:
+                layer._disable_adapters = True
+            else:
+                layer._active_adapter, layer._disable_adapters = [adapter], False
+        yield
+    finally:
+        for layer, (active, disabled) in zip(layers, saved, strict=True):
+            layer._active_adapter, layer._disable_adapters = active, disabled
 
 
 def lora_factors(model: nn.Module, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:

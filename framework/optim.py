@@ -26,10 +26,26 @@ class Optimization:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
 
+OBJECTIVE_OWNED = "jevons_objective_owned"
+"""A parameter attribute (as Megatron marks ``tensor_model_parallel``): set on parameters that sit in the
+model but are trained by the objective's own optimizer (step distillation's fake-score adapter on a
+shared base), so the model's optimizers leave them alone."""
+
+
+def mark_objective_owned(parameters: list[torch.nn.Parameter]) -> None:
+    for p in parameters:
+        setattr(p, OBJECTIVE_OWNED, True)
+
+
+def optimized_by_model_optimizer(p: torch.nn.Parameter) -> bool:
+    """Trainable, and not trained by the objective's own optimizer."""
+    return p.requires_grad and not getattr(p, OBJECTIVE_OWNED, False)
+
+
 def default_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
-    """AdamW over every trainable parameter, weight decay on ≥2-D ones only."""
+    """AdamW over every trainable parameter (but the objective's own), weight decay on ≥2-D ones only."""
     cfg = config.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if optimized_by_model_optimizer(p)]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},

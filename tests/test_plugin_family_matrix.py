@@ -74,6 +74,24 @@ def test_plugin_trains_with_family(train, run_root, request, smoke, plugin: str,
     assert any(isinstance(v, (int, float)) for v in figures.values()), figures
 
 
+def test_blade_with_lora_trains(train, run_root, smoke) -> None:
+    """BLADE's own recipe: LoRA on a frozen base that the teacher and fake score share, the student
+    attending block-sparsely (tests/plugins/test_step_distillation.py pins the sharing)."""
+    plugins = ("lora", "block_sparse_attention", "step_distillation")
+    result = train(
+        [
+            *smoke["diffusion"],
+            f"plugins=[{','.join(plugins)}]",
+            "lora.rank=4",
+            *PLUGIN_SMOKE["block_sparse_attention"]["diffusion"],
+            *PLUGIN_SMOKE["step_distillation"]["diffusion"],
+            f"run.root={run_root}",
+        ]
+    )
+    assert result.summary["steps"] == 3 and result.summary["val_loss"] is not None
+    assert set(result.summary["plugin_figures"]) >= set(plugins)
+
+
 # The same plugins on the text-conditioned latent model (recipe wan_t2v_tiny, the session's tiny Wan
 # pipeline and precomputed latents; the cascade encodes square pixel clips online).
 TEXT_SMOKE = {

@@ -93,7 +93,10 @@ def replace_attention(
     model = section(config, "model", DiffusionModelConfig)
     frames = max(1, data.frames // model.patch_size[0])
     tile = (cfg.tile[0], cfg.tile[1], cfg.tile[2]) if cfg.tile else None  # three sides: checked in configure
-    return BlockSparseWanProcessor(cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames, tile)
+    dense = getattr(module, "processor", None)  # diffusers' own, for dense_attention() calls
+    return BlockSparseWanProcessor(
+        cfg.block_size, cfg.coverage, cfg.min_density, cfg.max_density, frames, tile, dense=dense
+    )
 
 
 @hookimpl

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from jevons.framework.activation_checkpointing import recomputing
+from jevons.framework.attention import dense_attention_requested
 from jevons.kernels import dispatch
 from jevons.plugins.block_sparse_attention.mask import adaptive_block_mask, tile_for_block, tile_order
 
@@ -38,7 +40,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class BlockSparseWanProcessor:
-    """Self-attention over ``frames`` latent frames of square token grids, block-sparse."""
+    """Self-attention over ``frames`` latent frames of square token grids, block-sparse; ``dense``, the
+    processor it replaces, serves calls inside :func:`jevons.framework.attention.dense_attention`."""
 
     def __init__(
         self,
@@ -48,7 +51,9 @@ class BlockSparseWanProcessor:
         max_density: float,
         frames: int,
         tile: tuple[int, int, int] | None = None,
+        dense: Callable[..., torch.Tensor] | None = None,
     ) -> None:
+        self.dense = dense
         self.block_size, self.coverage = block_size, coverage
         self.min_density, self.max_density = min_density, max_density
         self.frames, self.tile = frames, tile
@@ -77,6 +82,10 @@ class BlockSparseWanProcessor:
     ) -> torch.Tensor:
         from jevons.framework.compat import wan_qkv_projections
 
+        if dense_attention_requested():
+            if self.dense is None:
+                raise RuntimeError("block_sparse_attention: dense_attention() needs the replaced processor")
+            return self.dense(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("block_sparse_attention replaces self-attention only (no encoder states, no mask).")
         query, key, value = wan_qkv_projections(attn, hidden_states)

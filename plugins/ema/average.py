@@ -9,6 +9,7 @@ import torch
 
 from jevons.framework.attribution import Figure
 from jevons.framework.errors import UsageError
+from jevons.framework.optim import optimized_by_model_optimizer
 
 
 class ExponentialMovingAverage(pl.Callback):
@@ -43,7 +44,7 @@ class ExponentialMovingAverage(pl.Callback):
         self._trainer = trainer
         self.world_size = trainer.world_size
         model = getattr(pl_module, "model", pl_module)
-        self._parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        self._parameters = {name: p for name, p in model.named_parameters() if optimized_by_model_optimizer(p)}
         if not self.average:  # a fresh run; a resume loaded the saved average
             self.average = {name: p.detach().float().clone() for name, p in self._parameters.items()}
         elif self.average.keys() != self._parameters.keys() or any(

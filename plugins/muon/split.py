@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from jevons.framework.errors import UsageError
+from jevons.framework.optim import optimized_by_model_optimizer
 from jevons.plugins.muon.optimizer import FLATTEN, MATRIX, STACK
 
 
@@ -49,7 +50,7 @@ def split_parameters(
     muon: list[Assignment] = []
     adamw: list[Assignment] = []
     for name, p in model.named_parameters():
-        if not p.requires_grad:
+        if not optimized_by_model_optimizer(p):
             continue
         owner = owners[id(p)]
         is_conv = isinstance(owner, torch.nn.modules.conv._ConvNd)

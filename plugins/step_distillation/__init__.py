@@ -157,18 +157,24 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
     sample = section(config, "sample", SampleConfig)
     conditioning = section(config, "conditioning", ConditioningConfig)
     conditioner = conditioner_of(model)
-    shared = conditioner if conditioner.kind == "text" else None  # text: frozen, so teacher and student share it
-    codec = cast("DiffusionModel", model).codec  # a latent teacher decodes (and is finished) like its student
-    teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens, shared, codec)
-    student_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
-    if student_shapes != teacher_shapes:
-        different = sorted(set(student_shapes.items()) ^ set(teacher_shapes.items()))[:3]
-        raise UsageError(
-            f"the step_distillation teacher {teacher_folder(config)} is not the student's architecture "
-            f"(first differences: {different}); the student is initialised from the teacher, so the "
-            f"model section must match the teacher's."
-        )
+    fake: tuple[torch.nn.Module, list[torch.nn.Parameter]] | None = None
+    if _shares_base(model, config):
+        from jevons.plugins.step_distillation.shared import FAKE_ADAPTER, SharedBaseView
+
+        teacher: torch.nn.Module = SharedBaseView(model, None)
+        if cfg.method == "tdm":
+            fake = (SharedBaseView(model, FAKE_ADAPTER), _add_fake_adapter(model, config.seed))
+        if is_rank_zero():
+            print(
+                "step_distillation: teacher and fake score share the student's frozen base (adapters off; "
+                "the fake score's own adapter), attention dense",
+                flush=True,
+            )
+    else:
+        shared = conditioner if conditioner.kind == "text" else None  # text: frozen, so teacher and student share it
+        codec = cast("DiffusionModel", model).codec  # a latent teacher decodes (and is finished) like its student
+        teacher = DiffusionModel.from_pretrained(teacher_folder(config), conditioning.tokens, shared, codec)
+        _check_architecture(model, teacher, teacher_folder(config))
     shape = sample_shape(cast("DiffusionConfig", config))
     guidance = sample.guidance if cfg.guidance is None else cfg.guidance
     common: dict[str, Any] = {
@@ -186,6 +192,7 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
             fake_lr=cfg.fake_lr or config.optimizer.lr,
             fake_updates=cfg.fake_updates,
             clip=config.trainer.gradient_clip_val or 1.0,
+            fake=fake,
             **common,
         )
     noise, condition = seeded_inputs(torch.arange(cfg.calibration_samples) + 2_000_000_000, shape, conditioner)
@@ -199,6 +206,48 @@ def make_objective(model: torch.nn.Module, config: Config) -> Objective | None:
             flush=True,
         )
     return BOSSObjective(teacher, pool_size=cfg.pool_size, **common)
+
+
+def _shares_base(model: torch.nn.Module, config: Config) -> bool:
+    """LoRA trains the student and its frozen base is the teacher (the student started from it)."""
+    from jevons.framework.adapters import adapter_layers
+    from jevons.recipes.diffusion.family import DiffusionModelConfig
+
+    pretrained = section(config, "model", DiffusionModelConfig).pretrained
+    if not adapter_layers(model) or not pretrained:
+        return False
+    return Path(pretrained).expanduser().resolve() == teacher_folder(config).resolve()
+
+
+def _add_fake_adapter(model: torch.nn.Module, seed: int) -> list[torch.nn.Parameter]:
+    """A second adapter, the student's rank, alpha and dropout on the student's adapted layers, ``B = 0``:
+    the fake score starts as the teacher, as TDM initialises it. Returns its parameters."""
+    from jevons.framework.adapters import adapter_layers
+    from jevons.framework.optim import mark_objective_owned
+    from jevons.plugins.lora.inject import adapter_parameters, add_adapters
+    from jevons.plugins.step_distillation.shared import FAKE_ADAPTER
+
+    layers = adapter_layers(model)
+    first = layers[0][1]
+    dropout = getattr(first.lora_dropout["default"], "p", 0.0)
+    add_adapters(
+        model, [n for n, _ in layers], first.r["default"], first.lora_alpha["default"], dropout, seed, FAKE_ADAPTER
+    )
+    parameters = list(adapter_parameters(model, FAKE_ADAPTER).values())
+    mark_objective_owned(parameters)  # trained by the objective's fake-score optimizer, not the student's
+    return parameters
+
+
+def _check_architecture(model: torch.nn.Module, teacher: torch.nn.Module, folder: Path) -> None:
+    student_shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    teacher_shapes = {name: tuple(p.shape) for name, p in teacher.named_parameters()}
+    if student_shapes != teacher_shapes:
+        different = sorted(set(student_shapes.items()) ^ set(teacher_shapes.items()))[:3]
+        raise UsageError(
+            f"the step_distillation teacher {folder} is not the student's architecture "
+            f"(first differences: {different}); the student is initialised from the teacher, so the "
+            f"model section must match the teacher's."
+        )
 
 
 @hookimpl

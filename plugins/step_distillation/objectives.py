@@ -58,7 +58,7 @@ class DistillationObjective(Objective):
         val_samples: int,
     ) -> None:
         super().__init__()
-        teacher.requires_grad_(False).eval()
+        teacher.requires_grad_(False).eval()  # a view of a shared base holds nothing: this leaves the student
         self._teacher = [teacher]  # a list: not a submodule, so not trained, not checkpointed
         self.shape = tuple(shape)
         self.guidance = guidance
@@ -147,13 +147,25 @@ class TDMObjective(DistillationObjective):
     """
 
     def __init__(
-        self, teacher: torch.nn.Module, *args: Any, fake_lr: float, fake_updates: int, clip: float = 1.0, **kwargs: Any
+        self,
+        teacher: torch.nn.Module,
+        *args: Any,
+        fake_lr: float,
+        fake_updates: int,
+        clip: float = 1.0,
+        fake: tuple[torch.nn.Module, list[torch.nn.Parameter]] | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``fake``: the fake-score network and the parameters its optimizer trains; None: a copy of the
+        teacher, all of it trained (with LoRA, :class:`~.shared.SharedBaseView` and its adapter instead)."""
         super().__init__(teacher, *args, **kwargs)
-        self.fake = copy.deepcopy(teacher).requires_grad_(True).train()
+        if fake is None:
+            network = copy.deepcopy(teacher).requires_grad_(True).train()
+            fake = (network, list(network.parameters()))
+        self.fake, self.fake_parameters = fake
         self.fake_updates = fake_updates
         self.clip = clip
-        self.fake_optimizer = torch.optim.AdamW(self.fake.parameters(), lr=fake_lr, weight_decay=0.0)
+        self.fake_optimizer = torch.optim.AdamW(self.fake_parameters, lr=fake_lr, weight_decay=0.0)
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {"fake_optimizer": self.fake_optimizer.state_dict()}
@@ -204,7 +216,7 @@ class TDMObjective(DistillationObjective):
         loss = (per_sample * snr * importance).mean()
         self.fake_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.fake.parameters(), self.clip)
+        torch.nn.utils.clip_grad_norm_(self.fake_parameters, self.clip)
         self.fake_optimizer.step()
         self.fake_optimizer.zero_grad(set_to_none=True)
         return loss.detach()

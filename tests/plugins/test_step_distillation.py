@@ -177,9 +177,13 @@ def _crash_plugin():
     return module
 
 
-def test_tdm_resumed_mid_distillation_equals_an_uninterrupted_run(train, tmp_path: Path) -> None:
+@pytest.mark.parametrize("plugins", [["step_distillation"], ["lora", "step_distillation"]], ids=["full", "lora"])
+def test_tdm_resumed_mid_distillation_equals_an_uninterrupted_run(train, tmp_path: Path, plugins) -> None:
+    """With LoRA the fake score's adapter sits in the student's model: it and its optimizer resume too."""
     common = [
         *DISTILL,
+        f"plugins=[{','.join(plugins)}]",
+        "lora.rank=4",
         "trainer.max_steps=6",
         "checkpoint.every_n_steps=3",
         "trainer.limit_val_batches=0",
@@ -192,7 +196,7 @@ def test_tdm_resumed_mid_distillation_equals_an_uninterrupted_run(train, tmp_pat
             [
                 *common,
                 f"run.dir={tmp_path / 'crashed'}",
-                "plugins=[step_distillation,jt_crash_at]",
+                f"plugins=[{','.join([*plugins, 'jt_crash_at'])}]",
                 "jt_crash_at.step=4",
                 "jt_crash_at.how=raise",
             ],
@@ -298,3 +302,80 @@ def test_blade_student_attends_sparsely_while_the_teacher_stays_dense(groups) ->
                 if isinstance(node, (ast.Import, ast.ImportFrom))
             ]
             assert not [m for m in imported if other in m], f"{path.name} imports {other}"
+
+
+def _held_bytes(built) -> int:
+    """Bytes of every distinct parameter tensor the student, the objective and its teacher hold."""
+    tensors = [*built.model.parameters(), *built.objective.parameters(), *built.objective.teacher.parameters()]
+    return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for t in tensors}.values())
+
+
+def test_with_lora_teacher_and_fake_score_share_the_students_frozen_base(groups) -> None:
+    """plugins=[lora, step_distillation]: the teacher is the base with adapters off, the fake score the base
+    with its own adapter; the base exists once (three copies without LoRA)."""
+    from jevons.plugins.lora.inject import adapter_parameters
+    from jevons.plugins.step_distillation.shared import SharedBaseView
+
+    full = _built()
+    shared = _built("plugins=[lora,step_distillation]", "lora.rank=4")
+    base = sum(p.numel() * p.element_size() for p in full.model.parameters())
+    adapters = {name: adapter_parameters(shared.model, name) for name in ("default", "fake")}
+    adapter_bytes = sum(p.numel() * p.element_size() for group in adapters.values() for p in group.values())
+    assert _held_bytes(full) == 3 * base
+    assert _held_bytes(shared) == base + adapter_bytes
+    assert len(adapters["default"]) == len(adapters["fake"]) > 0
+    teacher, fake = shared.objective.teacher, shared.objective.fake
+    assert isinstance(teacher, SharedBaseView) and isinstance(fake, SharedBaseView)
+    student_ids = {id(p) for group in shared.optimization.optimizer.param_groups for p in group["params"]}
+    assert student_ids == {id(p) for p in adapters["default"].values()}  # the fake's adapter: its own optimizer
+
+    batch = shared.datasets["train"].collate([shared.datasets["train"][i] for i in range(8)])
+    noise, condition = shared.objective.inputs(batch, torch.device("cpu"))
+    sigma = torch.full((len(noise),), 0.7)
+    with torch.no_grad():
+        loaded = full.objective.teacher(noise, sigma, condition)
+        torch.testing.assert_close(teacher(noise, sigma, condition), loaded, atol=1e-6, rtol=0)
+        torch.testing.assert_close(fake(noise, sigma, condition), loaded, atol=1e-6, rtol=0)  # B = 0: the teacher
+
+    frozen = {n: p.clone() for n, p in shared.model.named_parameters() if not p.requires_grad}
+    fake_before = {n: p.clone() for n, p in adapters["fake"].items()}
+    shared.model.train()
+    shared.objective(shared.model, batch).loss.backward()
+    assert all(p.grad is not None for p in adapters["default"].values())
+    assert all(p.grad.abs().sum() > 0 for n, p in adapters["default"].items() if ".lora_B." in n)  # A's: 0 at B = 0
+    assert all(p.grad is None for p in adapters["fake"].values())  # stepped inside the objective
+    assert all(p.requires_grad for group in adapters.values() for p in group.values())
+    assert any(not torch.equal(fake_before[n], p) for n, p in adapters["fake"].items())
+    assert all(torch.equal(frozen[n], p) for n, p in shared.model.named_parameters() if n in frozen)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(noise, sigma, condition), loaded, atol=1e-6, rtol=0)  # still the base
+
+
+def test_blade_with_lora_switches_sparsity_per_call_on_the_shared_modules(groups) -> None:
+    """BLADE's recipe, plugins=[lora, block_sparse_attention, step_distillation]: one set of attention
+    modules, sparse for the student, dense for the teacher and fake score."""
+    from jevons.plugins.block_sparse_attention.processor import BlockSparseWanProcessor
+
+    built = _built(
+        "plugins=[lora,block_sparse_attention,step_distillation]",
+        "lora.rank=4",
+        "block_sparse_attention.block_size=16",
+        "block_sparse_attention.max_density=0.5",
+    )
+    processors = [b.attn1.processor for b in built.model.transformer.blocks]
+    assert all(isinstance(p, BlockSparseWanProcessor) for p in processors)
+    dense = _built()
+    batch = built.datasets["train"].collate([built.datasets["train"][i] for i in range(4)])
+    noise, condition = built.objective.inputs(batch, torch.device("cpu"))
+    sigma = torch.full((len(noise),), 0.7)
+    with torch.no_grad():
+        calls = [p.stats.calls for p in processors]
+        teacher = built.objective.teacher(noise, sigma, condition)
+        built.objective.fake(noise, sigma, condition)
+        assert [p.stats.calls for p in processors] == calls, "teacher and fake score attended densely"
+        torch.testing.assert_close(teacher, dense.objective.teacher(noise, sigma, condition), atol=1e-6, rtol=0)
+        student = built.model(noise, sigma, condition)
+        assert [p.stats.calls for p in processors] == [c + 1 for c in calls], "the student attended sparsely"
+        assert (student - teacher).abs().max() > 1e-4  # sparse attention computes something else
+    built.model.train()
+    built.objective(built.model, batch).loss.backward()
