@@ -10,7 +10,7 @@ run's own (a distilled student's few-step sampler, a cascade), through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,8 @@ class LoadedRun:
     generator: Any
     checkpoint: Path
     step: int
+    state: dict[str, Any] = field(default_factory=dict)
+    """The checkpoint's saved state for this rank besides the weights (loop counters, callbacks' state)."""
 
 
 def load_run(run_dir: Path, checkpoint: Path | None = None, manager: PluginManager | None = None) -> LoadedRun:
@@ -54,9 +56,9 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, manager: PluginManag
     seed_processes(config.seed)  # as training did: a base built from the seed (frozen, not saved) is rebuilt equal
     model, objective, _ = build_model_and_objective(manager, family, config)
     module = JevonsModule(model, objective, Optimization(optimizer=None), None)  # type: ignore[arg-type]
-    load_checkpoint(checkpoint, module, [])
+    state = load_checkpoint(checkpoint, module, [])
     model.eval()
     generator = manager.call_first("make_generator", config.plugins, model=model, config=config)
     if generator is None:
         generator = family.default_generator(model, config)
-    return LoadedRun(config, family, model, generator, checkpoint, step_of(checkpoint))
+    return LoadedRun(config, family, model, generator, checkpoint, step_of(checkpoint), state)

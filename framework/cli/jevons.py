@@ -40,17 +40,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     data.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sample = commands.add_parser(
         "sample",
-        help="generate from a trained run: run_dir=PATH [checkpoint=PATH] [out=DIR] key=value ...",
-        description="Generate from a run's newest (or a given) checkpoint with its own generator. "
+        help="generate from a trained run: run_dir=PATH [checkpoint=PATH] [out=DIR] [ema=true] key=value ...",
+        description="Generate from a run's newest (or a given) checkpoint with its own generator; ema=true: from "
+        "the moving average the ema plugin kept. "
         "Diffusion: steps=, guidance=, rows=, seed=. LLM: prompt=, max_new_tokens=, temperature=, top_k=, seed=.",
     )
     sample.add_argument("settings", nargs="*", metavar="key=value")
     export = commands.add_parser(
         "export",
-        help="write a trained run's model for another library: run_dir=PATH [checkpoint=PATH] [out=DIR] [adapter=true]",
+        help="write a trained run's model for another library: "
+        "run_dir=PATH [checkpoint=PATH] [out=DIR] [adapter=true] [ema=true]",
         description="llm: a Hugging Face Llama folder (transformers loads it); diffusion: a diffusers transformer "
         "folder. A LoRA run's adapters are merged into the weights; adapter=true writes the adapters alone (llm: a "
-        "peft adapter folder; diffusion: a diffusers LoRA file).",
+        "peft adapter folder; diffusion: a diffusers LoRA file); ema=true exports the ema plugin's moving average.",
     )
     export.add_argument("settings", nargs="*", metavar="key=value")
     new_plugin = commands.add_parser(
@@ -187,7 +189,8 @@ def _settings(command: str, settings: Sequence[str]) -> dict[str, str]:
 
 
 def _with_loaded_run(options: dict[str, str], act: Callable[[LoadedRun], list[Path]]) -> list[Path]:
-    """Load the run (newest or given checkpoint) at TP=1 in this one process and call ``act(run)``."""
+    """Load the run (newest or given checkpoint) at TP=1 in this one process and call ``act(run)``;
+    with ``ema=true``, on the moving average the ``ema`` plugin saved instead of the trained weights."""
     from pathlib import Path
 
     from jevons.framework import distributed
@@ -196,9 +199,17 @@ def _with_loaded_run(options: dict[str, str], act: Callable[[LoadedRun], list[Pa
     from jevons.framework.trainer import quiet_libraries
 
     checkpoint = options.pop("checkpoint", None)
+    ema = options.pop("ema", "false").lower()
+    if ema not in ("true", "false"):
+        raise UsageError(f"ema={ema} must be true or false.")
     quiet_libraries()
     with distributed.initialized(ParallelConfig()):
         run = load_run(Path(options.pop("run_dir")), Path(checkpoint) if checkpoint else None)
+        if ema == "true":
+            from jevons.plugins.ema.average import load_average
+
+            copied = load_average(run.model, run.state, str(run.checkpoint))
+            print(f"ema=true: {copied} parameters from the moving average at step {run.step}", flush=True)
         return act(run)
 
 
@@ -218,10 +229,10 @@ def _export(args: argparse.Namespace) -> int:
     options = _settings("export", args.settings)
     out = options.pop("out", None)
     adapter = options.pop("adapter", "false").lower()
-    unknown = set(options) - {"run_dir", "checkpoint"}
+    unknown = set(options) - {"run_dir", "checkpoint", "ema"}
     if unknown:
         raise UsageError(
-            f"Unknown export option(s) {', '.join(sorted(unknown))}; options: run_dir, checkpoint, out, adapter."
+            f"Unknown export option(s) {', '.join(sorted(unknown))}; options: run_dir, checkpoint, out, adapter, ema."
         )
     if adapter not in ("true", "false"):
         raise UsageError(f"adapter={adapter} must be true or false.")

@@ -125,3 +125,25 @@ class ExponentialMovingAverage(pl.Callback):
             "decay_now": round(self.current_decay(), 6),
             "averaged_tensors": len(self.average),
         }
+
+
+@torch.no_grad()
+def load_average(model: torch.nn.Module, state: dict[str, Any], source: str) -> int:
+    """Copy the moving average saved in a checkpoint's ``state`` (its callbacks' state) into ``model``'s
+    parameters, for sampling and export from the average (``ema=true``). Returns the tensors copied."""
+    saved = [v for k, v in state.get("callbacks", {}).items() if k.startswith(ExponentialMovingAverage.__qualname__)]
+    if not saved or not saved[0].get("average"):
+        raise UsageError(f"{source} holds no moving average: the run was trained without plugins=[ema]. Drop ema=true.")
+    if saved[0].get("world_size", 1) != 1:
+        raise UsageError(
+            f"{source}: its moving average was saved by {saved[0]['world_size']} processes, each holding its own "
+            f"shards, and is not resharded; ema=true loads the average of a run trained in one process."
+        )
+    average: dict[str, torch.Tensor] = saved[0]["average"]
+    parameters = dict(model.named_parameters())
+    missing = sorted(set(average) - set(parameters))
+    if missing:
+        raise UsageError(f"{source}: the moving average names parameters this model lacks ({', '.join(missing[:3])}).")
+    for name, value in average.items():
+        parameters[name].copy_(value.to(parameters[name].dtype))
+    return len(average)

@@ -95,3 +95,25 @@ def test_an_ema_run_resumes_exactly(train, tiny, crasher, tmp_path: Path) -> Non
     assert _val_losses(resumed.run_dir) == _val_losses(straight.run_dir)
     ours, theirs = _saved_average(resumed.run_dir), _saved_average(straight.run_dir)
     assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
+
+
+def test_export_and_sampling_from_the_average(train, tiny, tmp_path: Path, capsys) -> None:
+    """``jevons export ... ema=true`` writes the moving average, not the trained weights."""
+    from safetensors.torch import load_file
+
+    from jevons.framework.cli.jevons import main
+
+    run = train(tiny(*COMMON, "plugins=[ema]", "ema.decay=0.5", "checkpoint.every_n_steps=10")).run_dir
+    assert main(["export", f"run_dir={run}", f"out={tmp_path / 'trained'}"]) == 0
+    assert main(["export", f"run_dir={run}", f"out={tmp_path / 'average'}", "ema=true"]) == 0
+    assert "ema=true: " in capsys.readouterr().out
+    trained, averaged = (load_file(tmp_path / n / "model.safetensors") for n in ("trained", "average"))
+    average = _saved_average(run)
+    for hf_name, ours in (("model.layers.0.self_attn.q_proj.weight", "layers.0.attn.q.weight"),):
+        torch.testing.assert_close(averaged[hf_name].float(), average[ours].float(), atol=1e-2, rtol=0)
+        assert (trained[hf_name].float() - averaged[hf_name].float()).abs().max() > 1e-3
+    assert main(["sample", f"run_dir={run}", f"out={tmp_path / 'samples'}", "ema=true", "max_new_tokens=2"]) == 0
+    plain = train(tiny(*COMMON, "checkpoint.every_n_steps=10", f"run.dir={tmp_path / 'plain'}")).run_dir
+    assert main(["export", f"run_dir={plain}", f"out={tmp_path / 'x'}", "ema=true"]) != 0
+    assert "trained without plugins=[ema]" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
