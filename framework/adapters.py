@@ -46,6 +46,25 @@ def active_adapter(model: nn.Module, adapter: str | None) -> Iterator[None]:
             layer._active_adapter, layer._disable_adapters = active, disabled
 
 
+def adapter_switches(module: nn.Module) -> list[tuple[Any, Any, bool]]:
+    """``(layer, active adapters, disabled)`` of every adapter layer in ``module``: what
+    :func:`active_adapter` switches, to be put back by :func:`switched_as`."""
+    return [(layer, layer._active_adapter, layer._disable_adapters) for _, layer in adapter_layers(module)]
+
+
+@contextmanager
+def switched_as(switches: list[tuple[Any, Any, bool]]) -> Iterator[None]:
+    """Run with the adapter layers switched as :func:`adapter_switches` recorded them."""
+    current = [(layer, layer._active_adapter, layer._disable_adapters) for layer, _, _ in switches]
+    try:
+        for layer, active, disabled in switches:
+            layer._active_adapter, layer._disable_adapters = active, disabled
+        yield
+    finally:
+        for layer, active, disabled in current:
+            layer._active_adapter, layer._disable_adapters = active, disabled
+
+
 def lora_factors(model: nn.Module, adapter: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
     """Per adapted module name, its LoRA ``(A, B, scaling)``: ``W + scaling * B @ A`` is the merged weight."""
     factors = {}

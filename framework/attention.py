@@ -18,9 +18,10 @@ _state = threading.local()
 
 
 @contextmanager
-def dense_attention() -> Iterator[None]:
-    """Within this, attention replacements compute the dense attention they replaced."""
-    outer, _state.dense = dense_attention_requested(), True
+def dense_attention(enabled: bool = True) -> Iterator[None]:
+    """Within this, attention replacements compute the dense attention they replaced (``enabled=False``:
+    their own again; a checkpointed block's rerun restores what its forward saw)."""
+    outer, _state.dense = dense_attention_requested(), enabled
     try:
         yield
     finally:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from jevons.framework.activation_checkpointing import checkpoint_blocks
+from jevons.framework.activation_checkpointing import CheckpointedBlock, checkpoint_blocks, compile_checkpointed
 from jevons.framework.config.schema import Config
 from jevons.framework.data.sampler import RandomBatchSampler
 from jevons.framework.distributed import data_parallel_rank_and_size
@@ -137,7 +137,11 @@ def compile_blocks(family: Family, model: torch.nn.Module) -> list[str]:
     """
     blocks = family_blocks(family, model, "trainer.compile=true")
     for name in blocks:
-        model.get_submodule(name).compile()
+        block = model.get_submodule(name)
+        if isinstance(block, CheckpointedBlock):
+            compile_checkpointed(block)  # the checkpoint outside, its block's forward compiled
+        else:
+            block.compile()
     return blocks
 
 

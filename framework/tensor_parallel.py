@@ -143,6 +143,9 @@ class RowParallelLinear(tensor_parallel.RowParallelLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         output, _ = super().forward(x)
+        device = output.device.type
+        if torch.is_autocast_enabled(device):  # Megatron adds the fp32 bias after the matmul: keep autocast's dtype
+            output = output.to(torch.get_autocast_dtype(device))
         return output
 
     def _forward_impl(self, input: torch.Tensor, weight: torch.Tensor, **kwargs: Any) -> torch.Tensor:

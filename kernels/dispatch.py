@@ -383,6 +383,8 @@ def _decide(op: str, key: str, args: tuple[Any, ...], training: bool, dtype: str
 def _measured_choice(
     op: str, key: str, args: tuple[Any, ...], training: bool, pool: list[_Candidate], device: str
 ) -> tuple[str, str, dict[str, Any]]:
+    from torch.autograd.graph import saved_tensors_hooks
+
     from jevons.kernels.measure import measure, reference_outputs, rng_untouched
 
     names = [c.name for c in pool]
@@ -396,7 +398,10 @@ def _measured_choice(
     cached = cache.get(device, key, names, spec.bound) if cache is not None and not _SETTINGS.refresh else None
     if cached is not None and not any(_was_skipped(cached, c.name) for c in measurable):
         return str(cached["choice"]), "cached", cached
-    with rng_untouched(args):  # the run's random stream must not depend on whether this machine measured before
+    # The run's random stream must not depend on whether this machine measured before; and the
+    # measurement's own backward is its own graph: identity saved-tensor hooks keep a checkpointed
+    # block's hooks (trainer.activation_checkpointing) from claiming its tensors.
+    with rng_untouched(args), saved_tensors_hooks(_kept, _kept):
         inputs = spec.inputs(*args) if spec.inputs is not None else _detached(args, training)
         reference = reference_outputs(spec.reference, inputs, training)
         result = measure(
@@ -407,6 +412,10 @@ def _measured_choice(
     if cache is not None:
         cache.put(device, key, entry)
     return result.choice, "measured", entry
+
+
+def _kept(tensor: Any) -> Any:
+    return tensor
 
 
 def _was_skipped(entry: dict[str, Any], name: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 
 from jevons.framework.attribution import Figure
+from jevons.framework.optim import optimized_by_model_optimizer
 from jevons.plugins.lora.inject import adapter_parameters
 
 
@@ -17,8 +18,9 @@ class LoRAReport(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = getattr(pl_module, "model", pl_module)
-        adapters = adapter_parameters(model)
-        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        # The student's own: a fake-score adapter on a shared base is the objective's (framework/optim.py).
+        adapters = {n: p for n, p in adapter_parameters(model).items() if optimized_by_model_optimizer(p)}
+        trained = sum(p.numel() for p in model.parameters() if optimized_by_model_optimizer(p))
         total = sum(p.numel() for p in model.parameters())
         self.figures = {
             "adapter_params": sum(p.numel() for p in adapters.values()),

@@ -83,7 +83,11 @@ def test_expert_counts_are_not_doubled_by_the_rerun(smoke) -> None:
 
 def test_checkpointed_and_compiled_blocks_train(train, tiny, capsys) -> None:
     """torchtitan's order, checkpointing then compile, on the same blocks."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     result = train(tiny("trainer.activation_checkpointing=full", "trainer.compile=true", "trainer.max_steps=2"))
+    assert counters["stats"]["unique_graphs"] >= 1, "the blocks ran eagerly: nothing was compiled"
     out = capsys.readouterr().out
     assert "trainer.activation_checkpointing: 2 blocks recomputed in backward (layers.0 ... layers.1)" in out
     assert "trainer.compile: 2 blocks compiled in place" in out

@@ -379,3 +379,26 @@ def test_blade_with_lora_switches_sparsity_per_call_on_the_shared_modules(groups
         assert (student - teacher).abs().max() > 1e-4  # sparse attention computes something else
     built.model.train()
     built.objective(built.model, batch).loss.backward()
+
+
+def test_checkpointed_blocks_rerun_as_the_network_that_ran_them(groups) -> None:
+    """Activation checkpointing on a shared base: the fake score's backward reruns its blocks after its
+    call returned, so the rerun must see the fake's adapter and dense attention, not the student's."""
+    from jevons.plugins.lora.inject import adapter_parameters
+
+    plugins = ["plugins=[lora,block_sparse_attention,step_distillation]", "lora.rank=4"]
+    sparse = ["block_sparse_attention.block_size=16", "block_sparse_attention.max_density=0.5"]
+    after = {}
+    for setting in ("none", "full"):
+        built = _built(*plugins, *sparse, f"trainer.activation_checkpointing={setting}")
+        batch = built.datasets["train"].collate([built.datasets["train"][i] for i in range(4)])
+        built.model.train()
+        torch.manual_seed(1)
+        built.objective(built.model, batch).loss.backward()
+        fake = {n: p.detach().clone() for n, p in adapter_parameters(built.model, "fake").items()}
+        grads = {n: p.grad.clone() for n, p in adapter_parameters(built.model, "default").items()}
+        after[setting] = (fake, grads)
+    for plain, checkpointed in zip(after["none"], after["full"], strict=True):
+        assert plain.keys() == checkpointed.keys() and plain
+        for name, value in plain.items():
+            torch.testing.assert_close(checkpointed[name], value, atol=1e-6, rtol=0, msg=name)
