@@ -132,7 +132,7 @@ def test_export_mistakes_are_refused_before_anything_loads(command, tmp_path: Pa
     result = command(["jevons", "export", f"run_dir={tmp_path}", "format=onnx"], cwd=tmp_path)
     assert (
         result.returncode == 2
-        and "Unknown export option(s) format; options: run_dir, checkpoint, out, adapter." in result.stderr
+        and "Unknown export option(s) format; options: run_dir, checkpoint, out, adapter, ema." in result.stderr
     )
     result = command(["jevons", "export", "out=x"], cwd=tmp_path)
     assert result.returncode == 2 and "jevons export needs run_dir=PATH" in result.stderr
