@@ -6,6 +6,7 @@
     modify_model(model, config)
     trainer.activation_checkpointing: those blocks (all, or every N-th) recomputed in backward
     trainer.compile: each block holding those modules, compiled in place
+    parallel.shard: each of those blocks, then the model, sharded with FSDP2 over the data-parallel ranks
     objective  = make_objective(model, config)       or family.default_objective
     optimizer  = make_optimizer(model, config)       or AdamW + schedule
     datasets   = objective.dataset(split) or family.build_dataset(config, split), for "train" and "val"
@@ -34,6 +35,7 @@ from jevons.framework.family import Family
 from jevons.framework.objective import Objective
 from jevons.framework.optim import Optimization, as_optimization, default_optimizer
 from jevons.framework.plugin_manager import PluginManager
+from jevons.framework.sharding import forget_layout
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -103,6 +105,11 @@ def build_model_and_objective(
     if config.trainer.compile:
         blocks = compile_blocks(family, model)
         print(f"trainer.compile: {len(blocks)} blocks compiled in place ({_span(blocks)})", flush=True)
+    if config.parallel.shard > 1 and _world_size() > 1:  # not when one process loads a run
+        blocks = shard_blocks(family, model, config)
+        print(f"parallel.shard={config.parallel.shard}: {len(blocks)} blocks and the root sharded", flush=True)
+    else:
+        forget_layout()  # an earlier sharded run in this process
     objective = manager.call_first("make_objective", enabled, model=model, config=config)
     if objective is None:
         objective = family.default_objective(model, config)
@@ -143,6 +150,21 @@ def compile_blocks(family: Family, model: torch.nn.Module) -> list[str]:
         else:
             block.compile()
     return blocks
+
+
+def shard_blocks(family: Family, model: torch.nn.Module, config: Config) -> list[str]:
+    """FSDP2 over the data-parallel ranks, per block and then the root (:mod:`jevons.framework.sharding`)."""
+    from jevons.framework.config.compose import data_parallel_layout
+    from jevons.framework.sharding import shard_model
+
+    blocks = family_blocks(family, model, f"parallel.shard={config.parallel.shard}")
+    replicate, shard = data_parallel_layout(config.parallel, torch.distributed.get_world_size())
+    shard_model(model, blocks, replicate, shard, config.trainer.precision)
+    return blocks
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def _span(blocks: list[str]) -> str:

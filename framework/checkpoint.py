@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import Shard
 
 from jevons.framework.errors import UsageError
 
@@ -124,7 +125,8 @@ def save_checkpoint(
         temporary.mkdir()
     _barrier(world)
 
-    tensors, extra = _split(_full_state(module, optimizers))
+    views, _ = _full_state(module, optimizers)
+    tensors, extra = _split(views)
     dcp.save(tensors, storage_writer=dcp.FileSystemWriter(temporary / "dcp", sync_files=True))
     state = {**state, "optimizer_extra": extra["optim"], "world_size": world, "frozen_sha256": frozen_digest(module)}
     _write_durably(temporary / f"state-rank{rank:05d}.pt", _serialize_safely(state))
@@ -147,21 +149,20 @@ def save_checkpoint(
     return final
 
 
-def _full_state(module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> dict[str, Any]:
-    """Model and optimizer state by parameter name; tensor-parallel shards wrapped as DTensors.
+def _full_state(module: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer]) -> tuple[Any, Any]:
+    """Model and optimizer state by parameter name, as DCP stores it, and as this rank holds it.
 
-    DCP takes same-named plain tensors on different ranks for replicas and keeps
-    one of them, which silently loses the other shards (measured, docs/architecture.md);
-    as ``Shard(partition_dim)`` DTensors over the TP group they are saved whole
-    and reload into any TP layout. Data-parallel replicas are deduplicated.
+    Returns ``(views, held)``. ``held`` is what the state dict utilities give: plain tensors,
+    tensor-parallel shards, FSDP's DTensors. ``views`` has the same tensors, sharing their storage,
+    each named as the whole tensor it is part of: DCP takes same-named plain tensors on different
+    ranks for replicas and keeps one of them, which silently loses the other shards (measured,
+    docs/architecture.md), while whole-tensor DTensors are saved at their offsets and reload into
+    any layout. Data-parallel replicas are deduplicated.
     """
     options = StateDictOptions(flatten_optimizer_state_dict=False, ignore_frozen_params=True)
     optim = get_optimizer_state_dict(module, list(optimizers), options=options) if optimizers else {}
-    state = {"model": get_model_state_dict(module, options=options), "optim": optim}
-    sharding = _tensor_parallel_sharding(module)
-    if sharding:
-        _wrap_shards(state, sharding)
-    return state
+    held = {"model": get_model_state_dict(module, options=options), "optim": optim}
+    return _as_whole_tensors(held, _tensor_parallel_sharding(module)), held
 
 
 def _tensor_parallel_sharding(module: torch.nn.Module) -> dict[str, tuple[int, torch.Size]]:
@@ -177,44 +178,64 @@ def _tensor_parallel_sharding(module: torch.nn.Module) -> dict[str, tuple[int, t
     }
 
 
-def _wrap_shards(state: dict[str, Any], sharding: dict[str, tuple[int, torch.Size]]) -> None:
+def _as_whole_tensors(held: dict[str, Any], sharding: dict[str, tuple[int, torch.Size]]) -> dict[str, Any]:
+    """``held`` with every shard a DTensor over its whole tensor (new dicts: the state dict
+    utilities hand back the optimizer's own per-parameter dicts)."""
+    from torch.distributed.tensor import DTensor
+
+    from jevons.framework.sharding import current_layout
+
+    layout = current_layout()
+    tensor_mesh = _tensor_parallel_mesh() if sharding and layout is None else None
+
+    def whole(name: str, tensor: Any) -> Any:
+        dim = sharding[name][0] if name in sharding else None
+        if isinstance(tensor, DTensor) and layout is not None:  # FSDP's shard (of a TP shard)
+            return layout.checkpoint_view(tensor, dim)
+        if tensor_mesh is not None and dim is not None and isinstance(tensor, torch.Tensor):
+            if tensor.shape == sharding[name][1]:  # a parameter-shaped tensor, not a step count
+                return DTensor.from_local(tensor, tensor_mesh, [Shard(dim)], run_check=False)
+        return tensor
+
+    views: dict[str, Any] = {
+        "model": {name: whole(name, t) for name, t in held["model"].items()},
+        "optim": held["optim"],
+    }
+    optimizer_state = held["optim"].get("state", {})
+    if optimizer_state:
+        views["optim"] = {
+            **held["optim"],
+            "state": {
+                name: {key: whole(name, value) for key, value in per_parameter.items()}
+                for name, per_parameter in optimizer_state.items()
+            },
+        }
+    return views
+
+
+def _tensor_parallel_mesh() -> Any:
     from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.tensor import DTensor, Shard
 
     from jevons.framework.tensor_parallel import tensor_parallel_group
 
     group = tensor_parallel_group()
     assert group is not None, "TP > 1 has a tensor-parallel group"
-    mesh = DeviceMesh.from_group(group, device_type="cuda" if torch.cuda.is_available() else "cpu")
-
-    def wrap(tensor: torch.Tensor, dim: int) -> Any:
-        return DTensor.from_local(tensor, mesh, [Shard(dim)], run_check=False)
-
-    # New dicts throughout: the state dict utilities hand back the optimizer's own per-parameter dicts.
-    state["model"] = dict(state["model"])
-    optimizer_state = state["optim"].get("state", {})
-    if optimizer_state:
-        state["optim"] = {**state["optim"], "state": dict(optimizer_state)}
-    for name, (dim, shape) in sharding.items():
-        if name not in state["model"]:  # frozen: not saved
-            continue
-        state["model"][name] = wrap(state["model"][name], dim)
-        if name in optimizer_state:
-            state["optim"]["state"][name] = {
-                key: wrap(value, dim) if isinstance(value, torch.Tensor) and value.shape == shape else value
-                for key, value in optimizer_state[name].items()
-            }
+    return DeviceMesh.from_group(group, device_type="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _local(tree: Any) -> Any:
-    """DTensors back to this rank's local tensors (they were loaded in place)."""
-    from torch.distributed.tensor import DTensor
+def _copy_back(views: Any, held: Any) -> None:
+    """After DCP loaded into ``views`` in place: make sure ``held`` has the values (a view shares its
+    storage, so this copies only where a state dict utility handed out a copy)."""
+    from jevons.framework.sharding import local_tensor
 
-    if isinstance(tree, DTensor):
-        return tree.to_local()
-    if isinstance(tree, dict):
-        return {k: _local(v) for k, v in tree.items()}
-    return tree
+    if isinstance(views, dict):
+        for key, value in views.items():
+            _copy_back(value, held[key])
+        return
+    if isinstance(views, torch.Tensor) and views is not held:
+        source, target = local_tensor(views), local_tensor(held)
+        if source.data_ptr() != target.data_ptr():
+            target.copy_(source)
 
 
 def _split(tree: Any) -> tuple[Any, Any]:
@@ -291,12 +312,13 @@ def load_checkpoint(path: Path, module: torch.nn.Module, optimizers: Sequence[to
 
     reader = SafeFileSystemReader(path / "dcp")
     reader.read_metadata()  # refuse a tampered checkpoint here, with our message, before DCP wraps it
-    template = _full_state(module, optimizers)  # initialises empty optimizer state to load into
-    tensors, _ = _split(template)
+    views, held = _full_state(module, optimizers)  # initialises empty optimizer state to load into
+    tensors, _ = _split(views)
     _check_keys(path, tensors, reader)
     _check_frozen(path, module, state.pop("frozen_sha256", None))
     dcp.load(tensors, storage_reader=reader, planner=_TensorsOnlyPlanner())
-    tensors = _local(tensors)
+    _copy_back(tensors, held)
+    tensors, _ = _split(held)
     # Not strict: frozen parameters are not in the checkpoint (the build made them, the digest checked them).
     options = StateDictOptions(flatten_optimizer_state_dict=False, strict=False)
     set_model_state_dict(module, tensors["model"], options=options)
@@ -330,9 +352,13 @@ def frozen_digest(module: torch.nn.Module) -> str:
 
 def _whole(parameter: torch.Tensor) -> torch.Tensor:
     """A tensor-parallel shard gathered into the whole tensor; any other tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
     from jevons.framework.tensor_parallel import tensor_parallel_group, tensor_parallel_size
 
     tensor = parameter.detach()
+    if isinstance(tensor, DTensor):  # an FSDP shard: its tensor-parallel part, gathered
+        tensor = tensor.full_tensor()
     size = tensor_parallel_size()
     if size == 1 or not getattr(parameter, "tensor_model_parallel", False):
         return tensor

@@ -12,7 +12,7 @@ Two parallel details live here because every objective needs them:
   real tokens; the loss is rescaled by ``weight * dp / global_weight`` so the
   averaged gradient is the gradient of the global token mean, exactly as one
   process would compute it on the whole global batch.
-* Tensor parallelism. Gradient clipping needs the norm of the *whole* model:
+* Tensor and sharded data parallelism. Gradient clipping needs the norm of the *whole* model:
   sharded parameters contribute every rank's part, replicated ones once.
 """
 
@@ -28,6 +28,7 @@ from jevons.framework.data.loader import LoadedBatch
 from jevons.framework.errors import TrainingStopped
 from jevons.framework.objective import Objective, ObjectiveOutput
 from jevons.framework.optim import Optimization
+from jevons.framework.sharding import current_layout, local_tensor
 
 
 class JevonsModule(pl.LightningModule):
@@ -109,7 +110,9 @@ class JevonsModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """The non-finite policy: every rank sees the same verdict, so none hangs in a collective."""
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [
+            local_tensor(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
         finite = bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()) if grads else True
         if dist.is_initialized() and dist.get_world_size() > 1:
             flag = torch.tensor([0.0 if finite else 1.0])
@@ -158,7 +161,8 @@ class JevonsModule(pl.LightningModule):
         gradient_clip_val: int | float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        if self._groups.tensor_parallel_size == 1 or not gradient_clip_val:
+        sharded = self._groups.tensor_parallel_size > 1 or self._groups.shard is not None
+        if not sharded or not gradient_clip_val:
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         clip_global_norm(self.parameters(), float(gradient_clip_val), self._groups)
 
@@ -175,21 +179,28 @@ class _ParallelGroups:
         self.tensor_parallel = parallel_state.get_tensor_model_parallel_group() if initialised else None
         self.tensor_parallel_size = parallel_state.get_tensor_model_parallel_world_size() if initialised else 1
         self.tensor_parallel_rank = parallel_state.get_tensor_model_parallel_rank() if initialised else 0
+        layout = current_layout()
+        self.shard = layout.shard_group if layout is not None else None
+        """FSDP's shard group: its ranks hold disjoint pieces of each parameter (None: not sharded)."""
 
 
 def clip_global_norm(parameters: Any, max_norm: float, groups: _ParallelGroups) -> torch.Tensor:
-    """Clip gradients to a global L2 norm across tensor-parallel shards; returns the norm.
+    """Clip gradients to a global L2 norm across tensor-parallel and FSDP shards; returns the norm.
 
-    Equals ``torch.nn.utils.clip_grad_norm_`` on the unsharded model: shards are
-    summed over the TP group, replicated parameters counted on TP rank 0 only.
+    Equals ``torch.nn.utils.clip_grad_norm_`` on the unsharded model: each rank sums the squares of
+    its own pieces (TP-replicated parameters on TP rank 0 only), summed over the TP group and over
+    FSDP's shard group, whose ranks hold disjoint pieces (HSDP replicas hold the same ones).
     """
     params = [p for p in parameters if p.grad is not None]
-    grads = [p.grad for p in params]
+    grads = [local_tensor(p.grad) for p in params]
     squares = torch.zeros((), dtype=torch.float64)
-    for p in params:
+    for p, grad in zip(params, grads):
         if getattr(p, "tensor_model_parallel", False) or groups.tensor_parallel_rank == 0:
-            squares += p.grad.detach().double().pow(2).sum()
-    dist.all_reduce(squares, group=groups.tensor_parallel)
+            squares += grad.detach().double().pow(2).sum()
+    if groups.tensor_parallel_size > 1:
+        dist.all_reduce(squares, group=groups.tensor_parallel)
+    if groups.shard is not None:
+        dist.all_reduce(squares, group=groups.shard)
     total = squares.sqrt().float()
     coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     torch._foreach_mul_(grads, coefficient)

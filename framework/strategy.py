@@ -6,7 +6,7 @@ One process: :class:`JevonsStrategy`. Several: :class:`JevonsParallelStrategy`,
 Lightning's DDP wrapper with Megatron's *data-parallel* group as its process
 group, so gradients are averaged across data-parallel replicas only (tensor-
 parallel peers hold different shards), and metrics are reduced over that
-group too.
+group too; with ``parallel.shard``, :class:`JevonsShardedStrategy`, the same without the DDP wrapper.
 
 Lightning's own checkpoint plumbing stays (loop counters, LR schedulers and
 callback states come back through ``fit(ckpt_path=...)``), but what reaches the
@@ -123,3 +123,23 @@ class JevonsParallelStrategy(_FrameworkCheckpoints, DDPStrategy):
         return super().reduce(
             tensor, group=group if group is not None else self.data_parallel_group, reduce_op=reduce_op
         )
+
+
+class JevonsShardedStrategy(JevonsParallelStrategy):
+    """Several processes, the model already sharded by FSDP2 (:mod:`jevons.framework.sharding`): it is
+    not wrapped in DDP, and FSDP reduces its gradients itself."""
+
+    strategy_name = "jevons_sharded"
+
+    def setup(self, trainer: Any) -> None:
+        """DDP's setup without what breaks a sharded model: no ``module.to`` (``fully_shard`` placed
+        the shards on the mesh's device and the build cast them for ``bf16-true``; ``Module._apply``
+        swaps each DTensor parameter for a new one and drops the attributes Megatron set on it), no
+        DDP wrapper, and no broadcast of rank 0's parameters outside fitting (they are shards)."""
+        from pytorch_lightning.trainer.states import TrainerFn
+
+        assert self.accelerator is not None
+        self.accelerator.setup(trainer)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.setup_optimizers(trainer)
+        self.setup_precision_plugin()

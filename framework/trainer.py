@@ -23,7 +23,8 @@ from jevons.framework.family import Family, FamilyBase
 from jevons.framework.metrics_log import MetricsCSV
 from jevons.framework.preemption import Preemption, requeue_marker
 from jevons.framework.rundir import CHECKPOINTS
-from jevons.framework.strategy import JevonsParallelStrategy, JevonsStrategy
+from jevons.framework.sharding import current_layout
+from jevons.framework.strategy import JevonsParallelStrategy, JevonsShardedStrategy, JevonsStrategy
 
 
 @dataclass
@@ -69,7 +70,9 @@ def make_trainer(
         TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False),
     ]
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    strategy_type = JevonsParallelStrategy if world > 1 else JevonsStrategy
+    strategy_type: type[JevonsStrategy | JevonsParallelStrategy] = JevonsStrategy
+    if world > 1:
+        strategy_type = JevonsShardedStrategy if current_layout() is not None else JevonsParallelStrategy
     trainer = pl.Trainer(
         accelerator=device.type,
         devices=1,

@@ -94,6 +94,11 @@ def validate_config(manager: PluginManager, raw: dict[str, Any]) -> Config:
         raise UsageError(f"family={config.family!r}: recipe '{config.recipe}' belongs to family '{recipe.family}'.")
     check_model_parallel(config.parallel, config.launcher.world_size)
     check_family_parallelism(config.parallel, family)
+    if config.parallel.shard > 1 and config.trainer.compile:
+        raise UsageError(
+            f"trainer.compile=true with parallel.shard={config.parallel.shard}: compiling sharded blocks is not "
+            "supported yet (FSDP's gather hooks would be traced into each block's graph). Use one of the two."
+        )
     family.validate(config)
     manager.call_all("configure", enabled, config=config)
     return config
@@ -122,6 +127,7 @@ def check_family_parallelism(parallel: Any, family: Any) -> None:
         "context": parallel.context > 1,
         "expert": parallel.expert > 1,
         "sequence": parallel.sequence,
+        "shard": parallel.shard > 1,
     }
     missing = [kind for kind, on in asked.items() if on and kind not in getattr(family, "parallelism", frozenset())]
     if missing:
@@ -133,7 +139,8 @@ def check_family_parallelism(parallel: Any, family: Any) -> None:
 
 
 def check_model_parallel(parallel: Any, world_size: int) -> None:
-    """Model-parallel sizes must divide the launcher's world (checked again, with CUDA limits, at launch)."""
+    """Model-parallel sizes must divide the launcher's world (checked again, with CUDA limits, at launch),
+    and ``shard`` (x ``replicate``) must split the data-parallel ranks that are left."""
     model_parallel = parallel.tensor * parallel.pipeline * parallel.context
     if model_parallel > world_size or world_size % model_parallel:
         raise UsageError(
@@ -141,6 +148,30 @@ def check_model_parallel(parallel: Any, world_size: int) -> None:
             f"= {model_parallel} does not divide the world of {world_size} process(es) the launcher starts. "
             f"Use launcher.nproc (or launcher.nodes x tasks per node) that is a multiple of {model_parallel}."
         )
+    data_parallel = world_size // model_parallel
+    if parallel.shard == 1:
+        if parallel.replicate not in (None, 1, data_parallel):
+            raise UsageError(
+                f"parallel.replicate={parallel.replicate} without parallel.shard: the {data_parallel} data-parallel "
+                f"rank(s) are all replicas already. Set parallel.shard too (replicate x shard = {data_parallel})."
+            )
+        return
+    replicate = parallel.replicate if parallel.replicate is not None else data_parallel // max(1, parallel.shard)
+    if replicate * parallel.shard != data_parallel:
+        raise UsageError(
+            f"parallel.replicate={replicate} x shard={parallel.shard} = {replicate * parallel.shard} does not equal "
+            f"the {data_parallel} data-parallel rank(s): {world_size} process(es) / (tensor={parallel.tensor} x "
+            f"pipeline={parallel.pipeline} x context={parallel.context}). Choose shard (x replicate) = {data_parallel}, "
+            f"or launcher.nproc = {model_parallel} x {parallel.shard} x {parallel.replicate or 1}."
+        )
+
+
+def data_parallel_layout(parallel: Any, world_size: int) -> tuple[int, int]:
+    """``(replicate, shard)`` of the data-parallel ranks (``(dp, 1)`` without sharding)."""
+    data_parallel = world_size // (parallel.tensor * parallel.pipeline * parallel.context)
+    if parallel.shard == 1:
+        return data_parallel, 1
+    return data_parallel // parallel.shard, parallel.shard
 
 
 def run_schema(family_config: type[Config], plugin_sections: dict[str, type], launcher: type) -> type:

@@ -173,10 +173,19 @@ class ParallelConfig:
     expert: int = 1
     sequence: bool = False
     """Megatron sequence parallelism (needs tensor > 1 and CUDA)."""
+    shard: int = 1
+    """FSDP2 (``fully_shard``) over this many data-parallel ranks: parameters, gradients and optimizer
+    state are split between them, each transformer block gathered for its forward and backward
+    (docs/parallelism.md). 1: every data-parallel rank holds the whole model (DDP)."""
+    replicate: int | None = None
+    """With ``shard > 1``, the data-parallel ranks are ``replicate x shard``: HSDP, replicas of a sharded
+    model, gradients all-reduced between replicas. None: whatever the world leaves after shard."""
 
     def __post_init__(self) -> None:
-        for name in ("tensor", "pipeline", "context", "expert"):
+        for name in ("tensor", "pipeline", "context", "expert", "shard"):
             require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "a positive integer")
+        if self.replicate is not None:
+            require(self.replicate >= 1, "parallel.replicate", self.replicate, "a positive integer or null")
 
 
 @dataclass

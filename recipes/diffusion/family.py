@@ -144,7 +144,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
     recipe_dir = Path(__file__).parent / "configs"
     config_class = DiffusionConfig
     capabilities = frozenset({"attention_processors", "video", "diffusion"})
-    parallelism = frozenset({"tensor"})
+    parallelism = frozenset({"tensor", "shard"})
 
     def validate(self, config: DiffusionConfig) -> None:
         from jevons.recipes.diffusion.components import (

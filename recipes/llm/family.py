@@ -76,7 +76,7 @@ class LLMFamily(FamilyBase[LLMConfig]):
     recipe_dir = Path(__file__).parent / "configs"
     config_class = LLMConfig
     capabilities = frozenset({"transformer", "token_sequences"})
-    parallelism = frozenset({"tensor"})
+    parallelism = frozenset({"tensor", "shard"})
     weight_unit = "tokens"
 
     def validate(self, config: LLMConfig) -> None:
