@@ -98,6 +98,11 @@ def configure(config: Config) -> None:
     from jevons.recipes.diffusion.family import DiffusionConfig, DiffusionModelConfig
 
     cfg = section(config, "lowres_cascade", LowresCascadeConfig)
+    if config.parallel.shard > 1:
+        raise UsageError(
+            f"lowres_cascade with parallel.shard={config.parallel.shard}: the cascade's stage models are not "
+            "sharded yet. Train it with data parallelism (parallel.shard=1)."
+        )
     model = section(config, "model", DiffusionModelConfig)
     resolutions = [stage.res for stage in cfg.stages]
     if len(resolutions) < 2 or resolutions != sorted(set(resolutions)):

@@ -25,7 +25,12 @@ to ``(out, in * prod(k))``; fused projections that declare their layout
 one shape goes through a single batched Newton–Schulz call; and tensor-parallel
 shards go through :class:`TensorParallelSeam`: orthogonalising a local shard
 alone would be a different (wrong) update, so the full matrix is gathered,
-orthogonalised, and the local shard kept.
+orthogonalised, and the local shard kept. Under FSDP (``parallel.shard``) the same holds for the
+data-parallel pieces: each update is gathered whole over the data-parallel ranks, every rank
+orthogonalises every matrix (redundant compute: ``shard`` times the Newton–Schulz FLOPs of one
+rank's share, and one all-gather of the updates, the size of FSDP's own weight gather), and keeps
+its piece. A distributed scheme (each rank orthogonalising a subset, then scattering) would divide
+that compute; at Jevons' sizes the gather is simpler and exact.
 """
 
 from __future__ import annotations
@@ -119,6 +124,23 @@ class TensorParallelSeam:
         return full.chunk(self.world_size(), dim=dim)[rank]
 
 
+def _gather_data_parallel(update: torch.Tensor) -> torch.Tensor:
+    """An FSDP-sharded update (a DTensor) gathered over the data-parallel ranks; a plain one as is."""
+    from torch.distributed.tensor import DTensor
+
+    return update.full_tensor() if isinstance(update, DTensor) else update
+
+
+def _like_data_parallel(orthogonal: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """This rank's FSDP piece of ``orthogonal`` when ``update`` is sharded: every rank computed the same
+    whole matrix, so each keeps its piece without communicating (``src_data_rank=None``)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(update, DTensor):
+        return orthogonal
+    return distribute_tensor(orthogonal, update.device_mesh, update.placements, src_data_rank=None)
+
+
 class Muon(torch.optim.Optimizer):
     """Muon for groups with ``use_muon=True``, AdamW for the others.
 
@@ -200,7 +222,8 @@ class Muon(torch.optim.Optimizer):
         view, steps, rule = group["view"], group["ns_steps"], group["lr_scale"]
         fulls, mats = [], []
         for p, u in zip(params, updates):
-            full = self.seam.gather(u, self.seam.partition_dim(p)) if self.seam.is_sharded(p) else u
+            full = _gather_data_parallel(u)
+            full = self.seam.gather(full, self.seam.partition_dim(p)) if self.seam.is_sharded(p) else full
             fulls.append(full)
             mats.append(to_matrices(full, view, getattr(p, "fused_rows", None)))
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
@@ -216,9 +239,8 @@ class Muon(torch.optim.Optimizer):
         for i, (p, full, m) in enumerate(zip(params, fulls, mats)):
             o = orthogonal_mats[i]
             o_full = from_matrices(o, full, view, getattr(p, "fused_rows", None))
-            orthogonal.append(
-                self.seam.local(o_full, self.seam.partition_dim(p)) if self.seam.is_sharded(p) else o_full
-            )
+            o_local = self.seam.local(o_full, self.seam.partition_dim(p)) if self.seam.is_sharded(p) else o_full
+            orthogonal.append(_like_data_parallel(o_local, updates[i]))
             scales.append(lr_scale(rule, *m.shape[-2:]))
         return orthogonal, scales
 

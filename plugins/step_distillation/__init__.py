@@ -108,6 +108,11 @@ PLUGIN_INFO = PluginInfo(
 @hookimpl
 def configure(config: Config) -> None:
     cfg = section(config, "step_distillation", StepDistillationConfig)
+    if config.parallel.shard > 1:
+        raise UsageError(
+            f"step_distillation with parallel.shard={config.parallel.shard}: the teacher and fake score are not "
+            "sharded with the student yet. Distil with data parallelism (parallel.shard=1)."
+        )
     if cfg.steps < 1 or cfg.teacher_steps < cfg.steps:
         raise UsageError(
             f"step_distillation.steps={cfg.steps} must be at least 1 and at most "

@@ -1,0 +1,216 @@
+"""FSDP2 sharded data parallelism (``parallel.shard``) on CPU with gloo: real `train launcher.nproc=N` runs.
+
+Losses come from each run's metrics.csv; the jt_dump_state test plugin saves every rank's pieces
+of the parameters and optimizer state, and the bytes it holds, at the end of training.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from jevons.framework import distributed
+from jevons.framework.config.compose import compose_config
+from jevons.framework.config.schema import ParallelConfig
+from jevons.framework.errors import UsageError
+from jevons.framework.plugin_manager import PluginManager
+
+LLM = [
+    "recipe=llm_tiny",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.max_seq_len=32",
+    "data.seq_len=32",
+    "data.num_workers=0",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "optimizer.warmup_steps=0",
+]
+DIFFUSION = [
+    "recipe=image_tiny",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.head_dim=16",
+    "model.ffn_dim=32",
+    "data.resolution=8",
+    "data.num_workers=0",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+]
+# Per-rank batch sizes giving one global batch of 8 at every layout.
+ONE, SHARD2, SHARD4 = (
+    ["data.batch_size=8"],
+    ["data.batch_size=4", "launcher.nproc=2", "parallel.shard=2"],
+    ["data.batch_size=2", "launcher.nproc=4", "parallel.shard=4"],
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sharded-runs")
+
+
+@pytest.fixture(scope="module")
+def run(command, plugin_site: Path, runs: Path):
+    """``run(name, *overrides, base=LLM)``: a `train` command into ``runs/name``; its losses by step."""
+
+    def call(name: str, *overrides: str, base: list[str] = LLM, crashes: bool = False) -> dict[int, float]:
+        result = command(["train", *base, *overrides, f"run.dir={runs / name}"], cwd=runs, PYTHONPATH=str(plugin_site))
+        assert (result.returncode != 0) == crashes, result.stdout[-2000:] + result.stderr[-4000:]
+        with open(runs / name / "metrics.csv") as handle:
+            return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+
+    return call
+
+
+def _close(a: dict[int, float], b: dict[int, float], tolerance: float) -> None:
+    assert a.keys() == b.keys() and len(a) > 0
+    worst = max(abs(a[k] - b[k]) for k in a)
+    assert worst <= tolerance, f"largest per-step loss difference {worst:.3g} > {tolerance}"
+
+
+def _dumps(runs: Path, name: str, ranks: int) -> list[dict]:
+    return [torch.load(runs / name / f"state-rank{r}.pt", weights_only=True) for r in range(ranks)]
+
+
+STEPS_20 = ["trainer.max_steps=20", "checkpoint.every_n_steps=20", "plugins=[jt_dump_state]"]
+
+
+@pytest.fixture(scope="module")
+def llm_layouts(run) -> dict[str, dict[int, float]]:
+    return {
+        "one": run("one", *STEPS_20, *ONE),
+        "shard2": run("shard2", *STEPS_20, *SHARD2),
+        "shard4": run("shard4", *STEPS_20, *SHARD4),
+    }
+
+
+def test_shard2_and_shard4_equal_one_process_for_20_steps(llm_layouts) -> None:
+    _close(llm_layouts["shard2"], llm_layouts["one"], 1e-5)
+    _close(llm_layouts["shard4"], llm_layouts["one"], 1e-5)
+
+
+def test_each_rank_holds_a_quarter_of_the_training_state_at_shard4(llm_layouts, runs: Path) -> None:
+    """Parameters, gradients and AdamW's two moments: every tensor is split, norms and embeddings
+    included, so each rank holds 1/4 of one process's bytes and the four together hold it once."""
+    single = _dumps(runs, "one", 1)[0]["bytes"]
+    ranks = [dump["bytes"] for dump in _dumps(runs, "shard4", 4)]
+    assert single["params"] > 0 and single["grads"] == single["params"] and single["optimizer"] == 2 * single["params"]
+    for kind in ("params", "grads", "optimizer"):
+        assert sum(rank[kind] for rank in ranks) == single[kind], kind  # nothing replicated
+        for rank in ranks:
+            assert abs(rank[kind] / single[kind] - 1 / 4) <= 0.05 / 4, (kind, rank[kind], single[kind])
+    # The trained weights themselves: rank pieces, concatenated along dim 0, are one process's.
+    whole = _dumps(runs, "one", 1)[0]["params"]
+    pieces = [dump["params"] for dump in _dumps(runs, "shard4", 4)]
+    for name, (_, value) in whole.items():
+        torch.testing.assert_close(torch.cat([p[name][1] for p in pieces]), value, atol=1e-5, rtol=0)
+
+
+def test_tp2_by_shard2_on_four_processes_equals_one_process(llm_layouts, run) -> None:
+    both = run(
+        "tp2-shard2", *STEPS_20, "data.batch_size=4", "launcher.nproc=4", "parallel.tensor=2", "parallel.shard=2"
+    )
+    _close(both, llm_layouts["one"], 1e-5)
+
+
+def test_muon_at_shard2_equals_one_process(run) -> None:
+    """Newton-Schulz on whole matrices: each update is gathered over the shards before it is orthogonalised."""
+    muon = ["trainer.max_steps=20", "checkpoint.every_n_steps=20", "plugins=[muon]", "muon.ns_dtype=float32"]
+    _close(run("muon-shard2", *muon, *SHARD2), run("muon-one", *muon, *ONE), 1e-5)
+
+
+def test_diffusion_at_shard2_equals_ddp(run) -> None:
+    """The diffusion objective draws its noise per data-parallel rank, so two ranks do not draw one
+    process's noise; at the same two ranks, sharding changes nothing but where the state lives."""
+    steps = ["trainer.max_steps=20", "checkpoint.every_n_steps=20", "data.batch_size=4", "launcher.nproc=2"]
+    _close(
+        run("diffusion-shard2", *steps, "parallel.shard=2", base=DIFFUSION),
+        run("diffusion-ddp2", *steps, base=DIFFUSION),
+        1e-5,
+    )
+
+
+def test_checkpoints_saved_at_shard4_load_at_shard2_tp2_and_in_one_process(
+    run, runs: Path, plugin_site: Path, monkeypatch
+) -> None:
+    common = ["checkpoint.every_n_steps=4", "plugins=[jt_dump_state]"]
+    run("save-shard4", *common, "trainer.max_steps=4", *SHARD4)
+    checkpoint = runs / "save-shard4" / "checkpoints" / "step_00000004"
+    pieces = [dump["params"] for dump in _dumps(runs, "save-shard4", 4)]  # each rank's, at step 4
+    # The tensors, loaded in one process, are the shard-4 run's pieces put together.
+    from jevons.framework.inference import load_run
+
+    monkeypatch.syspath_prepend(str(plugin_site))  # the run's jt_dump_state plugin, found as an entry point
+    with distributed.initialized(ParallelConfig()):
+        loaded = dict(load_run(runs / "save-shard4", checkpoint).model.named_parameters())
+    assert loaded.keys() == pieces[0].keys()
+    for name, value in loaded.items():
+        assert torch.equal(value.detach(), torch.cat([p[name][1] for p in pieces])), name
+    # The next step at three other layouts, against continuing at shard 4.
+    continued = run("save-shard4", *common, "trainer.max_steps=5", *SHARD4, "checkpoint.resume=auto")
+    layouts = {
+        "load-shard2": SHARD2,
+        "load-one": ONE,
+        "load-tp2": ["data.batch_size=8", "launcher.nproc=2", "parallel.tensor=2"],
+    }
+    for name, layout in layouts.items():
+        resumed = run(name, *common, "trainer.max_steps=5", *layout, f"checkpoint.resume={checkpoint}")
+        assert abs(resumed[4] - continued[4]) <= 1e-6, (name, resumed[4], continued[4])
+
+
+def test_sigkill_and_resume_under_shard2_is_bitwise(run, runs: Path) -> None:
+    common = ["trainer.max_steps=12", "checkpoint.every_n_steps=4", *SHARD2]
+    straight = run("straight-shard2", *common)
+    run("killed-shard2", *common, "plugins=[jt_crash_at]", "jt_crash_at.step=7", "jt_crash_at.rank=1", crashes=True)
+    resumed = run("killed-shard2", *common, "checkpoint.resume=auto")
+    assert resumed == straight and len(straight) == 12
+
+
+def test_impossible_shardings_are_refused_at_config_time() -> None:
+    manager = PluginManager.load(autoload=False)
+    refusals = {
+        r"parallel.replicate=1 x shard=3 = 3 does not equal the 4 data-parallel rank\(s\)": [
+            *LLM,
+            "parallel.shard=3",
+            "launcher.nproc=4",
+        ],
+        r"replicate=2 x shard=2 = 4 does not equal the 2 data-parallel rank\(s\): 4 process\(es\) / \(tensor=2": [
+            *LLM,
+            "parallel.shard=2",
+            "parallel.replicate=2",
+            "parallel.tensor=2",
+            "launcher.nproc=4",
+        ],
+        r"parallel.replicate=2 without parallel.shard": [*LLM, "parallel.replicate=2", "launcher.nproc=4"],
+        r"trainer.compile=true with parallel.shard=2": [
+            *LLM,
+            "parallel.shard=2",
+            "launcher.nproc=2",
+            "trainer.compile=true",
+        ],
+        r"step_distillation with parallel.shard=2": [
+            "recipe=image_tiny",
+            "plugins=[step_distillation]",
+            "parallel.shard=2",
+            "launcher.nproc=2",
+        ],
+        r"Family 'speech' does not implement shard parallelism": [
+            "recipe=speech_tiny",
+            "parallel.shard=2",
+            "launcher.nproc=2",
+        ],
+    }
+    for message, overrides in refusals.items():
+        with pytest.raises(UsageError, match=message):
+            compose_config(manager, overrides)
+    config = compose_config(manager, [*LLM, "parallel.shard=2", "launcher.nproc=8"])
+    assert (config.parallel.shard, config.parallel.replicate) == (2, None)  # HSDP: 4 replicas of 2 shards
