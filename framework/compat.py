@@ -52,6 +52,16 @@ def wan_qkv_projections(attn: Any, hidden_states: torch.Tensor) -> tuple[torch.T
     return query, key, value
 
 
+def wan_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan rotary embedding (``WanAttnProcessor``'s own, interleaved channel pairs) on
+    ``x`` ``(B, S, H, D)`` with ``cos``, ``sin`` ``(1, S, 1, D)`` from ``WanRotaryPosEmbed``."""
+    import torch
+
+    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
+
+
 def tensorboard_add_summary(writer: Any, summary: Any, step: int) -> None:
     """Write a ready ``Summary`` proto (an animated GIF image: what ``add_video`` writes, without moviepy).
 

@@ -27,10 +27,10 @@ __all__ = ["ProcessEnv", "initialized", "process_env"]
 
 def check_parallel_sizes(parallel: ParallelConfig, world_size: int, cuda: bool) -> int:
     """Validate the parallel sizes against the world and the device; return the data-parallel size."""
-    from jevons.framework.config.compose import check_model_parallel
+    from jevons.framework.config.compose import check_model_parallel, model_parallel_size
 
     check_model_parallel(parallel, world_size)
-    model_parallel = parallel.tensor * parallel.pipeline * parallel.context
+    model_parallel = model_parallel_size(parallel)
     if not cuda:
         unsupported = [
             name
@@ -72,7 +72,8 @@ def initialized(parallel: ParallelConfig) -> Iterator[ProcessEnv]:
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=parallel.tensor,
             pipeline_model_parallel_size=parallel.pipeline,
-            context_parallel_size=parallel.context,
+            # Ulysses peers are Megatron's context-parallel group: out of the data-parallel group, same batch.
+            context_parallel_size=parallel.context * parallel.ulysses,
             expert_model_parallel_size=parallel.expert,
         )
     try:

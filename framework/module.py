@@ -11,7 +11,9 @@ Two parallel details live here because every objective needs them:
   weight every rank's mean equally even when ranks hold different numbers of
   real tokens; the loss is rescaled by ``weight * dp / global_weight`` so the
   averaged gradient is the gradient of the global token mean, exactly as one
-  process would compute it on the whole global batch.
+  process would compute it on the whole global batch. Ulysses peers (``parallel.ulysses``) hold
+  shares of the same samples' tokens: their gradients must add, not average, so the loss is also
+  multiplied by the Ulysses size.
 * Tensor and sharded data parallelism. Gradient clipping needs the norm of the *whole* model:
   sharded parameters contribute every rank's part, replicated ones once.
 """
@@ -72,6 +74,8 @@ class JevonsModule(pl.LightningModule):
             dist.all_reduce(totals, group=self._groups.data_parallel)
             loss = out.loss * (out.weight * self._groups.data_parallel_size / totals[0].item())
             logged = (totals[1] / totals[0]).float()
+        if self._groups.ulysses_size > 1:  # DDP averages over Ulysses peers; their token shares must add up
+            loss = loss * self._groups.ulysses_size
         self.last_weight = out.weight
         self.log("train/loss", logged, prog_bar=True, batch_size=out.weight)
         for name, value in out.metrics.items():
@@ -179,6 +183,7 @@ class _ParallelGroups:
         self.tensor_parallel = parallel_state.get_tensor_model_parallel_group() if initialised else None
         self.tensor_parallel_size = parallel_state.get_tensor_model_parallel_world_size() if initialised else 1
         self.tensor_parallel_rank = parallel_state.get_tensor_model_parallel_rank() if initialised else 0
+        self.ulysses_size = parallel_state.get_context_parallel_world_size() if initialised else 1
         layout = current_layout()
         self.shard = layout.shard_group if layout is not None else None
         """FSDP's shard group: its ranks hold disjoint pieces of each parameter (None: not sharded)."""

@@ -83,7 +83,8 @@ class JevonsParallelStrategy(_FrameworkCheckpoints, DDPStrategy):
     def __init__(self, device: torch.device, config_yaml: str, keep_last: int) -> None:
         from megatron.core import parallel_state
 
-        self.data_parallel_group = parallel_state.get_data_parallel_group()
+        # With parallel.ulysses, its peers too: their gradients are summed (module.py scales the loss by u).
+        self.data_parallel_group = parallel_state.get_data_parallel_group(with_context_parallel=True)
         super().__init__(
             parallel_devices=[device],
             cluster_environment=LightningEnvironment(),

@@ -128,6 +128,7 @@ def check_family_parallelism(parallel: Any, family: Any) -> None:
         "expert": parallel.expert > 1,
         "sequence": parallel.sequence,
         "shard": parallel.shard > 1,
+        "ulysses": parallel.ulysses > 1,
     }
     missing = [kind for kind, on in asked.items() if on and kind not in getattr(family, "parallelism", frozenset())]
     if missing:
@@ -141,12 +142,18 @@ def check_family_parallelism(parallel: Any, family: Any) -> None:
 def check_model_parallel(parallel: Any, world_size: int) -> None:
     """Model-parallel sizes must divide the launcher's world (checked again, with CUDA limits, at launch),
     and ``shard`` (x ``replicate``) must split the data-parallel ranks that are left."""
-    model_parallel = parallel.tensor * parallel.pipeline * parallel.context
+    model_parallel = model_parallel_size(parallel)
     if model_parallel > world_size or world_size % model_parallel:
         raise UsageError(
             f"parallel.tensor={parallel.tensor} x pipeline={parallel.pipeline} x context={parallel.context} "
-            f"= {model_parallel} does not divide the world of {world_size} process(es) the launcher starts. "
-            f"Use launcher.nproc (or launcher.nodes x tasks per node) that is a multiple of {model_parallel}."
+            f"x ulysses={parallel.ulysses} = {model_parallel} does not divide the world of {world_size} process(es) "
+            f"the launcher starts. Use launcher.nproc (or launcher.nodes x tasks per node) that is a multiple of "
+            f"{model_parallel}."
+        )
+    if parallel.ulysses > 1 and (parallel.shard > 1 or parallel.context > 1):
+        raise UsageError(
+            f"parallel.ulysses={parallel.ulysses} with parallel.shard={parallel.shard} or context={parallel.context}: "
+            "Ulysses composes with tensor and data parallelism (DDP) only, for now."
         )
     data_parallel = world_size // model_parallel
     if parallel.shard == 1:
@@ -161,14 +168,20 @@ def check_model_parallel(parallel: Any, world_size: int) -> None:
         raise UsageError(
             f"parallel.replicate={replicate} x shard={parallel.shard} = {replicate * parallel.shard} does not equal "
             f"the {data_parallel} data-parallel rank(s): {world_size} process(es) / (tensor={parallel.tensor} x "
-            f"pipeline={parallel.pipeline} x context={parallel.context}). Choose shard (x replicate) = {data_parallel}, "
+            f"pipeline={parallel.pipeline} x context={parallel.context} x ulysses={parallel.ulysses}). "
+            f"Choose shard (x replicate) = {data_parallel}, "
             f"or launcher.nproc = {model_parallel} x {parallel.shard} x {parallel.replicate or 1}."
         )
 
 
+def model_parallel_size(parallel: Any) -> int:
+    """Ranks that work on one sample: tensor x pipeline x context x Ulysses."""
+    return int(parallel.tensor * parallel.pipeline * parallel.context * parallel.ulysses)
+
+
 def data_parallel_layout(parallel: Any, world_size: int) -> tuple[int, int]:
     """``(replicate, shard)`` of the data-parallel ranks (``(dp, 1)`` without sharding)."""
-    data_parallel = world_size // (parallel.tensor * parallel.pipeline * parallel.context)
+    data_parallel = world_size // model_parallel_size(parallel)
     if parallel.shard == 1:
         return data_parallel, 1
     return data_parallel // parallel.shard, parallel.shard

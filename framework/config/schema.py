@@ -180,9 +180,12 @@ class ParallelConfig:
     replicate: int | None = None
     """With ``shard > 1``, the data-parallel ranks are ``replicate x shard``: HSDP, replicas of a sharded
     model, gradients all-reduced between replicas. None: whatever the world leaves after shard."""
+    ulysses: int = 1
+    """Ulysses sequence parallelism: each sample's tokens split over this many ranks, self-attention
+    computed whole by head shards after an all-to-all (docs/parallelism.md). Works on CPU."""
 
     def __post_init__(self) -> None:
-        for name in ("tensor", "pipeline", "context", "expert", "shard"):
+        for name in ("tensor", "pipeline", "context", "expert", "shard", "ulysses"):
             require(getattr(self, name) >= 1, f"parallel.{name}", getattr(self, name), "a positive integer")
         if self.replicate is not None:
             require(self.replicate >= 1, "parallel.replicate", self.replicate, "a positive integer or null")

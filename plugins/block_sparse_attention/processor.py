@@ -32,13 +32,6 @@ class SparsityStats:
     mask_seconds: float = 0.0
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Wan's rotary embedding on interleaved pairs of channels."""
-    even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[..., 0::2], sin[..., 1::2]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
-
-
 class BlockSparseWanProcessor:
     """Self-attention over ``frames`` latent frames of square token grids, block-sparse; ``dense``, the
     processor it replaces, serves calls inside :func:`jevons.framework.attention.dense_attention`."""
@@ -80,7 +73,8 @@ class BlockSparseWanProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        from jevons.framework.compat import wan_qkv_projections
+        from jevons.framework.compat import wan_qkv_projections, wan_rotary
+        from jevons.framework.ulysses import to_head_shards, to_token_shards
 
         if dense_attention_requested():
             if self.dense is None:
@@ -92,7 +86,10 @@ class BlockSparseWanProcessor:
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, S, H, D)
         if rotary_emb is not None:
-            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+            query, key = wan_rotary(query, *rotary_emb), wan_rotary(key, *rotary_emb)
+        # Under parallel.ulysses: this rank's tokens of all heads -> all tokens of its heads; the block
+        # mask is then each head's own, as in one process.
+        query, key, value = (to_head_shards(x) for x in (query, key, value))
         q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # (B, H, S, D)
         order = self.order_for(q.shape[2])
         if order is not None:
@@ -108,5 +105,5 @@ class BlockSparseWanProcessor:
         out = dispatch.get("block_sparse_attention")(q, k, v, mask, self.block_size)
         if order is not None:
             out = out[:, :, order[1].to(out.device)]
-        out = out.transpose(1, 2).flatten(2).type_as(query)
+        out = to_token_shards(out.transpose(1, 2)).flatten(2).type_as(query)  # (B, S / ulysses, H * D)
         return attn.to_out[1](attn.to_out[0](out))

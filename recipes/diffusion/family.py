@@ -144,7 +144,7 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
     recipe_dir = Path(__file__).parent / "configs"
     config_class = DiffusionConfig
     capabilities = frozenset({"attention_processors", "video", "diffusion"})
-    parallelism = frozenset({"tensor", "shard"})
+    parallelism = frozenset({"tensor", "shard", "ulysses"})
 
     def validate(self, config: DiffusionConfig) -> None:
         from jevons.recipes.diffusion.components import (
@@ -164,6 +164,9 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
                 f"parallel.tensor={tp} must divide model.num_heads={cfg.num_heads} and model.ffn_dim={cfg.ffn_dim}: "
                 f"tensor parallelism splits whole heads and feed-forward units across ranks."
             )
+        ulysses = config.parallel.ulysses
+        if ulysses > 1:
+            self._check_ulysses(config, tp, ulysses)
         conditioning = config.conditioning
         if 0 < config.sample.fd_samples < 8:
             raise UsageError(
@@ -396,6 +399,24 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
 
         return ensure_built(IMAGES, data_root(config.data.root))
 
+    def _check_ulysses(self, config: DiffusionConfig, tp: int, ulysses: int) -> None:
+        from jevons.recipes.diffusion.components import sample_shape
+
+        heads = config.model.num_heads
+        if heads % (tp * ulysses):
+            raise UsageError(
+                f"parallel.tensor={tp} x ulysses={ulysses} = {tp * ulysses} must divide model.num_heads={heads}: "
+                f"after tensor parallelism each Ulysses rank attends with whole heads."
+            )
+        _, frames, height, width = sample_shape(config)
+        pf, ph, pw = config.model.patch_size
+        tokens = (frames // pf) * (height // ph) * (width // pw)
+        if tokens % ulysses:
+            raise UsageError(
+                f"parallel.ulysses={ulysses} must divide the {tokens} tokens of a sample ({frames // pf} x "
+                f"{height // ph} x {width // pw} patches): choose sizes whose token count is a multiple of it."
+            )
+
     def build_model(self, config: DiffusionConfig) -> torch.nn.Module:
         import torch
 
@@ -405,6 +426,10 @@ class DiffusionFamily(FamilyBase[DiffusionConfig]):
         from jevons.recipes.diffusion.tensor_parallel import apply_tensor_parallel
 
         transformer = apply_tensor_parallel(build_transformer(config.model))
+        if config.parallel.ulysses > 1:
+            from jevons.recipes.diffusion.ulysses import apply_ulysses
+
+            apply_ulysses(transformer)
         folder = vae_folder(config.model)
         codec = LatentCodec(load_vae(folder, getattr(torch, config.model.encoder_dtype))) if folder else None
         conditioner = build_conditioner(config, transformer.config["text_dim"])
