@@ -1,6 +1,6 @@
 """Every GPU-only check and timing, in one script for the minutes a GPU is lent (docs/architecture.md, "Benchmarks").
 
-    python benchmarks/gpu_check.py [--only newton_schulz|block_sparse_attention|train_llm|train_diffusion|megatron]
+    python benchmarks/gpu_check.py [--only PART]   (PART: one of PARTS below)
 
 Parts:
 
@@ -25,6 +25,10 @@ Parts:
   ``sequence_parallel`` layer construction works; pipeline, context and expert
   parallelism need several GPUs and are refused by Jevons' families, which do
   not implement them.
+* ``fsdp_tensor_parallel``: a real ``train`` of llm_tiny with FSDP2 x Megatron
+  TP on NCCL (``parallel.tensor=2 parallel.shard=2``, bf16-mixed), losses
+  finite and falling. It needs 4 GPUs (NCCL refuses two ranks on one device)
+  and says so and skips otherwise.
 
 On a machine without CUDA every part reports "skipped: no CUDA" and the script
 exits 0, so it can be run anywhere; CI never runs it. Results go to
@@ -49,7 +53,15 @@ from pathlib import Path
 
 from common import RESULTS, commit, machine
 
-PARTS = ("newton_schulz", "block_sparse_attention", "packed_gqa_attention", "train_llm", "train_diffusion", "megatron")
+PARTS = (
+    "newton_schulz",
+    "block_sparse_attention",
+    "packed_gqa_attention",
+    "train_llm",
+    "train_diffusion",
+    "megatron",
+    "fsdp_tensor_parallel",
+)
 
 
 def _time(fn, repeat: int = 20) -> float:
@@ -221,6 +233,27 @@ def megatron() -> dict:
     parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
     return result
+
+
+def fsdp_tensor_parallel() -> dict:
+    """One real `train` with FSDP2 x Megatron TP on NCCL: parallel.tensor=2 x shard=2 over 4 GPUs."""
+    import torch
+
+    if torch.cuda.device_count() < 4:
+        return {
+            "skipped": f"needs 4 GPUs (TP=2 x shard=2; NCCL refuses two ranks on one device), "
+            f"found {torch.cuda.device_count()}"
+        }
+    return _train(
+        [
+            "recipe=llm_tiny",
+            "launcher.nproc=4",
+            "parallel.tensor=2",
+            "parallel.shard=2",
+            "trainer.max_steps=40",
+            "trainer.limit_val_batches=2",
+        ]
+    )
 
 
 def main() -> None:

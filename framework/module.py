@@ -197,6 +197,8 @@ def clip_global_norm(parameters: Any, max_norm: float, groups: _ParallelGroups) 
     FSDP's shard group, whose ranks hold disjoint pieces (HSDP replicas hold the same ones).
     """
     params = [p for p in parameters if p.grad is not None]
+    if not params:  # a skipped non-finite step dropped every gradient, on every rank alike
+        return torch.zeros(())
     grads = [local_tensor(p.grad) for p in params]
     squares = torch.zeros((), dtype=torch.float64)
     for p, grad in zip(params, grads):

@@ -77,7 +77,7 @@ class MixedModalFamily(FamilyBase[MixedModalConfig]):
     recipe_dir = Path(__file__).parent / "configs"
     config_class = MixedModalConfig
     capabilities = frozenset({"transformer", "token_sequences", "token_modalities"})
-    parallelism = frozenset({"tensor"})
+    parallelism = frozenset({"tensor", "shard"})
     weight_unit = "tokens"
 
     def validate(self, config: MixedModalConfig) -> None:

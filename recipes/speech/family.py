@@ -106,6 +106,7 @@ class SpeechFamily(FamilyBase[SpeechConfig]):
     config_class = SpeechConfig
     capabilities = frozenset({"transformer", "encoder_decoder", "audio"})
     weight_unit = "tokens"
+    parallelism = frozenset({"shard"})
 
     def validate(self, config: SpeechConfig) -> None:
         check_heads(config.model)  # no tensor parallelism: the heads only have to split the width

@@ -128,6 +128,39 @@ def test_muon_at_shard2_equals_one_process(run) -> None:
     _close(run("muon-shard2", *muon, *SHARD2), run("muon-one", *muon, *ONE), 1e-5)
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_under_shard2_follows_one_process(run, runs: Path, precision: str) -> None:
+    """FSDP's MixedPrecisionPolicy (bf16 gathers, fp32 reduction) at bf16-mixed keeps fp32 master
+    weights and moments; bf16-true shards bf16 ones. Tolerances as tests/framework/test_precision.py's."""
+    common = ["trainer.max_steps=10", f"trainer.precision={precision}", "optimizer.lr=1e-2", "plugins=[jt_dump_state]"]
+    single = run(f"{precision}-one", *common, *ONE)
+    sharded = run(f"{precision}-shard2", *common, *SHARD2)
+    worst = max(abs(sharded[k] - single[k]) / single[k] for k in single)
+    assert sharded.keys() == single.keys() and worst <= {"bf16-mixed": 3e-3, "bf16-true": 5e-2}[precision], worst
+    dtype = torch.float32 if precision == "bf16-mixed" else torch.bfloat16
+    for dump in _dumps(runs, f"{precision}-shard2", 2):
+        assert {value.dtype for _, value in dump["params"].values()} == {dtype}
+        assert {v.dtype for state in dump["optimizer"].values() for v in state.values() if v.ndim} == {dtype}
+
+
+def test_activation_checkpointing_under_shard2_equals_one_process(llm_layouts, run) -> None:
+    """torchtitan's order, checkpointing inside the sharded block: its rerun gathers the weights again."""
+    checkpointed = run("ac-shard2", *STEPS_20, *SHARD2, "trainer.activation_checkpointing=full")
+    _close(checkpointed, llm_layouts["one"], 1e-5)
+
+
+def test_nan_on_one_rank_under_shard2_skips_the_step_on_both(run, runs: Path) -> None:
+    """The poisoned rank's NaN reaches every rank's gradient pieces through the reduce-scatter; the
+    verdict is shared, so both skip the same updates and no rank hangs."""
+    run("nan-shard2", "trainer.max_steps=6", "plugins=[jt_nan_at]", "jt_nan_at.steps=[3]", "jt_nan_at.rank=1", *SHARD2)
+    import json
+
+    ranks = [json.loads((runs / "nan-shard2" / f"nan-rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["skipped"] == ranks[1]["skipped"] == [2]
+    for rank in ranks:
+        assert [record["step"] for record in rank["steps"] if record["unchanged"]] == [3]
+
+
 def test_diffusion_at_shard2_equals_ddp(run) -> None:
     """The diffusion objective draws its noise per data-parallel rank, so two ranks do not draw one
     process's noise; at the same two ranks, sharding changes nothing but where the state lives."""
@@ -139,8 +172,19 @@ def test_diffusion_at_shard2_equals_ddp(run) -> None:
     )
 
 
+@pytest.mark.parametrize("family", ["speech", "mixed_modal"])
+def test_shard2_equals_ddp_in_the_other_families(run, smoke, speech_corpus: Path, family: str) -> None:
+    """Every family shards: its blocks and root under FSDP train exactly as under DDP at 2 ranks."""
+    base = [*smoke[family], "trainer.max_steps=6", "trainer.log_every_n_steps=1", "launcher.nproc=2"]
+    if family == "speech":  # and its validation: greedy and CTC decoding with sharded weights
+        base.append(f"data.source={speech_corpus}")
+    else:  # its image generation costs most of a minute on 2 cores
+        base.append("trainer.limit_val_batches=0")
+    _close(run(f"{family}-shard2", "parallel.shard=2", base=base), run(f"{family}-ddp2", base=base), 1e-5)
+
+
 def test_checkpoints_saved_at_shard4_load_at_shard2_tp2_and_in_one_process(
-    run, runs: Path, plugin_site: Path, monkeypatch
+    run, command, runs: Path, plugin_site: Path, monkeypatch
 ) -> None:
     common = ["checkpoint.every_n_steps=4", "plugins=[jt_dump_state]"]
     run("save-shard4", *common, "trainer.max_steps=4", *SHARD4)
@@ -155,6 +199,18 @@ def test_checkpoints_saved_at_shard4_load_at_shard2_tp2_and_in_one_process(
     assert loaded.keys() == pieces[0].keys()
     for name, value in loaded.items():
         assert torch.equal(value.detach(), torch.cat([p[name][1] for p in pieces])), name
+    # jevons export from the sharded run: one process reads every rank's pieces.
+    from safetensors.torch import load_file
+
+    exported = command(
+        ["jevons", "export", f"run_dir={runs / 'save-shard4'}", f"out={runs / 'export-shard4'}"],
+        cwd=runs,
+        PYTHONPATH=str(plugin_site),
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    weights = load_file(str(runs / "export-shard4" / "model.safetensors"))
+    embedding = weights["model.embed_tokens.weight"]  # the vocabulary, without TP's padding rows
+    assert torch.equal(embedding, loaded["embed.weight"].detach()[: embedding.shape[0]])
     # The next step at three other layouts, against continuing at shard 4.
     continued = run("save-shard4", *common, "trainer.max_steps=5", *SHARD4, "checkpoint.resume=auto")
     layouts = {
@@ -203,11 +259,7 @@ def test_impossible_shardings_are_refused_at_config_time() -> None:
             "parallel.shard=2",
             "launcher.nproc=2",
         ],
-        r"Family 'speech' does not implement shard parallelism": [
-            "recipe=speech_tiny",
-            "parallel.shard=2",
-            "launcher.nproc=2",
-        ],
+        r"lowres_cascade with parallel.shard=2": ["recipe=image_lowdiff_tiny", "parallel.shard=2", "launcher.nproc=2"],
     }
     for message, overrides in refusals.items():
         with pytest.raises(UsageError, match=message):
