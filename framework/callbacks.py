@@ -19,6 +19,7 @@ import torch
 from jevons.framework.checkpoint import checkpoint_name
 from jevons.framework.compat import lightning_logged_step, lightning_should_update_logs
 from jevons.framework.family import EvalContext, Family
+from jevons.framework.sharding import gathered_root
 from jevons.kernels import dispatch
 
 
@@ -257,7 +258,7 @@ class Evaluation(pl.Callback):
         assert isinstance(model, torch.nn.Module)
         was_training = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), gathered_root(model):
             extra = self.family.evaluate(context) or {}
         model.train(was_training)
         self.metrics = {**val, **{k: float(v) for k, v in extra.items()}}

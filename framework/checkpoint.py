@@ -337,7 +337,10 @@ def frozen_digest(module: torch.nn.Module) -> str:
     so a multi-gigabyte base is hashed once per run, not at every save.
     """
     frozen = sorted(((name, p) for name, p in module.named_parameters() if not p.requires_grad), key=lambda np: np[0])
-    key = tuple((name, p.data_ptr(), p._version) for name, p in frozen)
+    from jevons.framework.sharding import local_tensor
+
+    # A DTensor's own data_ptr() is 0 and its version does not follow its local shard's.
+    key = tuple((name, local_tensor(p).data_ptr(), local_tensor(p)._version) for name, p in frozen)
     cached = _DIGESTS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]

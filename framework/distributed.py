@@ -79,6 +79,9 @@ def initialized(parallel: ParallelConfig) -> Iterator[ProcessEnv]:
     try:
         yield env
     finally:
+        from jevons.framework.sharding import forget_layout
+
+        forget_layout()  # its meshes belong to the groups torn down here
         if megatron_created:
             parallel_state.destroy_model_parallel()
         if created:

@@ -108,9 +108,9 @@ class Family(Protocol[ConfigT]):
     """What an objective's ``weight`` counts (``"tokens"``, ``"samples"``): throughput is reported in it."""
 
     parallelism: frozenset[str]
-    """Which of ``tensor``, ``sequence``, ``pipeline``, ``context``, ``expert`` and ``shard``
-    (FSDP2 over the data-parallel ranks) its model implements (data parallelism always works);
-    larger sizes of the others are refused."""
+    """Which of ``tensor``, ``sequence``, ``pipeline``, ``context``, ``expert``, ``shard``
+    (FSDP2 over the data-parallel ranks) and ``ulysses`` (sequence split over ranks) its model
+    implements (data parallelism always works); larger sizes of the others are refused."""
 
     def validate(self, config: ConfigT) -> None:
         """Check the family's sections against the whole config (e.g. heads divisible by TP);

@@ -29,6 +29,8 @@ gradient at the same global batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +39,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-__all__ = ["ShardLayout", "current_layout", "local_tensor", "shard_model"]
+__all__ = ["ShardLayout", "current_layout", "gathered_root", "local_tensor", "shard_model"]
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,29 @@ def shard_model(model: torch.nn.Module, blocks: list[str], replicate: int, shard
 def forget_layout() -> None:
     """The run ended: later checkpoints in this process are not sharded ones."""
     _CURRENT.pop("layout", None)
+
+
+@contextmanager
+def gathered_root(model: torch.nn.Module) -> Iterator[None]:
+    """For a family's evaluation: the root's weights gathered, every FSDP module resharded after.
+
+    Evaluation calls model methods other than ``forward`` (speech's ``encode``/``decode``), which
+    FSDP's forward hooks do not gather for. And FSDP2 does not reshard the root after a forward
+    without backward: left gathered, its copy would shadow later changes to the shards (the ema
+    plugin putting the trained weights back after validating on the average).
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -144,3 +144,17 @@ class JevonsShardedStrategy(JevonsParallelStrategy):
         if trainer.state.fn == TrainerFn.FITTING:
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
+        module = self.lightning_module
+        if module is not None:  # what module.to() would have recorded (batches follow it to the device)
+            module._device = self.root_device
+
+    def teardown(self) -> None:
+        """Lightning's teardown without moving the model and its optimizer state to the CPU, for the
+        reason :meth:`setup` does not move them: ``Module._apply`` would drop Megatron's attributes,
+        and a sharded model validated after ``fit`` must stay on the mesh's device."""
+        assert self.cluster_environment is not None
+        self.cluster_environment.teardown()
+        self.precision_plugin.teardown()
+        assert self.accelerator is not None
+        self.accelerator.teardown()
+        self.checkpoint_io.teardown()

@@ -98,10 +98,10 @@ def configure(config: Config) -> None:
     from jevons.recipes.diffusion.family import DiffusionConfig, DiffusionModelConfig
 
     cfg = section(config, "lowres_cascade", LowresCascadeConfig)
-    if config.parallel.shard > 1:
+    if config.parallel.shard > 1 or config.parallel.ulysses > 1:
         raise UsageError(
-            f"lowres_cascade with parallel.shard={config.parallel.shard}: the cascade's stage models are not "
-            "sharded yet. Train it with data parallelism (parallel.shard=1)."
+            f"lowres_cascade with parallel.shard={config.parallel.shard}, ulysses={config.parallel.ulysses}: the "
+            "cascade's stage models are not split yet. Train it with tensor and data parallelism."
         )
     model = section(config, "model", DiffusionModelConfig)
     resolutions = [stage.res for stage in cfg.stages]

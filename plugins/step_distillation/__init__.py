@@ -108,10 +108,10 @@ PLUGIN_INFO = PluginInfo(
 @hookimpl
 def configure(config: Config) -> None:
     cfg = section(config, "step_distillation", StepDistillationConfig)
-    if config.parallel.shard > 1:
+    if config.parallel.shard > 1 or config.parallel.ulysses > 1:
         raise UsageError(
-            f"step_distillation with parallel.shard={config.parallel.shard}: the teacher and fake score are not "
-            "sharded with the student yet. Distil with data parallelism (parallel.shard=1)."
+            f"step_distillation with parallel.shard={config.parallel.shard}, ulysses={config.parallel.ulysses}: the "
+            "teacher and fake score are not split with the student yet. Distil with tensor and data parallelism."
         )
     if cfg.steps < 1 or cfg.teacher_steps < cfg.steps:
         raise UsageError(

@@ -84,18 +84,40 @@ def _dumps(runs: Path, name: str, ranks: int) -> list[dict]:
 STEPS_20 = ["trainer.max_steps=20", "checkpoint.every_n_steps=20", "plugins=[jt_dump_state]"]
 
 
+HSDP = ["data.batch_size=2", "launcher.nproc=4", "parallel.shard=2", "parallel.replicate=2"]
+
+
 @pytest.fixture(scope="module")
 def llm_layouts(run) -> dict[str, dict[int, float]]:
     return {
         "one": run("one", *STEPS_20, *ONE),
         "shard2": run("shard2", *STEPS_20, *SHARD2),
         "shard4": run("shard4", *STEPS_20, *SHARD4),
+        "hsdp": run("hsdp", *STEPS_20, *HSDP),
     }
 
 
-def test_shard2_and_shard4_equal_one_process_for_20_steps(llm_layouts) -> None:
+def _whole(pieces: list[dict[str, torch.Tensor]], name: str, shard: int, tensor: int, dim: int | None) -> torch.Tensor:
+    """One tensor from every rank's piece: FSDP's cut (dim 0) inside each TP rank's, ranks ordered
+    ``(shard, tensor)`` with tensor innermost (one replica)."""
+    per_tp = [torch.cat([pieces[s * tensor + t][name] for s in range(shard)]) for t in range(tensor)]
+    return per_tp[0] if dim is None else torch.cat(per_tp, dim=dim)
+
+
+def test_shard2_shard4_and_hsdp_equal_one_process_for_20_steps(llm_layouts) -> None:
     _close(llm_layouts["shard2"], llm_layouts["one"], 1e-5)
     _close(llm_layouts["shard4"], llm_layouts["one"], 1e-5)
+    _close(llm_layouts["hsdp"], llm_layouts["one"], 1e-5)  # 2 replicas of 2 shards
+
+
+def test_gradients_under_shard4_and_hsdp_are_one_process_gradients(llm_layouts, runs: Path) -> None:
+    """The gradients themselves, not only the losses (AdamW barely sees a wrong constant scale)."""
+    single = _dumps(runs, "one", 1)[0]["grads"]
+    for name, ranks, shard in (("shard4", 4, 4), ("hsdp", 4, 2)):
+        grads = [dump["grads"] for dump in _dumps(runs, name, ranks)]
+        assert grads[0].keys() == single.keys()
+        for key, value in single.items():
+            torch.testing.assert_close(_whole(grads, key, shard, 1, None), value, rtol=1e-4, atol=1e-6)
 
 
 def test_each_rank_holds_a_quarter_of_the_training_state_at_shard4(llm_layouts, runs: Path) -> None:
@@ -110,16 +132,33 @@ def test_each_rank_holds_a_quarter_of_the_training_state_at_shard4(llm_layouts, 
             assert abs(rank[kind] / single[kind] - 1 / 4) <= 0.05 / 4, (kind, rank[kind], single[kind])
     # The trained weights themselves: rank pieces, concatenated along dim 0, are one process's.
     whole = _dumps(runs, "one", 1)[0]["params"]
-    pieces = [dump["params"] for dump in _dumps(runs, "shard4", 4)]
+    pieces = [{name: value for name, (_, value) in dump["params"].items()} for dump in _dumps(runs, "shard4", 4)]
     for name, (_, value) in whole.items():
-        torch.testing.assert_close(torch.cat([p[name][1] for p in pieces]), value, atol=1e-5, rtol=0)
+        torch.testing.assert_close(_whole(pieces, name, 4, 1, None), value, atol=1e-5, rtol=0)
+    # HSDP: each rank holds half (one of 2 shards), the two replicas the same halves.
+    hsdp = [dump["bytes"] for dump in _dumps(runs, "hsdp", 4)]
+    assert all(rank["params"] * 2 == single["params"] for rank in hsdp)
 
 
-def test_tp2_by_shard2_on_four_processes_equals_one_process(llm_layouts, run) -> None:
+def test_tp2_by_shard2_on_four_processes_equals_one_process(
+    llm_layouts, run, runs: Path, plugin_site: Path, monkeypatch
+) -> None:
     both = run(
         "tp2-shard2", *STEPS_20, "data.batch_size=4", "launcher.nproc=4", "parallel.tensor=2", "parallel.shard=2"
     )
     _close(both, llm_layouts["one"], 1e-5)
+    # Its checkpoint, where both cuts are on dimension 0 of column-parallel weights, read in one process.
+    from jevons.framework.inference import load_run
+
+    monkeypatch.syspath_prepend(str(plugin_site))
+    with distributed.initialized(ParallelConfig()):
+        loaded = dict(load_run(runs / "tp2-shard2").model.named_parameters())
+    dumps = _dumps(runs, "tp2-shard2", 4)
+    pieces = [{name: value for name, (_, value) in dump["params"].items()} for dump in dumps]
+    assert loaded.keys() == pieces[0].keys()
+    for name, value in loaded.items():
+        dim = dumps[0]["params"][name][0]
+        assert torch.equal(value.detach(), _whole(pieces, name, 2, 2, dim)), name
 
 
 def test_muon_at_shard2_equals_one_process(run) -> None:

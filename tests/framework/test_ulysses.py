@@ -7,8 +7,10 @@ Ulysses=2 run of two processes computes what one process computes.
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
+import torch
 
 from jevons.framework.config.compose import compose_config
 from jevons.framework.errors import UsageError
@@ -38,14 +40,20 @@ SPARSE = [
 
 
 @pytest.fixture(scope="module")
-def run(command, tmp_path_factory: pytest.TempPathFactory):
-    runs = tmp_path_factory.mktemp("ulysses-runs")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ulysses-runs")
+
+
+@pytest.fixture(scope="module")
+def run(command, plugin_site: Path, runs: Path):
     done: dict[str, dict[int, float]] = {}
 
     def call(name: str, *overrides: str) -> dict[int, float]:
         if name in done:  # the one-process reference serves several tests
             return done[name]
-        result = command(["train", *DIFFUSION, *overrides, f"run.dir={runs / name}"], cwd=runs)
+        result = command(
+            ["train", *DIFFUSION, *overrides, f"run.dir={runs / name}"], cwd=runs, PYTHONPATH=str(plugin_site)
+        )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
         with open(runs / name / "metrics.csv") as handle:
             done[name] = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
@@ -61,17 +69,28 @@ def _close(a: dict[int, float], b: dict[int, float], tolerance: float) -> None:
 
 
 @pytest.mark.parametrize("attention", ["dense", "block_sparse"])
-def test_ulysses2_equals_one_process_for_20_steps(run, attention: str) -> None:
-    plugins = SPARSE if attention == "block_sparse" else []
+def test_ulysses2_equals_one_process_for_20_steps(run, runs: Path, attention: str) -> None:
+    plugins = ["plugins=[block_sparse_attention,jt_dump_state]", *SPARSE[1:]] if attention == "block_sparse" else []
+    plugins = plugins or ["plugins=[jt_dump_state]"]
     single = run(f"one-{attention}", *plugins)
     split = run(f"ulysses2-{attention}", *plugins, "launcher.nproc=2", "parallel.ulysses=2")
     _close(split, single, 1e-5)
+    # The gradients, not only the losses (AdamW barely sees a wrong constant scale, such as a missing x u).
+    whole = torch.load(runs / f"one-{attention}" / "state-rank0.pt", weights_only=True)["grads"]
+    for rank in range(2):
+        grads = torch.load(runs / f"ulysses2-{attention}" / f"state-rank{rank}.pt", weights_only=True)["grads"]
+        assert grads.keys() == whole.keys()
+        for name, value in whole.items():
+            torch.testing.assert_close(grads[name], value, rtol=1e-4, atol=1e-7)
 
 
-def test_tensor2_by_ulysses2_on_four_processes_equals_one_process(run) -> None:
-    single = run("one-dense")
-    both = run("tp2-ulysses2", "launcher.nproc=4", "parallel.tensor=2", "parallel.ulysses=2")
-    _close(both, single, 1e-5)
+def test_ulysses2_by_data_parallel2_equals_ddp(run) -> None:
+    """With data parallelism beside it: DDP over data-parallel x Ulysses ranks, Ulysses peers drawing
+    their data-parallel rank's noise. Noise is drawn per data-parallel rank, so the reference is
+    DDP at 2 ranks, not one process."""
+    ddp = run("ddp2", "launcher.nproc=2")
+    both = run("ddp2-ulysses2", "launcher.nproc=4", "parallel.ulysses=2")
+    _close(both, ddp, 1e-5)
 
 
 def test_impossible_ulysses_layouts_are_refused_at_config_time() -> None:

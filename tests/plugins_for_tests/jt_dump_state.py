@@ -1,5 +1,5 @@
-"""At the end of training, save each rank's parameters (with their TP partition), optimizer state and
-the bytes it holds of each (FSDP's shards as this rank's pieces)."""
+"""At the end of training, save each rank's parameters (with their TP partition), last gradients,
+optimizer state and the bytes it holds of each (FSDP's shards as this rank's pieces)."""
 
 import os
 
@@ -37,8 +37,9 @@ def register_callbacks(register, config):
                 "grads": nbytes(p.grad for _, p in params if p.grad is not None),
                 "optimizer": nbytes(v for s in optimizer.values() for v in s.values() if v.ndim > 0),
             }
+            grads = {name: local(p.grad).detach().clone() for name, p in params if p.grad is not None}
             torch.save(
-                {"params": shards, "optimizer": optimizer, "bytes": held},
+                {"params": shards, "grads": grads, "optimizer": optimizer, "bytes": held},
                 os.path.join(trainer.default_root_dir, f"state-rank{rank}.pt"),
             )
 
