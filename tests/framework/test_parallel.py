@@ -211,7 +211,7 @@ def test_impossible_layouts_are_refused_at_config_time() -> None:
     with pytest.raises(UsageError, match=r"parallel.tensor=2 .* does not divide the world of 1 process"):
         compose_config(manager, [*TINY, "parallel.tensor=2"])
     with pytest.raises(
-        UsageError, match=r"Family 'llm' does not implement pipeline parallelism \(it implements: tensor"
+        UsageError, match=r"Family 'llm' does not implement pipeline parallelism \(it implements: shard, tensor"
     ):
         compose_config(manager, [*TINY, "parallel.pipeline=2", "launcher.nproc=2"])
     with pytest.raises(UsageError, match=r"parallel.pipeline.* need CUDA"):
