@@ -62,6 +62,19 @@ def wan_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2).type_as(x)
 
 
+def wan_self_attention_heads(
+    attn: Any, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What ``WanAttnProcessor`` computes before attention itself: the projections, the RMS norms
+    of queries and keys, the head split and the rotary embedding; each ``(B, S, H, D)``."""
+    query, key, value = wan_qkv_projections(attn, hidden_states)
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+    if rotary_emb is not None:
+        query, key = wan_rotary(query, *rotary_emb), wan_rotary(key, *rotary_emb)
+    return query, key, value
+
+
 def tensorboard_add_summary(writer: Any, summary: Any, step: int) -> None:
     """Write a ready ``Summary`` proto (an animated GIF image: what ``add_video`` writes, without moviepy).
 

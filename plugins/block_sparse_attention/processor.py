@@ -73,7 +73,7 @@ class BlockSparseWanProcessor:
         attention_mask: torch.Tensor | None = None,
         rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        from jevons.framework.compat import wan_qkv_projections, wan_rotary
+        from jevons.framework.compat import wan_self_attention_heads
         from jevons.framework.ulysses import to_head_shards, to_token_shards
 
         if dense_attention_requested():
@@ -82,11 +82,7 @@ class BlockSparseWanProcessor:
             return self.dense(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("block_sparse_attention replaces self-attention only (no encoder states, no mask).")
-        query, key, value = wan_qkv_projections(attn, hidden_states)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, S, H, D)
-        if rotary_emb is not None:
-            query, key = wan_rotary(query, *rotary_emb), wan_rotary(key, *rotary_emb)
+        query, key, value = wan_self_attention_heads(attn, hidden_states, rotary_emb)  # (B, S, H, D)
         # Under parallel.ulysses: this rank's tokens of all heads -> all tokens of its heads; the block
         # mask is then each head's own, as in one process.
         query, key, value = (to_head_shards(x) for x in (query, key, value))

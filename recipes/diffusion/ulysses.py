@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from jevons.framework.compat import wan_qkv_projections, wan_rotary
+from jevons.framework.compat import wan_self_attention_heads
 from jevons.framework.ulysses import gather_tokens, split_tokens, to_head_shards, to_token_shards
 
 
@@ -37,11 +37,7 @@ class UlyssesWanProcessor:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("parallel.ulysses splits self-attention only (no encoder states, no mask).")
-        query, key, value = wan_qkv_projections(attn, hidden_states)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (B, S/u, H, D)
-        if rotary_emb is not None:
-            query, key = wan_rotary(query, *rotary_emb), wan_rotary(key, *rotary_emb)
+        query, key, value = wan_self_attention_heads(attn, hidden_states, rotary_emb)  # (B, S/u, H, D)
         q, k, v = (to_head_shards(x).transpose(1, 2) for x in (query, key, value))  # (B, H/u, S, D)
         out = F.scaled_dot_product_attention(q, k, v)
         out = to_token_shards(out.transpose(1, 2)).flatten(2).type_as(query)  # (B, S/u, H * D)
