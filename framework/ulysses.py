@@ -18,6 +18,13 @@ data-parallel x Ulysses ranks and the loss is scaled by ``u``, ``module.py``).
 The model's output is gathered whole on every peer (:func:`gather_tokens`) and
 every peer computes the same loss, so the gather's backward keeps this rank's
 slice of the gradient rather than summing.
+
+A sequence that ``u`` does not divide is zero-padded at the end to the next
+multiple (the last rank holds the padding). The padding runs through the
+token-local parts of the block and is dropped before attention (after the
+first all-to-all every rank holds the whole sequence) and at the gather, so
+no real token attends to it and it adds nothing to the loss or gradients: a
+padded run computes what one process computes.
 """
 
 from __future__ import annotations
@@ -27,7 +34,25 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["gather_tokens", "split_tokens", "to_head_shards", "to_token_shards", "ulysses_group", "ulysses_size"]
+__all__ = [
+    "gather_tokens",
+    "sequence_length",
+    "split_tokens",
+    "to_head_shards",
+    "to_token_shards",
+    "ulysses_group",
+    "ulysses_size",
+]
+
+
+class _Forward:
+    """The unpadded sequence length of the forward in flight, recorded by :func:`split_tokens` (the split
+    is the forward's first Ulysses step; attention and the gather, later in it, trim the padding to it)."""
+
+    length: int | None = None
+
+
+_forward = _Forward()
 
 
 def ulysses_group() -> Any:
@@ -95,25 +120,42 @@ class _HeadsToTokens(torch.autograd.Function):
 
 
 def to_head_shards(x: torch.Tensor) -> torch.Tensor:
-    """``(B, S/u, H, D)`` local tokens of all heads -> ``(B, S, H/u, D)`` all tokens of this rank's heads."""
+    """``(B, S/u, H, D)`` local tokens of all heads -> ``(B, S, H/u, D)`` all tokens of this rank's heads,
+    the padding (if any) dropped: ``S`` is the unpadded length."""
     u = ulysses_size()
-    return x if u == 1 else _TokensToHeads.apply(x, u)
+    return x if u == 1 else _TokensToHeads.apply(x, u)[:, : sequence_length()]
 
 
 def to_token_shards(x: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`to_head_shards`."""
+    """The inverse of :func:`to_head_shards`: ``(B, S, H/u, D)`` -> ``(B, S/u, H, D)``, padding put back."""
     u = ulysses_size()
-    return x if u == 1 else _HeadsToTokens.apply(x, u)
+    return x if u == 1 else _HeadsToTokens.apply(_pad_to_multiple(x, 1, u), u)
 
 
 def split_tokens(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """This rank's contiguous ``1/u`` of ``x`` along ``dim`` (the sequence)."""
+    """This rank's contiguous ``1/u`` of ``x`` along ``dim`` (the sequence), zero-padded at the end to a
+    multiple of ``u`` first; the unpadded length is recorded for the rest of the forward."""
     u = ulysses_size()
     if u == 1:
         return x
-    if x.shape[dim] % u:
-        raise ValueError(f"Ulysses: {x.shape[dim]} tokens do not split over parallel.ulysses={u} ranks")
-    return x.chunk(u, dim=dim)[_rank()]
+    _forward.length = x.shape[dim]
+    return _pad_to_multiple(x, dim, u).chunk(u, dim=dim)[_rank()]
+
+
+def sequence_length() -> int:
+    """The unpadded sequence length of the forward in flight (set by :func:`split_tokens`)."""
+    if _forward.length is None:
+        raise RuntimeError("Ulysses: attention or gather before split_tokens split the sequence")
+    return _forward.length
+
+
+def _pad_to_multiple(x: torch.Tensor, dim: int, u: int) -> torch.Tensor:
+    missing = -x.shape[dim] % u
+    if not missing:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
 class _GatherTokens(torch.autograd.Function):
@@ -131,6 +173,6 @@ class _GatherTokens(torch.autograd.Function):
 
 
 def gather_tokens(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """The whole sequence on every peer, from each rank's ``1/u`` along ``dim``."""
+    """The whole (unpadded) sequence on every peer, from each rank's ``1/u`` along ``dim``."""
     u = ulysses_size()
-    return x if u == 1 else _GatherTokens.apply(x, dim, u)
+    return x if u == 1 else _GatherTokens.apply(x, dim, u).narrow(dim, 0, sequence_length())

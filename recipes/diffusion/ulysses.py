@@ -5,8 +5,8 @@ diffusers' ``WanTransformer3DModel`` without changing its forward (the places
 diffusers' own context-parallel plan for Wan names):
 
 * the rotary tables (``rope``'s output) and the blocks' input: this rank's
-  contiguous ``1/u`` of the tokens;
-* ``proj_out``'s output: gathered, so unpatchify sees the whole sequence;
+  contiguous ``1/u`` of the tokens, padded to a multiple of ``u``;
+* ``proj_out``'s output: gathered and unpadded, so unpatchify sees the whole sequence;
 * each block's self-attention (``attn1``): :class:`UlyssesWanProcessor`, an
   all-to-all to head shards around the attention itself. Cross-attention
   (``attn2``) needs none: its queries are the local tokens, its keys the
