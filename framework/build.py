@@ -6,7 +6,8 @@
     modify_model(model, config)
     trainer.activation_checkpointing: those blocks (all, or every N-th) recomputed in backward
     trainer.compile: each block holding those modules, compiled in place
-    parallel.shard: each of those blocks, then the model, sharded with FSDP2 over the data-parallel ranks
+    parallel.shard: each of those blocks, then the model, sharded with FSDP2 over the data-parallel ranks;
+                    a pretrained model's weights, deferred until now, read into each rank's shards
     objective  = make_objective(model, config)       or family.default_objective
     optimizer  = make_optimizer(model, config)       or AdamW + schedule
     datasets   = objective.dataset(split) or family.build_dataset(config, split), for "train" and "val"
@@ -35,7 +36,8 @@ from jevons.framework.family import Family
 from jevons.framework.objective import Objective
 from jevons.framework.optim import Optimization, as_optimization, default_optimizer
 from jevons.framework.plugin_manager import PluginManager
-from jevons.framework.sharding import forget_layout
+from jevons.framework.sharding import ShardLayout, forget_layout
+from jevons.framework.weights import deferred_loading, take_deferred
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -87,7 +89,9 @@ def build_model_and_objective(
 ) -> tuple[torch.nn.Module, Objective, dict[str, str]]:
     """The first steps of the build, shared with loading a run for inference."""
     enabled = config.plugins
-    model = family.build_model(config)
+    sharding = config.parallel.shard > 1 and _world_size() > 1  # not when one process loads a run
+    with deferred_loading(sharding):  # a pretrained model stays on the meta device until it is sharded
+        model = family.build_model(config)
     replaced: dict[str, str] = {}
     for name, module in family.attention_modules(model):
         _replace(manager, enabled, "replace_attention", model, name, module, replaced, config=config)
@@ -105,9 +109,13 @@ def build_model_and_objective(
     if config.trainer.compile:
         blocks = compile_blocks(family, model)
         print(f"trainer.compile: {len(blocks)} blocks compiled in place ({_span(blocks)})", flush=True)
-    if config.parallel.shard > 1 and _world_size() > 1:  # not when one process loads a run
-        blocks = shard_blocks(family, model, config)
+    if sharding:
+        deferred = take_deferred(model)  # before sharding: FSDP replaces the parameters it finds them by
+        blocks, layout = shard_blocks(family, model, config)
         print(f"parallel.shard={config.parallel.shard}: {len(blocks)} blocks and the root sharded", flush=True)
+        if deferred is not None:
+            loaded = deferred.load(model, layout.data_mesh.device_type)
+            print(f"parallel.shard={config.parallel.shard}: {loaded} pretrained tensors read into shards", flush=True)
     else:
         forget_layout()  # an earlier sharded run in this process
     objective = manager.call_first("make_objective", enabled, model=model, config=config)
@@ -152,15 +160,14 @@ def compile_blocks(family: Family, model: torch.nn.Module) -> list[str]:
     return blocks
 
 
-def shard_blocks(family: Family, model: torch.nn.Module, config: Config) -> list[str]:
+def shard_blocks(family: Family, model: torch.nn.Module, config: Config) -> tuple[list[str], ShardLayout]:
     """FSDP2 over the data-parallel ranks, per block and then the root (:mod:`jevons.framework.sharding`)."""
     from jevons.framework.config.compose import data_parallel_layout
     from jevons.framework.sharding import shard_model
 
     blocks = family_blocks(family, model, f"parallel.shard={config.parallel.shard}")
     replicate, shard = data_parallel_layout(config.parallel, torch.distributed.get_world_size())
-    shard_model(model, blocks, replicate, shard, config.trainer.precision)
-    return blocks
+    return blocks, shard_model(model, blocks, replicate, shard, config.trainer.precision)
 
 
 def _world_size() -> int:

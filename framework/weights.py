@@ -15,12 +15,20 @@ copies only the slice, and an object pickle (which could run code) is refused.
 :func:`load_parameters` fills a model built on the meta device, parameter by
 parameter, from a plan saying where each comes from; :func:`partition_of`
 reads which dimension Megatron's tensor-parallel layers split a parameter on.
+
+Under ``parallel.shard`` the build defers the plan (:func:`deferred_loading`):
+the model stays on the meta device through the model-changing hooks and
+FSDP2's ``fully_shard``, and :func:`take_deferred`'s :class:`DeferredLoad` then
+fills each rank's shards, so no rank ever holds more than its shards of the model plus one
+tensor (torchtitan's meta-device initialisation).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +204,8 @@ def load_parameters(
     (name -> a function reading its local block), one tensor in memory at a time beside the model.
 
     A parameter the plan lacks, or a block whose shape is not the parameter's, is an error naming both
-    and ``source``; values are cast to the parameter's dtype.
+    and ``source``; values are cast to the parameter's dtype. Inside :func:`deferred_loading` the model
+    stays on the meta device with the plan attached, for :func:`load_deferred`.
     """
     buffers = [name for name, _ in model.named_buffers()]
     if buffers:  # to_empty would leave them uninitialised
@@ -205,15 +214,121 @@ def load_parameters(
     missing = sorted(set(params) - set(plan))
     if missing:
         raise UsageError(f"{source}: nothing to load into {missing[:5]} ({len(missing)} parameters).")
+    if _deferral.active:
+        setattr(model, _PENDING, _Pending(dict(plan), source, params))
+        return
     model.to_empty(device=device)
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, param in params.items():
-            block = plan[name]()
-            if tuple(block.shape) != tuple(param.shape):
-                raise UsageError(
-                    f"{source}: the block read for {name} has shape {tuple(block.shape)}, the model's parameter "
-                    f"{tuple(param.shape)}: the folder's config.json and its weights disagree."
-                )
-            param.copy_(block)
-            del block
+            param.copy_(_checked(plan[name](), name, param.shape, source))
+
+
+@dataclass
+class _Pending:
+    plan: dict[str, Callable[[], torch.Tensor]]
+    source: str
+    params: dict[str, torch.nn.Parameter]
+    """The meta parameters the plan fills, by their names when it was deferred: a hook may move one
+    (peft puts a LoRA-adapted linear's weight under ``base_layer``), so they are found again by identity."""
+
+
+_PENDING = "_jevons_deferred_weights"
+
+
+class _Deferral:
+    active = False
+
+
+_deferral = _Deferral()
+
+
+@contextmanager
+def deferred_loading(active: bool = True) -> Iterator[None]:
+    """Inside, :func:`load_parameters` only attaches its plan: the model stays on the meta device until
+    :func:`take_deferred` collects the plans and :meth:`DeferredLoad.load` fills the sharded model."""
+    previous, _deferral.active = _deferral.active, active
+    try:
+        yield
+    finally:
+        _deferral.active = previous
+
+
+@dataclass
+class DeferredLoad:
+    """The deferred plans of one model, keyed by its parameters' current names."""
+
+    readers: dict[str, tuple[Callable[[], torch.Tensor], str]]
+    """Parameter name -> (its block's reader, the source named in errors)."""
+
+    def load(self, model: torch.nn.Module, device: torch.device | str) -> int:
+        """Materialise every tensor of ``model`` (sharded by now) on ``device`` (``Module.to_empty``), give
+        each planned parameter its block (for an FSDP ``DTensor``, this rank's rows of it, cut as FSDP cuts
+        them), and give every tensor that held values before them back (a plugin's adapters, buffers).
+        One block is in memory at a time. Returns the number of parameters loaded."""
+        from torch.distributed.tensor import DTensor, distribute_tensor
+
+        held = {name: _local(t).detach().clone() for name, t in _tensors(model) if not t.is_meta}
+        attributes = {name: dict(vars(p)) for name, p in model.named_parameters() if vars(p)}
+        model.to_empty(device=device)  # Module._apply: DTensor parameters keep their objects, lose attributes
+        for name, values in attributes.items():
+            parameter = model.get_parameter(name)
+            for key, value in values.items():
+                setattr(parameter, key, value)
+        with torch.no_grad():
+            tensors = dict(_tensors(model))
+            for name, value in held.items():
+                _local(tensors[name]).copy_(value)
+            for name, (read, source) in self.readers.items():
+                param = tensors[name]
+                block = _checked(read(), name, param.shape, source).to(param.dtype)
+                if isinstance(param, DTensor):  # this rank's rows, as FSDP cut the (tensor-parallel) whole
+                    block = distribute_tensor(block, param.device_mesh, param.placements, src_data_rank=None)
+                _local(param).copy_(_local(block))
+                del block
+        return len(self.readers)
+
+
+def take_deferred(model: torch.nn.Module) -> DeferredLoad | None:
+    """Collect the plans :func:`deferred_loading` left on ``model``'s modules, after the model-changing
+    hooks and before sharding (None: nothing deferred). A planned parameter a hook removed is not
+    loaded; a parameter still on the meta device that no plan fills (what a hook derived from the
+    unloaded weights, such as experts upcycled from an FFN) is refused by name."""
+    pending = [(m, p) for m in model.modules() if (p := getattr(m, _PENDING, None)) is not None]
+    if not pending:
+        return None
+    now = {id(p): name for name, p in model.named_parameters()}
+    readers: dict[str, tuple[Callable[[], torch.Tensor], str]] = {}
+    for module, deferred in pending:
+        for name, param in deferred.params.items():
+            if id(param) in now:
+                readers[now[id(param)]] = (deferred.plan[name], deferred.source)
+        delattr(module, _PENDING)
+    stray = [name for name, p in model.named_parameters() if p.is_meta and name not in readers]
+    if stray:
+        raise UsageError(
+            f"{pending[0][1].source}: parameters {stray[:5]} ({len(stray)} in all) are on the meta device and in "
+            f"no load plan: a model-changing plugin made them from weights that, under parallel.shard, are loaded "
+            f"only after sharding. Train without parallel.shard, or without that plugin."
+        )
+    return DeferredLoad(readers)
+
+
+def _tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    yield from model.named_parameters()
+    yield from model.named_buffers()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _checked(block: torch.Tensor, name: str, shape: torch.Size, source: str) -> torch.Tensor:
+    if tuple(block.shape) != tuple(shape):
+        raise UsageError(
+            f"{source}: the block read for {name} has shape {tuple(block.shape)}, the model's parameter "
+            f"{tuple(shape)}: the folder's config.json and its weights disagree."
+        )
+    return block

@@ -88,6 +88,9 @@ def add_adapters(
     for name, module in adapted:
         if name in active:  # peft makes the newest adapter the active one; the first stays the model's
             module.set_adapter(active[name])
+        for factor in (module.lora_A[adapter], module.lora_B[adapter]):
+            if factor.weight.is_meta:  # a base whose weights load after sharding: the adapters are made now
+                factor.to_empty(device="cpu")
         _initialise(module, name, seed, adapter, sharded_input=isinstance(module, RowParallelLoRA))
         # peft leaves only the active adapter trainable; every adapter here trains, each in its own step.
         module.lora_A[adapter].requires_grad_(True)

@@ -1,8 +1,9 @@
-"""One rank of a tensor-parallel load of a Hugging Face folder, run by `run_ranks` from test_llm_pretrained.py.
+"""One rank of a tensor-parallel or FSDP-sharded load of a Hugging Face folder, run by `run_ranks` from test_llm_pretrained.py.
 
 ``python llm_rank_worker.py logits FOLDER IDS OUT``: rank 0 saves the gathered logits of the token ids
 in ``IDS`` to ``OUT``. ``python llm_rank_worker.py memory FOLDER OUT``: each rank writes how much its
-anonymous resident memory grew while loading into ``OUT.rank<r>.json``.
+anonymous resident memory grew while loading into ``OUT.rank<r>.json``; ``shard-memory`` the same with
+the ranks as FSDP shards (``parallel.shard``): the build's deferred load after ``fully_shard``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import torch
 
 from jevons.framework import distributed
 from jevons.framework.config.schema import ParallelConfig
+from jevons.framework.sharding import local_tensor, shard_model
 from jevons.framework.tensor_parallel import gather_last_dim, tensor_parallel_rank
-from jevons.framework.weights import WeightFiles
+from jevons.framework.weights import WeightFiles, deferred_loading, take_deferred
 from jevons.recipes.llm.hf_config import read_pretrained_config
 from jevons.recipes.llm.hf_weights import load_hf_weights
 from jevons.recipes.llm.model import DecoderLM
@@ -36,6 +38,19 @@ def anonymous_rss() -> int:
 def main() -> None:
     task, folder = sys.argv[1], Path(sys.argv[2])
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if task == "shard-memory":
+        with distributed.initialized(ParallelConfig(shard=world)), deferred_loading():
+            model = build_pretrained(folder)  # on the meta device: its plan waits for the shards
+            before = anonymous_rss()
+            deferred = take_deferred(model)
+            assert deferred is not None
+            shard_model(model, [f"layers.{i}" for i in range(len(model.blocks))], 1, world, "32-true")
+            deferred.load(model, "cpu")
+            grown = anonymous_rss() - before
+            local = sum(local_tensor(p).numel() * p.element_size() for p in model.parameters())
+            report = {"grown": grown, "local_parameter_bytes": local}
+            Path(f"{sys.argv[3]}.rank{torch.distributed.get_rank()}.json").write_text(json.dumps(report))
+        return
     with distributed.initialized(ParallelConfig(tensor=world)):
         if task == "logits":
             ids = torch.load(sys.argv[3], weights_only=True)

@@ -97,6 +97,35 @@ def test_logits_equal_transformers_at_tp1(folders, ids, name: str) -> None:
     assert abs(loss.item() - their_loss.item()) < 1e-5
 
 
+def test_a_deferred_load_waits_on_the_meta_device_and_then_fills_the_same_tensors(folders) -> None:
+    """What a sharded build does (``framework/build.py``): the model stays on the meta device through
+    the hooks, then its plan fills it (here unsharded, so the tensors are the whole ones)."""
+    from jevons.framework.weights import deferred_loading, take_deferred
+
+    with distributed.initialized(ParallelConfig()):
+        direct = dict(build_pretrained(folders["qwen2"]).named_parameters())
+        with deferred_loading():
+            model = build_pretrained(folders["qwen2"])
+        assert all(p.is_meta for p in model.parameters())
+        model.adapter = torch.nn.Linear(2, 2)  # a plugin's own module, made with values: they are kept
+        kept = model.adapter.weight.detach().clone()
+        moved = model.layers[0].attn.q  # a hook moving a planned weight (peft's base_layer): found again
+        model.layers[0].attn.q = torch.nn.Sequential(moved)
+        deferred = take_deferred(model)
+        assert deferred is not None and deferred.load(model, "cpu") == len(direct)
+        assert torch.equal(model.adapter.weight, kept)
+        for kind in ("weight", "bias"):  # qwen2's projections have biases
+            direct[f"layers.0.attn.q.0.{kind}"] = direct.pop(f"layers.0.attn.q.{kind}")
+        for name, value in direct.items():
+            assert torch.equal(model.get_parameter(name), value), name
+        # A hook that derived a parameter from the unloaded weights: refused by name before any load.
+        with deferred_loading():
+            model = build_pretrained(folders["qwen2"])
+        model.derived = torch.nn.Linear(2, 2, device="meta")
+        with pytest.raises(UsageError, match=r"parameters \['derived.weight', 'derived.bias'\] \(2 in all\)"):
+            take_deferred(model)
+
+
 def test_logits_equal_transformers_at_tp2(folders, ids, tmp_path: Path) -> None:
     torch.save(ids, tmp_path / "ids.pt")
     for name in CASES:
@@ -342,8 +371,9 @@ HUNDRED_M = {
 }
 
 
-def test_a_tp2_rank_grows_by_its_share_not_a_full_copy(tmp_path: Path) -> None:
-    """At 106M parameters: a TP=2 rank's anonymous memory grows by at most 0.6x what a TP=1 load's does."""
+def test_a_tp2_or_shard2_rank_grows_by_its_share_not_a_full_copy(tmp_path: Path) -> None:
+    """At 106M parameters: a TP=2 rank's anonymous memory, and an FSDP shard=2 rank's (the load deferred
+    until after ``fully_shard``), grow by at most 0.6x what a one-process load's does."""
     from safetensors.torch import save_file
 
     from jevons.recipes.llm.hf_weights import name_table
@@ -366,12 +396,17 @@ def test_a_tp2_rank_grows_by_its_share_not_a_full_copy(tmp_path: Path) -> None:
     save_file(tensors, str(folder / "model.safetensors"))
     del tensors
     grown = {}
-    for nproc in (1, 2):
-        report = tmp_path / f"tp{nproc}"
-        run_ranks([sys.executable, str(WORKER), "memory", str(folder), str(report)], nproc)
-        grown[nproc] = [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(nproc)]
-    full = grown[1][0]["grown"]
-    print(f"anonymous RSS growth: TP=1 {full / 2**20:.0f} MiB, TP=2 ranks {[r['grown'] / 2**20 for r in grown[2]]} MiB")
-    assert full >= 0.9 * grown[1][0]["local_parameter_bytes"]  # the measure sees the loaded weights
-    for rank in grown[2]:
+    for layout, task, nproc in (("one", "memory", 1), ("tp2", "memory", 2), ("shard2", "shard-memory", 2)):
+        report = tmp_path / layout
+        run_ranks([sys.executable, str(WORKER), task, str(folder), str(report)], nproc)
+        grown[layout] = [json.loads(Path(f"{report}.rank{r}.json").read_text()) for r in range(nproc)]
+    full = grown["one"][0]["grown"]
+    print(
+        f"anonymous RSS growth: one process {full / 2**20:.0f} MiB, TP=2 ranks "
+        f"{[r['grown'] / 2**20 for r in grown['tp2']]} MiB, shard=2 ranks {[r['grown'] / 2**20 for r in grown['shard2']]}"
+    )
+    assert full >= 0.9 * grown["one"][0]["local_parameter_bytes"]  # the measure sees the loaded weights
+    for rank in (*grown["tp2"], *grown["shard2"]):
         assert rank["grown"] <= 0.6 * full, (rank, full)
+    for rank in grown["shard2"]:  # each holds half of every tensor (FSDP's even cut of dimension 0)
+        assert abs(rank["local_parameter_bytes"] / grown["one"][0]["local_parameter_bytes"] - 0.5) < 0.01
