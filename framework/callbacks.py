@@ -16,7 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from jevons.framework.checkpoint import checkpoint_name
+from jevons.framework.checkpoint_dirs import checkpoint_name
 from jevons.framework.compat import lightning_logged_step, lightning_should_update_logs
 from jevons.framework.family import EvalContext, Family
 from jevons.framework.sharding import gathered_root

@@ -39,7 +39,8 @@ def load_run(run_dir: Path, checkpoint: Path | None = None, manager: PluginManag
     Call inside :func:`jevons.framework.distributed.initialized` (Megatron layers need the groups).
     """
     from jevons.framework.build import build_model_and_objective
-    from jevons.framework.checkpoint import latest_checkpoint, load_checkpoint, step_of
+    from jevons.framework.checkpoint import load_checkpoint
+    from jevons.framework.checkpoint_dirs import latest_checkpoint, step_of
     from jevons.framework.module import JevonsModule
     from jevons.framework.optim import Optimization
     from jevons.framework.rundir import CHECKPOINTS

@@ -125,6 +125,6 @@ def run_training(manager: PluginManager, config: Config) -> RunResult:
 
 
 def _step_or_none(path: Path | None) -> int | None:
-    from jevons.framework.checkpoint import step_of
+    from jevons.framework.checkpoint_dirs import step_of
 
     return step_of(path) if path is not None else None

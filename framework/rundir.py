@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from jevons.framework.checkpoint import is_complete, latest_checkpoint
+from jevons.framework.checkpoint_dirs import is_complete, latest_checkpoint
 from jevons.framework.config.schema import Config
 from jevons.framework.errors import UsageError
 

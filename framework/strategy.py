@@ -27,7 +27,8 @@ import torch.distributed as dist
 from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.strategies import DDPStrategy, SingleDeviceStrategy
 
-from jevons.framework.checkpoint import load_checkpoint, save_checkpoint, step_of
+from jevons.framework.checkpoint import load_checkpoint, save_checkpoint
+from jevons.framework.checkpoint_dirs import step_of
 
 
 class _FrameworkCheckpoints:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from jevons.framework.attribution import collect
-from jevons.framework.checkpoint import checkpoint_name, step_of
+from jevons.framework.checkpoint_dirs import checkpoint_name, step_of
 from jevons.framework.config.schema import Config
 
 

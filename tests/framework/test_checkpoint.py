@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from jevons.framework import checkpoint as ckpt
+from jevons.framework import checkpoint_dirs
 from jevons.framework.errors import UsageError
 
 
@@ -56,8 +57,8 @@ def test_keep_last_rotates_old_checkpoints(tmp_path: Path) -> None:
     model, optimizer = _model_and_optimizer(0)
     for step in (1, 2, 3, 4):
         _save(tmp_path, step, model, optimizer, keep_last=2)
-    assert [p.name for p in ckpt.complete_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000004"
+    assert [p.name for p in checkpoint_dirs.complete_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert checkpoint_dirs.latest_checkpoint(tmp_path).name == "step_00000004"
 
 
 @pytest.mark.parametrize("failing", ["dcp.save", "marker", "rename"])
@@ -82,7 +83,7 @@ def test_a_crash_while_saving_leaves_no_visible_checkpoint(tmp_path: Path, monke
         _save(tmp_path, 2, model, optimizer)
     monkeypatch.undo()
 
-    assert ckpt.latest_checkpoint(tmp_path).name == "step_00000001"
+    assert checkpoint_dirs.latest_checkpoint(tmp_path).name == "step_00000001"
     assert (tmp_path / "latest").read_text().strip() == "step_00000001"
     assert not (tmp_path / "step_00000002").exists()
     _save(tmp_path, 2, model, optimizer)  # the next save cleans up the leftover
@@ -90,11 +91,11 @@ def test_a_crash_while_saving_leaves_no_visible_checkpoint(tmp_path: Path, monke
 
 
 def test_only_incomplete_checkpoints_fail_loudly(tmp_path: Path) -> None:
-    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+    assert checkpoint_dirs.latest_checkpoint(tmp_path / "missing") is None
     (tmp_path / ".step_00000005.tmp").mkdir()
     (tmp_path / "step_00000004").mkdir()  # no marker: never a checkpoint
     with pytest.raises(UsageError, match="Every checkpoint under .* is incomplete .* refusing to start over"):
-        ckpt.latest_checkpoint(tmp_path)
+        checkpoint_dirs.latest_checkpoint(tmp_path)
     with pytest.raises(UsageError, match="is not a complete checkpoint"):
         ckpt.load_checkpoint(tmp_path / "step_00000004", _model_and_optimizer(0)[0], [])
 
@@ -126,4 +127,4 @@ def test_state_that_weights_only_cannot_load_is_refused_when_saving(tmp_path: Pa
     model, optimizer = _model_and_optimizer(0)
     with pytest.raises(TypeError, match="checkpoint state must hold only tensors"):
         ckpt.save_checkpoint(tmp_path, 1, model, [optimizer], {"object": _Exploit(tmp_path / "x")}, "", 2)
-    assert ckpt.complete_checkpoints(tmp_path) == []
+    assert checkpoint_dirs.complete_checkpoints(tmp_path) == []

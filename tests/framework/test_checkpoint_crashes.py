@@ -19,6 +19,7 @@ import torch
 from torch.distributed.checkpoint.api import CheckpointException
 
 from jevons.framework import checkpoint as ckpt
+from jevons.framework import checkpoint_dirs
 
 OPERATIONS = (("os", "fsync"), ("os", "rename"), ("os", "replace"), ("shutil", "rmtree"))
 
@@ -81,10 +82,10 @@ def _check_restart(root: Path, snapshots: dict[int, dict[str, torch.Tensor]]) ->
     """What a restart sees: the newest complete checkpoint, loading to exactly what was saved."""
     for directory in root.iterdir():
         if directory.name.startswith("step_"):
-            assert ckpt.is_complete(directory), f"{directory} is visible but incomplete"
-    newest = ckpt.latest_checkpoint(root)
+            assert checkpoint_dirs.is_complete(directory), f"{directory} is visible but incomplete"
+    newest = checkpoint_dirs.latest_checkpoint(root)
     assert newest is not None
-    step = ckpt.step_of(newest)
+    step = checkpoint_dirs.step_of(newest)
     model, optimizer = _model(99)
     ckpt.load_checkpoint(newest, model, [optimizer])
     for key, value in model.state_dict().items():
@@ -117,7 +118,7 @@ def test_every_crash_point_of_a_save_leaves_the_newest_complete_checkpoint(tmp_p
     # And the next save after any crash succeeds and becomes the newest.
     model, optimizer = _model(0)
     _save(tmp_path / "crash-1-False", 4, model, optimizer)
-    assert ckpt.step_of(ckpt.latest_checkpoint(tmp_path / "crash-1-False")) == 4
+    assert checkpoint_dirs.step_of(checkpoint_dirs.latest_checkpoint(tmp_path / "crash-1-False")) == 4
 
 
 CHILD = textwrap.dedent(

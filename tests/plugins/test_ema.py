@@ -11,7 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from jevons.framework.checkpoint import latest_checkpoint
+from jevons.framework.checkpoint_dirs import latest_checkpoint
 from jevons.framework.plugin import hookimpl
 
 COMMON = ["trainer.max_steps=10", "optimizer.warmup_steps=0", "optimizer.lr=1e-2", "trainer.log_every_n_steps=1"]

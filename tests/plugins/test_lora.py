@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from jevons.framework import distributed
-from jevons.framework.checkpoint import SafeFileSystemReader, latest_checkpoint
+from jevons.framework.checkpoint import SafeFileSystemReader
+from jevons.framework.checkpoint_dirs import latest_checkpoint
 from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
