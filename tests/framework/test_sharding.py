@@ -17,6 +17,7 @@ from jevons.framework.config.compose import compose_config
 from jevons.framework.config.schema import ParallelConfig
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
+from jevons.framework.sharding import local_tensor
 
 LLM = [
     "recipe=llm_tiny",
@@ -82,18 +83,29 @@ def _dumps(runs: Path, name: str, ranks: int) -> list[dict]:
 
 
 STEPS_20 = ["trainer.max_steps=20", "checkpoint.every_n_steps=20", "plugins=[jt_dump_state]"]
+# The sharded references checkpoint every 4 steps: the resume and resharding tests start from them.
+SHARDED_20 = [
+    "trainer.max_steps=20",
+    "checkpoint.every_n_steps=4",
+    "checkpoint.keep_last=5",
+    "plugins=[jt_dump_state]",
+]
 
 
 HSDP = ["data.batch_size=2", "launcher.nproc=4", "parallel.shard=2", "parallel.replicate=2"]
+# The one-process and HSDP references also keep an EMA (it changes nothing in training).
+EMA = ["plugins=[jt_dump_state,ema]", "ema.decay=0.8"]
 
 
 @pytest.fixture(scope="module")
 def llm_layouts(run) -> dict[str, dict[int, float]]:
+    """The llm at one process and three data-parallel layouts, 20 steps each; HSDP also recomputes
+    its blocks in backward (checkpointing inside the sharded block: the rerun gathers the weights again)."""
     return {
-        "one": run("one", *STEPS_20, *ONE),
-        "shard2": run("shard2", *STEPS_20, *SHARD2),
-        "shard4": run("shard4", *STEPS_20, *SHARD4),
-        "hsdp": run("hsdp", *STEPS_20, *HSDP),
+        "one": run("one", *STEPS_20, *EMA, *ONE),
+        "shard2": run("shard2", *SHARDED_20, *SHARD2),
+        "shard4": run("shard4", *SHARDED_20, *SHARD4),
+        "hsdp": run("hsdp", *STEPS_20, *EMA, *HSDP, "trainer.activation_checkpointing=full"),
     }
 
 
@@ -108,6 +120,12 @@ def test_shard2_shard4_and_hsdp_equal_one_process_for_20_steps(llm_layouts) -> N
     _close(llm_layouts["shard2"], llm_layouts["one"], 1e-5)
     _close(llm_layouts["shard4"], llm_layouts["one"], 1e-5)
     _close(llm_layouts["hsdp"], llm_layouts["one"], 1e-5)  # 2 replicas of 2 shards
+
+
+def test_activation_checkpointing_under_hsdp_equals_one_process(llm_layouts, runs: Path) -> None:
+    """torchtitan's order, checkpointing inside the sharded block (the HSDP reference runs with it)."""
+    assert "activation_checkpointing: full" in (runs / "hsdp" / "config.yaml").read_text()
+    _close(llm_layouts["hsdp"], llm_layouts["one"], 1e-5)
 
 
 def test_gradients_under_shard4_and_hsdp_are_one_process_gradients(llm_layouts, runs: Path) -> None:
@@ -140,6 +158,25 @@ def test_each_rank_holds_a_quarter_of_the_training_state_at_shard4(llm_layouts, 
     assert all(rank["params"] * 2 == single["params"] for rank in hsdp)
 
 
+def _saved_average(run_dir: Path, rank: int) -> dict[str, torch.Tensor]:
+    import torch.distributed.tensor  # a sharded run's average is saved as its DTensor pieces
+
+    state = torch.load(run_dir / "checkpoints" / "step_00000020" / f"state-rank{rank:05d}.pt", weights_only=True)
+    (ema,) = [value for key, value in state["callbacks"].items() if "ExponentialMovingAverage" in key]
+    return {name: local_tensor(value) for name, value in ema["average"].items()}
+
+
+def test_ema_under_hsdp_averages_each_shard_as_one_process_averages_the_whole(llm_layouts, runs: Path) -> None:
+    single = _saved_average(runs / "one", 0)
+    ranks = [_saved_average(runs / "hsdp", rank) for rank in range(4)]  # (replica, shard): 2 x 2
+    assert all(rank.keys() == single.keys() for rank in ranks) and single
+    for name, value in single.items():
+        first, second = (torch.cat([ranks[2 * replica + s][name] for s in range(2)]) for replica in range(2))
+        torch.testing.assert_close(first, value, atol=1e-6, rtol=0)
+        assert torch.equal(first, second), name  # the replicas keep the same average
+        assert not torch.equal(value, _dumps(runs, "one", 1)[0]["params"][name][1])  # an average, not the weights
+
+
 def test_tp2_by_shard2_on_four_processes_equals_one_process(
     llm_layouts, run, runs: Path, plugin_site: Path, monkeypatch
 ) -> None:
@@ -168,24 +205,18 @@ def test_muon_at_shard2_equals_one_process(run) -> None:
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
-def test_bf16_under_shard2_follows_one_process(run, runs: Path, precision: str) -> None:
+def test_bf16_under_shard2_follows_one_process_at_fp32(llm_layouts, run, runs: Path, precision: str) -> None:
     """FSDP's MixedPrecisionPolicy (bf16 gathers, fp32 reduction) at bf16-mixed keeps fp32 master
-    weights and moments; bf16-true shards bf16 ones. Tolerances as tests/framework/test_precision.py's."""
-    common = ["trainer.max_steps=10", f"trainer.precision={precision}", "optimizer.lr=1e-2", "plugins=[jt_dump_state]"]
-    single = run(f"{precision}-one", *common, *ONE)
-    sharded = run(f"{precision}-shard2", *common, *SHARD2)
+    weights and moments; bf16-true shards bf16 ones. Losses within tests/framework/test_precision.py's
+    tolerances of one fp32 process's."""
+    sharded = run(f"{precision}-shard2", *STEPS_20, f"trainer.precision={precision}", *SHARD2)
+    single = llm_layouts["one"]
     worst = max(abs(sharded[k] - single[k]) / single[k] for k in single)
-    assert sharded.keys() == single.keys() and worst <= {"bf16-mixed": 3e-3, "bf16-true": 5e-2}[precision], worst
+    assert sharded.keys() == single.keys() and 0 < worst <= {"bf16-mixed": 3e-3, "bf16-true": 5e-2}[precision], worst
     dtype = torch.float32 if precision == "bf16-mixed" else torch.bfloat16
     for dump in _dumps(runs, f"{precision}-shard2", 2):
         assert {value.dtype for _, value in dump["params"].values()} == {dtype}
         assert {v.dtype for state in dump["optimizer"].values() for v in state.values() if v.ndim} == {dtype}
-
-
-def test_activation_checkpointing_under_shard2_equals_one_process(llm_layouts, run) -> None:
-    """torchtitan's order, checkpointing inside the sharded block: its rerun gathers the weights again."""
-    checkpointed = run("ac-shard2", *STEPS_20, *SHARD2, "trainer.activation_checkpointing=full")
-    _close(checkpointed, llm_layouts["one"], 1e-5)
 
 
 def test_nan_on_one_rank_under_shard2_skips_the_step_on_both(run, runs: Path) -> None:
@@ -223,18 +254,15 @@ def test_shard2_equals_ddp_in_the_other_families(run, smoke, speech_corpus: Path
 
 
 def test_checkpoints_saved_at_shard4_load_at_shard2_tp2_and_in_one_process(
-    run, command, runs: Path, plugin_site: Path, monkeypatch
+    llm_layouts, run, command, runs: Path, plugin_site: Path, monkeypatch
 ) -> None:
-    common = ["checkpoint.every_n_steps=4", "plugins=[jt_dump_state]"]
-    run("save-shard4", *common, "trainer.max_steps=4", *SHARD4)
-    checkpoint = runs / "save-shard4" / "checkpoints" / "step_00000004"
-    pieces = [dump["params"] for dump in _dumps(runs, "save-shard4", 4)]  # each rank's, at step 4
-    # The tensors, loaded in one process, are the shard-4 run's pieces put together.
+    pieces = [dump["params"] for dump in _dumps(runs, "shard4", 4)]  # each rank's, at the last step (20)
+    # The last checkpoint's tensors, loaded in one process, are the shard-4 run's pieces put together.
     from jevons.framework.inference import load_run
 
     monkeypatch.syspath_prepend(str(plugin_site))  # the run's jt_dump_state plugin, found as an entry point
     with distributed.initialized(ParallelConfig()):
-        loaded = dict(load_run(runs / "save-shard4", checkpoint).model.named_parameters())
+        loaded = dict(load_run(runs / "shard4").model.named_parameters())
     assert loaded.keys() == pieces[0].keys()
     for name, value in loaded.items():
         assert torch.equal(value.detach(), torch.cat([p[name][1] for p in pieces])), name
@@ -242,7 +270,7 @@ def test_checkpoints_saved_at_shard4_load_at_shard2_tp2_and_in_one_process(
     from safetensors.torch import load_file
 
     exported = command(
-        ["jevons", "export", f"run_dir={runs / 'save-shard4'}", f"out={runs / 'export-shard4'}"],
+        ["jevons", "export", f"run_dir={runs / 'shard4'}", f"out={runs / 'export-shard4'}"],
         cwd=runs,
         PYTHONPATH=str(plugin_site),
     )
@@ -250,24 +278,63 @@ def test_checkpoints_saved_at_shard4_load_at_shard2_tp2_and_in_one_process(
     weights = load_file(str(runs / "export-shard4" / "model.safetensors"))
     embedding = weights["model.embed_tokens.weight"]  # the vocabulary, without TP's padding rows
     assert torch.equal(embedding, loaded["embed.weight"].detach()[: embedding.shape[0]])
-    # The next step at three other layouts, against continuing at shard 4.
-    continued = run("save-shard4", *common, "trainer.max_steps=5", *SHARD4, "checkpoint.resume=auto")
+    # The step after step 4's checkpoint at three other layouts, against the shard-4 run's own.
+    checkpoint = runs / "shard4" / "checkpoints" / "step_00000004"
     layouts = {
         "load-shard2": SHARD2,
         "load-one": ONE,
         "load-tp2": ["data.batch_size=8", "launcher.nproc=2", "parallel.tensor=2"],
     }
+    continued = llm_layouts["shard4"]
     for name, layout in layouts.items():
-        resumed = run(name, *common, "trainer.max_steps=5", *layout, f"checkpoint.resume={checkpoint}")
+        resumed = run(name, *SHARDED_20, "trainer.max_steps=5", *layout, f"checkpoint.resume={checkpoint}")
         assert abs(resumed[4] - continued[4]) <= 1e-6, (name, resumed[4], continued[4])
 
 
-def test_sigkill_and_resume_under_shard2_is_bitwise(run, runs: Path) -> None:
-    common = ["trainer.max_steps=12", "checkpoint.every_n_steps=4", *SHARD2]
-    straight = run("straight-shard2", *common)
-    run("killed-shard2", *common, "plugins=[jt_crash_at]", "jt_crash_at.step=7", "jt_crash_at.rank=1", crashes=True)
-    resumed = run("killed-shard2", *common, "checkpoint.resume=auto")
-    assert resumed == straight and len(straight) == 12
+def test_sigkill_and_resume_under_shard2_is_bitwise(llm_layouts, run) -> None:
+    """Rank 1 killed at step 7 of the shard=2 reference's settings; resumed from step 4, every step
+    equals the reference run's bitwise."""
+    killed = [*SHARDED_20, *SHARD2]
+    crash = ["plugins=[jt_dump_state,jt_crash_at]", "jt_crash_at.step=7", "jt_crash_at.rank=1"]
+    run("killed-shard2", *killed, *crash, crashes=True)
+    resumed = run("killed-shard2", *killed, "checkpoint.resume=auto")
+    assert resumed == llm_layouts["shard2"] and len(resumed) == 20
+
+
+PRETRAINED = [
+    "recipe=llama_sft_tiny",  # the built-in tiny Llama folder, read as a released checkpoint is
+    "data.seq_len=128",
+    "data.num_workers=0",
+    "trainer.max_steps=6",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "optimizer.warmup_steps=0",
+    "checkpoint.every_n_steps=6",
+    "plugins=[lora,jt_dump_state]",
+    "lora.rank=4",
+]
+
+
+def test_a_pretrained_model_loads_into_its_shards_and_fine_tunes_as_one_process(run, runs: Path) -> None:
+    """Under parallel.shard the folder is read after fully_shard, each rank filling only its rows, and
+    LoRA's adapters are made on the still-unloaded base: the run equals one process's, and every rank's
+    pieces of the frozen base are its rows of one process's loaded tensors."""
+    single = run("pretrained-one", *PRETRAINED, "data.batch_size=4", base=[])
+    sharded = run(
+        "pretrained-shard2", *PRETRAINED, "data.batch_size=2", "launcher.nproc=2", "parallel.shard=2", base=[]
+    )
+    _close(sharded, single, 1e-5)
+    whole = _dumps(runs, "pretrained-one", 1)[0]["params"]
+    pieces = [
+        {name: value for name, (_, value) in dump["params"].items()} for dump in _dumps(runs, "pretrained-shard2", 2)
+    ]
+    frozen = [name for name in whole if "lora_" not in name]
+    assert frozen and len(frozen) < len(whole)
+    for name in whole:
+        atol = 0 if name in frozen else 1e-5  # the base exactly as loaded; the adapters as trained
+        torch.testing.assert_close(_whole(pieces, name, 2, 1, None), whole[name][1], atol=atol, rtol=0)
 
 
 def test_impossible_shardings_are_refused_at_config_time() -> None:
