@@ -19,8 +19,8 @@ reads which dimension Megatron's tensor-parallel layers split a parameter on.
 Under ``parallel.shard`` the build defers the plan (:func:`deferred_loading`):
 the model stays on the meta device through the model-changing hooks and
 FSDP2's ``fully_shard``, and :func:`take_deferred`'s :class:`DeferredLoad` then
-fills each rank's shards, so no rank ever holds more than its shards of the model plus one
-tensor (torchtitan's meta-device initialisation).
+fills each rank's shards, so no rank ever holds more than its shards of the
+model plus one tensor (torchtitan's meta-device initialisation).
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def load_parameters(
 
     A parameter the plan lacks, or a block whose shape is not the parameter's, is an error naming both
     and ``source``; values are cast to the parameter's dtype. Inside :func:`deferred_loading` the model
-    stays on the meta device with the plan attached, for :func:`load_deferred`.
+    stays on the meta device with the plan attached, for :func:`take_deferred`.
     """
     buffers = [name for name, _ in model.named_buffers()]
     if buffers:  # to_empty would leave them uninitialised
@@ -292,8 +292,8 @@ class DeferredLoad:
 def take_deferred(model: torch.nn.Module) -> DeferredLoad | None:
     """Collect the plans :func:`deferred_loading` left on ``model``'s modules, after the model-changing
     hooks and before sharding (None: nothing deferred). A planned parameter a hook removed is not
-    loaded; a parameter still on the meta device that no plan fills (what a hook derived from the
-    unloaded weights, such as experts upcycled from an FFN) is refused by name."""
+    loaded; a parameter still on the meta device that no plan fills (one a hook made on the unloaded
+    weights' device, ``empty_like(weight)``, without values) is refused by name."""
     pending = [(m, p) for m in model.modules() if (p := getattr(m, _PENDING, None)) is not None]
     if not pending:
         return None
@@ -308,8 +308,8 @@ def take_deferred(model: torch.nn.Module) -> DeferredLoad | None:
     if stray:
         raise UsageError(
             f"{pending[0][1].source}: parameters {stray[:5]} ({len(stray)} in all) are on the meta device and in "
-            f"no load plan: a model-changing plugin made them from weights that, under parallel.shard, are loaded "
-            f"only after sharding. Train without parallel.shard, or without that plugin."
+            f"no load plan: a model-changing plugin made them on the device of weights that, under parallel.shard, "
+            f"are loaded only after sharding (the meta device). Train without parallel.shard, or without that plugin."
         )
     return DeferredLoad(readers)
 

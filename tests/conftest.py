@@ -6,6 +6,7 @@ hazard"), so helpers reach them as fixtures rather than imports.
 
 from __future__ import annotations
 
+import csv
 import os
 
 # Triton kernels run on the CPU through Triton's interpreter. It must be chosen before
@@ -242,6 +243,82 @@ def command() -> Callable[..., subprocess.CompletedProcess[str]]:
         return subprocess.run(args, cwd=cwd, env=_env(**env), capture_output=True, text=True, timeout=900, check=False)
 
     return call
+
+
+TINY_DIFFUSION_20 = [
+    "recipe=image_tiny",
+    "model.num_layers=2",
+    "model.num_heads=4",
+    "model.head_dim=8",
+    "model.ffn_dim=32",
+    "data.resolution=16",  # 64 tokens: 32 per Ulysses rank
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=100",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.progress_bar=false",
+    "checkpoint.every_n_steps=20",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion_20() -> list[str]:
+    """A diffusion run of 20 logged steps small enough for 4 gloo processes on 2 cores."""
+    return list(TINY_DIFFUSION_20)
+
+
+@pytest.fixture(scope="session")
+def gloo_runs(tmp_path_factory: pytest.TempPathFactory, command, plugin_site: Path) -> Callable[..., dict[int, float]]:
+    """``gloo_runs(name, overrides, crashes=False)``: a real training run into ``gloo_runs.root / name``;
+    its per-step losses. ``launcher.nproc=N`` runs are `train` commands (N gloo processes); a
+    one-process reference runs in this process, on one thread as the commands' ranks do (it would
+    otherwise spend most of its time importing). The same name with the same overrides runs once per
+    session, so test modules share references (a DDP run both the sharding and Ulysses tests use).
+    """
+    root = tmp_path_factory.mktemp("gloo-runs")
+    done: dict[tuple[str, tuple[str, ...]], dict[int, float]] = {}
+
+    def call(name: str, overrides: Sequence[str], crashes: bool = False) -> dict[int, float]:
+        key = (name, tuple(overrides))
+        if key in done:
+            return done[key]
+        nproc = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("launcher.nproc=")] or [1]
+        if nproc[-1] == 1 and not crashes:
+            _train_here([*overrides, f"run.dir={root / name}"])
+        else:
+            result = command(["train", *overrides, f"run.dir={root / name}"], cwd=root, PYTHONPATH=str(plugin_site))
+            assert (result.returncode != 0) == crashes, result.stdout[-2000:] + result.stderr[-4000:]
+        with open(root / name / "metrics.csv") as handle:
+            losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
+        done[key] = losses
+        return losses
+
+    call.root = root  # type: ignore[attr-defined]
+    return call
+
+
+def _train_here(overrides: list[str]) -> None:
+    """``train`` in this process with tests/plugins_for_tests registered, on one thread."""
+    import importlib.util
+
+    import torch
+
+    from jevons.framework.run import train
+
+    plugins = []
+    for path in sorted((REPO / "tests" / "plugins_for_tests").glob("jt_*.py")):
+        spec = importlib.util.spec_from_file_location(f"_in_process_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        plugins.append((path.stem, module))
+    threads = torch.get_num_threads()
+    try:
+        train([*overrides, "trainer.num_threads=1"], plugins=plugins, autoload=False)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _write_video(path: Path, number: int) -> None:

@@ -7,7 +7,6 @@ be padded to split (the one-process comparisons use 49 tokens: 25 per rank, one 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,6 @@ from jevons.framework.config.compose import compose_config
 from jevons.framework.errors import UsageError
 from jevons.framework.plugin_manager import PluginManager
 
-DIFFUSION = [
-    "recipe=image_tiny",
-    "model.num_layers=2",
-    "model.num_heads=4",
-    "model.head_dim=8",
-    "model.ffn_dim=32",
-    "data.resolution=16",  # 64 tokens: 32 per rank
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.max_steps=20",
-    "trainer.val_check_interval=100",
-    "trainer.limit_val_batches=0",
-    "trainer.log_every_n_steps=1",
-    "trainer.progress_bar=false",
-    "checkpoint.every_n_steps=20",
-]
 SPARSE = [
     "plugins=[block_sparse_attention]",
     "block_sparse_attention.block_size=4",
@@ -41,24 +24,14 @@ SPARSE = [
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ulysses-runs")
+def runs(gloo_runs) -> Path:
+    return gloo_runs.root
 
 
 @pytest.fixture(scope="module")
-def run(command, plugin_site: Path, runs: Path):
-    done: dict[str, dict[int, float]] = {}
-
+def run(gloo_runs, tiny_diffusion_20: list[str]):
     def call(name: str, *overrides: str) -> dict[int, float]:
-        if name in done:  # the one-process reference serves several tests
-            return done[name]
-        result = command(
-            ["train", *DIFFUSION, *overrides, f"run.dir={runs / name}"], cwd=runs, PYTHONPATH=str(plugin_site)
-        )
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-        with open(runs / name / "metrics.csv") as handle:
-            done[name] = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
-        return done[name]
+        return gloo_runs(name, [*tiny_diffusion_20, *overrides])
 
     return call
 
@@ -92,12 +65,12 @@ def test_ulysses2_by_data_parallel2_equals_ddp(run) -> None:
     """With data parallelism beside it: DDP over data-parallel x Ulysses ranks, Ulysses peers drawing
     their data-parallel rank's noise. Noise is drawn per data-parallel rank, so the reference is
     DDP at 2 ranks, not one process."""
-    ddp = run("ddp2", "launcher.nproc=2")
+    ddp = run("diffusion-ddp2", "launcher.nproc=2")  # the sharding tests' reference too
     both = run("ddp2-ulysses2", "launcher.nproc=4", "parallel.ulysses=2")
     _close(both, ddp, 1e-5)
 
 
-def test_impossible_ulysses_layouts_are_refused_at_config_time() -> None:
+def test_impossible_ulysses_layouts_are_refused_at_config_time(tiny_diffusion_20: list[str]) -> None:
     manager = PluginManager.load(autoload=False)
     refusals = {
         r"parallel.tensor=2 x ulysses=2 = 4 must divide model.num_heads=2": [
@@ -114,6 +87,6 @@ def test_impossible_ulysses_layouts_are_refused_at_config_time() -> None:
     }
     for message, overrides in refusals.items():
         with pytest.raises(UsageError, match=message):
-            compose_config(manager, [*DIFFUSION, *overrides])
+            compose_config(manager, [*tiny_diffusion_20, *overrides])
     with pytest.raises(UsageError, match=r"Family 'llm' does not implement ulysses parallelism"):
         compose_config(manager, ["recipe=llm_tiny", "parallel.ulysses=2", "launcher.nproc=2"])
