@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from jevons.framework import ulysses
 from jevons.framework.adapters import adapter_switches, switched_as
 from jevons.framework.attention import dense_attention, dense_attention_requested
 
@@ -44,17 +45,18 @@ def recomputing() -> bool:
 class _Rerun:
     """The rerun sees what the forward saw: the per-call switches (dense attention, the active adapter,
     which step distillation's teacher and fake score flip around their calls and which are off again
-    by the time backward runs), and :func:`recomputing` is True. Entered on the thread that reruns,
+    by the time backward runs; the Ulysses sequence length), and :func:`recomputing` is True. Entered on the thread that reruns,
     once per rerun (a class, not a generator: checkpoint may enter one context more than once)."""
 
-    def __init__(self, dense: bool, switches: list[tuple[Any, Any, bool]]) -> None:
-        self.dense, self.switches = dense, switches
+    def __init__(self, dense: bool, switches: list[tuple[Any, Any, bool]], sequence: int | None) -> None:
+        self.dense, self.switches, self.sequence = dense, switches, sequence
         self._entered: list[tuple[bool, ExitStack]] = []
 
     def __enter__(self) -> None:
         stack = ExitStack()
         stack.enter_context(dense_attention(self.dense))
         stack.enter_context(switched_as(self.switches))
+        stack.enter_context(ulysses.length_as(self.sequence))
         self._entered.append((recomputing(), stack))
         _state.recomputing = True
 
@@ -75,10 +77,10 @@ class CheckpointedBlock(torch.nn.Module):
         forward = partial(type(self).inner_forward, self)
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
-        dense, switches = dense_attention_requested(), adapter_switches(self)
+        dense, switches, sequence = dense_attention_requested(), adapter_switches(self), ulysses.recorded_length()
 
         def contexts() -> tuple[Any, Any]:
-            return nullcontext(), _Rerun(dense, switches)
+            return nullcontext(), _Rerun(dense, switches, sequence)
 
         return checkpoint(forward, *args, use_reentrant=False, context_fn=contexts, **kwargs)
 

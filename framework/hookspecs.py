@@ -168,7 +168,10 @@ def replace_ffn(module: torch.nn.Module, name: str, layer_index: int, config: Co
 def modify_model(model: torch.nn.Module, config: Config) -> None:
     """Change the model in place after module replacement.
 
-    Called once per run on each enabled plugin, after all ``replace_*`` hooks.
+    Called once per run on each enabled plugin, after all ``replace_*`` hooks. Under
+    ``parallel.shard`` a pretrained model's weights are loaded only after sharding, so here (and in
+    ``replace_*``) they are on the meta device, without values: shapes and names are there, values
+    are not; parameters a plugin adds must be made with values (``framework/weights.py``).
 
     :param model: the model, replacements installed.
     :param config: the run config.

@@ -20,7 +20,7 @@ every peer computes the same loss, so the gather's backward keeps this rank's
 slice of the gradient rather than summing.
 
 A sequence that ``u`` does not divide is zero-padded at the end to the next
-multiple (the last rank holds the padding). The padding runs through the
+multiple (the padding is at the end of the last ranks' shards). The padding runs through the
 token-local parts of the block and is dropped before attention (after the
 first all-to-all every rank holds the whole sequence) and at the gather, so
 no real token attends to it and it adds nothing to the loss or gradients: a
@@ -29,6 +29,8 @@ padded run computes what one process computes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -123,7 +125,10 @@ def to_head_shards(x: torch.Tensor) -> torch.Tensor:
     """``(B, S/u, H, D)`` local tokens of all heads -> ``(B, S, H/u, D)`` all tokens of this rank's heads,
     the padding (if any) dropped: ``S`` is the unpadded length."""
     u = ulysses_size()
-    return x if u == 1 else _TokensToHeads.apply(x, u)[:, : sequence_length()]
+    if u == 1:
+        return x
+    whole = _TokensToHeads.apply(x, u)  # (B, S padded to a multiple of u, H/u, D)
+    return whole[:, : _checked_length(whole.shape[1], u)]
 
 
 def to_token_shards(x: torch.Tensor) -> torch.Tensor:
@@ -146,6 +151,34 @@ def sequence_length() -> int:
     """The unpadded sequence length of the forward in flight (set by :func:`split_tokens`)."""
     if _forward.length is None:
         raise RuntimeError("Ulysses: attention or gather before split_tokens split the sequence")
+    return _forward.length
+
+
+def _checked_length(padded: int, u: int) -> int:
+    """The recorded length, refused unless ``padded`` is it rounded up to a multiple of ``u`` (a length
+    left by another forward would trim real tokens or keep padding, silently)."""
+    length = sequence_length()
+    if not padded - u < length <= padded:
+        raise RuntimeError(
+            f"Ulysses: the sequence split at {length} tokens, but {padded} arrived padded to a multiple of "
+            f"parallel.ulysses={u}: a forward of another length ran in between (its split was not restored)"
+        )
+    return length
+
+
+@contextmanager
+def length_as(length: int | None) -> Iterator[None]:
+    """The recorded length set to ``length`` inside (a checkpointed block's rerun in backward: the
+    length its forward saw, whatever forwards ran since)."""
+    previous, _forward.length = _forward.length, length if length is not None else _forward.length
+    try:
+        yield
+    finally:
+        _forward.length = previous
+
+
+def recorded_length() -> int | None:
+    """The length :func:`split_tokens` last recorded (None: no Ulysses split in this process yet)."""
     return _forward.length
 
 
@@ -175,4 +208,7 @@ class _GatherTokens(torch.autograd.Function):
 def gather_tokens(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The whole (unpadded) sequence on every peer, from each rank's ``1/u`` along ``dim``."""
     u = ulysses_size()
-    return x if u == 1 else _GatherTokens.apply(x, dim, u).narrow(dim, 0, sequence_length())
+    if u == 1:
+        return x
+    whole = _GatherTokens.apply(x, dim, u)
+    return whole.narrow(dim, 0, _checked_length(whole.shape[dim], u))

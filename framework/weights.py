@@ -18,9 +18,11 @@ reads which dimension Megatron's tensor-parallel layers split a parameter on.
 
 Under ``parallel.shard`` the build defers the plan (:func:`deferred_loading`):
 the model stays on the meta device through the model-changing hooks and
-FSDP2's ``fully_shard``, and :func:`take_deferred`'s :class:`DeferredLoad` then
-fills each rank's shards, so no rank ever holds more than its shards of the
-model plus one tensor (torchtitan's meta-device initialisation).
+FSDP2's ``fully_shard``; :func:`take_deferred` collects the plans before
+sharding and its :class:`DeferredLoad` fills each rank's shards after, so a
+rank holds its shards of the model plus one tensor's TP block at a time (and
+a copy of the few tensors that already had values, a plugin's adapters),
+never the model (torchtitan's meta-device initialisation).
 """
 
 from __future__ import annotations
@@ -216,6 +218,7 @@ def load_parameters(
         raise UsageError(f"{source}: nothing to load into {missing[:5]} ({len(missing)} parameters).")
     if _deferral.active:
         setattr(model, _PENDING, _Pending(dict(plan), source, params))
+        _deferral.attached += 1
         return
     model.to_empty(device=device)
     params = dict(model.named_parameters())
@@ -238,6 +241,8 @@ _PENDING = "_jevons_deferred_weights"
 
 class _Deferral:
     active = False
+    attached = 0
+    """Plans attached since :func:`deferred_loading` was entered: :func:`take_deferred` must find them all."""
 
 
 _deferral = _Deferral()
@@ -248,6 +253,8 @@ def deferred_loading(active: bool = True) -> Iterator[None]:
     """Inside, :func:`load_parameters` only attaches its plan: the model stays on the meta device until
     :func:`take_deferred` collects the plans and :meth:`DeferredLoad.load` fills the sharded model."""
     previous, _deferral.active = _deferral.active, active
+    if active:
+        _deferral.attached = 0
     try:
         yield
     finally:
@@ -268,7 +275,11 @@ class DeferredLoad:
         One block is in memory at a time. Returns the number of parameters loaded."""
         from torch.distributed.tensor import DTensor, distribute_tensor
 
-        held = {name: _local(t).detach().clone() for name, t in _tensors(model) if not t.is_meta}
+        from jevons.framework.sharding import local_tensor as _local
+
+        held = {
+            name: _local(t).detach().clone() for name, t in _tensors(model) if not t.is_meta
+        }  # kept through to_empty
         attributes = {name: dict(vars(p)) for name, p in model.named_parameters() if vars(p)}
         model.to_empty(device=device)  # Module._apply: DTensor parameters keep their objects, lose attributes
         for name, values in attributes.items():
@@ -295,6 +306,12 @@ def take_deferred(model: torch.nn.Module) -> DeferredLoad | None:
     loaded; a parameter still on the meta device that no plan fills (one a hook made on the unloaded
     weights' device, ``empty_like(weight)``, without values) is refused by name."""
     pending = [(m, p) for m in model.modules() if (p := getattr(m, _PENDING, None)) is not None]
+    if len(pending) != _deferral.attached:  # a family kept a loaded module outside the model it returned
+        raise RuntimeError(
+            f"deferred loading: {_deferral.attached} plan(s) were deferred during the build, {len(pending)} are in "
+            f"the model; a module loaded outside it would stay on the meta device"
+        )
+    _deferral.attached = 0
     if not pending:
         return None
     now = {id(p): name for name, p in model.named_parameters()}
@@ -304,7 +321,7 @@ def take_deferred(model: torch.nn.Module) -> DeferredLoad | None:
             if id(param) in now:
                 readers[now[id(param)]] = (deferred.plan[name], deferred.source)
         delattr(module, _PENDING)
-    stray = [name for name, p in model.named_parameters() if p.is_meta and name not in readers]
+    stray = [name for name, t in _tensors(model) if t.is_meta and name not in readers]  # to_empty leaves no values
     if stray:
         raise UsageError(
             f"{pending[0][1].source}: parameters {stray[:5]} ({len(stray)} in all) are on the meta device and in "
@@ -317,12 +334,6 @@ def take_deferred(model: torch.nn.Module) -> DeferredLoad | None:
 def _tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     yield from model.named_parameters()
     yield from model.named_buffers()
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
 def _checked(block: torch.Tensor, name: str, shape: torch.Size, source: str) -> torch.Tensor:

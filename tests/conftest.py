@@ -272,8 +272,8 @@ def tiny_diffusion_20() -> list[str]:
 @pytest.fixture(scope="session")
 def gloo_runs(tmp_path_factory: pytest.TempPathFactory, command, plugin_site: Path) -> Callable[..., dict[int, float]]:
     """``gloo_runs(name, overrides, crashes=False)``: a real training run into ``gloo_runs.root / name``;
-    its per-step losses. ``launcher.nproc=N`` runs are `train` commands (N gloo processes); a
-    one-process reference runs in this process, on one thread as the commands' ranks do (it would
+    its per-step losses. ``launcher.nproc=N`` runs are `train` commands (N gloo processes; their
+    stdout is kept as ``stdout.txt`` in the run directory); a one-process reference runs in this process, on one thread as the commands' ranks do (it would
     otherwise spend most of its time importing). The same name with the same overrides runs once per
     session, so test modules share references (a DDP run both the sharding and Ulysses tests use).
     """
@@ -283,17 +283,20 @@ def gloo_runs(tmp_path_factory: pytest.TempPathFactory, command, plugin_site: Pa
     def call(name: str, overrides: Sequence[str], crashes: bool = False) -> dict[int, float]:
         key = (name, tuple(overrides))
         if key in done:
-            return done[key]
+            return dict(done[key])
+        resuming = any(o.startswith("checkpoint.resume=") for o in overrides)
+        assert resuming or all(n != name for n, _ in done), f"gloo_runs: {name!r} again with other overrides"
         nproc = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("launcher.nproc=")] or [1]
         if nproc[-1] == 1 and not crashes:
             _train_here([*overrides, f"run.dir={root / name}"])
         else:
             result = command(["train", *overrides, f"run.dir={root / name}"], cwd=root, PYTHONPATH=str(plugin_site))
             assert (result.returncode != 0) == crashes, result.stdout[-2000:] + result.stderr[-4000:]
+            (root / name / "stdout.txt").write_text(result.stdout)  # what the ranks printed, for the tests
         with open(root / name / "metrics.csv") as handle:
             losses = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")}
         done[key] = losses
-        return losses
+        return dict(losses)
 
     call.root = root  # type: ignore[attr-defined]
     return call
