@@ -20,8 +20,8 @@ every peer computes the same loss, so the gather's backward keeps this rank's
 slice of the gradient rather than summing.
 
 A sequence that ``u`` does not divide is zero-padded at the end to the next
-multiple (the padding is at the end of the last ranks' shards). The padding runs through the
-token-local parts of the block and is dropped before attention (after the
+multiple (the padding ends the last ranks' shards). The padding runs through
+the token-local parts of the block and is dropped before attention (after the
 first all-to-all every rank holds the whole sequence) and at the gather, so
 no real token attends to it and it adds nothing to the loss or gradients: a
 padded run computes what one process computes.
@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 __all__ = [
     "gather_tokens",
-    "sequence_length",
+    "recorded_length",
     "split_tokens",
     "to_head_shards",
     "to_token_shards",
@@ -147,17 +147,12 @@ def split_tokens(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return _pad_to_multiple(x, dim, u).chunk(u, dim=dim)[_rank()]
 
 
-def sequence_length() -> int:
-    """The unpadded sequence length of the forward in flight (set by :func:`split_tokens`)."""
-    if _forward.length is None:
-        raise RuntimeError("Ulysses: attention or gather before split_tokens split the sequence")
-    return _forward.length
-
-
 def _checked_length(padded: int, u: int) -> int:
     """The recorded length, refused unless ``padded`` is it rounded up to a multiple of ``u`` (a length
     left by another forward would trim real tokens or keep padding, silently)."""
-    length = sequence_length()
+    length = _forward.length
+    if length is None:
+        raise RuntimeError("Ulysses: attention or gather before split_tokens split the sequence")
     if not padded - u < length <= padded:
         raise RuntimeError(
             f"Ulysses: the sequence split at {length} tokens, but {padded} arrived padded to a multiple of "
